@@ -1,0 +1,7 @@
+"""Chamelaion bridge: owns every lip-sync job from two media inputs to a result file.
+
+Kept import-light on purpose: the Blender add-on imports `bridge.client` and
+`bridge.discovery` from here without pulling in aiohttp or PyAV.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,133 @@
+"""A small synchronous client for the bridge's local HTTP API.
+
+Standard library only, so the CLI and the Blender add-on (on its worker thread) share it
+without extra dependencies. Proxies are bypassed: the bridge is always on loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from bridge import discovery
+from bridge.errors import BridgeError
+
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class BridgeUnavailable(BridgeError):
+    """Nothing answers at the bridge's URL."""
+
+
+class BridgeRequestError(BridgeError):
+    """The bridge answered with an error; the message is its one-sentence explanation."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class BridgeClient:
+    """Calls the local API; raises BridgeUnavailable or BridgeRequestError with a sentence."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        data_dir: Path | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        folder = data_dir or discovery.data_dir()
+        self.url = (url or discovery.bridge_url(folder)).rstrip("/")
+        self.token = token or discovery.read_token(folder)
+        self.timeout = timeout
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        query: Sequence[tuple[str, str]] = (),
+    ) -> Any:
+        url = self.url + path
+        if query:
+            url += "?" + urllib.parse.urlencode(list(query))
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(url, data=data, method=method)
+        request.add_header("Accept", "application/json")
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        if self.token:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with _OPENER.open(request, timeout=self.timeout) as response:
+                return json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            raise BridgeRequestError(_error_message(exc), exc.code) from None
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+            raise BridgeUnavailable(
+                f"The Chamelaion bridge at {self.url} is not answering ({_reason(exc)}); "
+                "start it with 'chamelaion-bridge serve'."
+            ) from None
+
+    def health(self) -> dict[str, Any]:
+        return self._request("GET", "/v1/health")
+
+    def create_job(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._request("POST", "/v1/jobs", body)
+
+    def list_jobs(
+        self, *, state: str | None = None, keys: Sequence[str] = ()
+    ) -> list[dict[str, Any]]:
+        """Jobs, optionally only those in `state` or whose id/reference_id is in `keys`."""
+        query = [("reference_id", k) for k in keys]
+        if state:
+            query.append(("state", state))
+        return self._request("GET", "/v1/jobs", query=query)["jobs"]
+
+    def get_job(self, key: str) -> dict[str, Any]:
+        return self._request("GET", f"/v1/jobs/{urllib.parse.quote(key, safe='')}")
+
+    def cancel(self, key: str) -> dict[str, Any]:
+        return self._request("POST", f"/v1/jobs/{urllib.parse.quote(key, safe='')}/cancel")
+
+    def retry(self, key: str) -> dict[str, Any]:
+        return self._request("POST", f"/v1/jobs/{urllib.parse.quote(key, safe='')}/retry")
+
+    def events(self) -> Iterator[dict[str, Any]]:
+        """Follow `GET /v1/events`: yields each job as it changes (blocks between events)."""
+        request = urllib.request.Request(self.url + "/v1/events")
+        request.add_header("Accept", "text/event-stream")
+        if self.token:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            response = _OPENER.open(request, timeout=None)
+        except urllib.error.HTTPError as exc:
+            raise BridgeRequestError(_error_message(exc), exc.code) from None
+        except (urllib.error.URLError, ConnectionError) as exc:
+            raise BridgeUnavailable(
+                f"The Chamelaion bridge at {self.url} is not answering ({_reason(exc)})."
+            ) from None
+        with response:
+            for raw in response:
+                line = raw.decode("utf-8").rstrip("\r\n")
+                if line.startswith("data:"):
+                    yield json.loads(line[5:].strip())
+
+
+def _reason(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", exc)
+    return str(reason) or type(reason).__name__
+
+
+def _error_message(exc: urllib.error.HTTPError) -> str:
+    try:
+        message = json.loads(exc.read()).get("error")
+    except (ValueError, AttributeError, OSError):
+        message = None
+    return message or f"The bridge answered HTTP {exc.code} {exc.reason}."

@@ -1,0 +1,97 @@
+"""Where the bridge keeps its files and how clients find it.
+
+Shared by the daemon, the CLI and the Blender add-on, so all three agree on the data
+folder, the token and `bridge.json` without talking to each other first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PORT = 7878
+DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
+DISCOVERY_FILE = "bridge.json"
+TOKEN_FILE = "token"
+LOG_FILE = "bridge.log"
+
+
+def data_dir(override: str | os.PathLike[str] | None = None) -> Path:
+    """The bridge's data folder: the override, `CHAMELAION_BRIDGE_DATA`, else the OS's
+    per-user data folder."""
+    if override:
+        return Path(override).expanduser().resolve()
+    env = os.environ.get("CHAMELAION_BRIDGE_DATA")
+    if env:
+        return Path(env).expanduser().resolve()
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Application Support"
+    else:
+        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return (base / "chamelaion-bridge").resolve()
+
+
+def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
+    """Write a small file so readers see the old or the new content, never half of it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def load_or_create_token(folder: Path) -> str:
+    """The bearer token clients must present; created once, readable only by this user."""
+    path = folder / TOKEN_FILE
+    if path.exists():
+        token = path.read_text(encoding="utf-8").strip()
+        if token:
+            return token
+    folder.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    write_atomic(path, token, mode=0o600)
+    return token
+
+
+def read_token(folder: Path) -> str | None:
+    """The token if the bridge has ever run on this data folder, else None."""
+    try:
+        return (folder / TOKEN_FILE).read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
+
+
+def write_discovery(folder: Path, info: dict[str, Any]) -> None:
+    write_atomic(folder / DISCOVERY_FILE, json.dumps(info, indent=2))
+
+
+def read_discovery(folder: Path) -> dict[str, Any] | None:
+    try:
+        info = json.loads((folder / DISCOVERY_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def bridge_url(folder: Path | None = None) -> str:
+    """`CHAMELAION_BRIDGE_URL`, else the URL the running bridge published, else the default."""
+    env = os.environ.get("CHAMELAION_BRIDGE_URL")
+    if env:
+        return env.rstrip("/")
+    info = read_discovery(folder or data_dir())
+    if info and isinstance(info.get("url"), str):
+        return info["url"].rstrip("/")
+    return DEFAULT_URL

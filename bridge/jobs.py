@@ -1,0 +1,218 @@
+"""The job: its states, its inputs, and the rules a job request must follow.
+
+Validation lives here (not in the HTTP handler) so the local API, the CLI and the watch
+folder all refuse the same bad input with the same sentence.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import time
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from bridge.errors import InputError
+
+
+class State(StrEnum):
+    QUEUED = "queued"
+    UPLOADING = "uploading"
+    SUBMITTED = "submitted"
+    PROCESSING = "processing"
+    DOWNLOADING = "downloading"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+FINAL_STATES = frozenset({State.COMPLETED, State.FAILED, State.CANCELED})
+ACTIVE_STATES = frozenset(State) - FINAL_STATES
+
+# Which state may follow which. Self-transitions let a step record progress or a retry.
+TRANSITIONS: dict[State, frozenset[State]] = {
+    State.QUEUED: frozenset({State.QUEUED, State.UPLOADING}),
+    State.UPLOADING: frozenset({State.UPLOADING, State.QUEUED, State.SUBMITTED}),
+    State.SUBMITTED: frozenset({State.SUBMITTED, State.PROCESSING, State.DOWNLOADING}),
+    State.PROCESSING: frozenset({State.PROCESSING, State.DOWNLOADING}),
+    State.DOWNLOADING: frozenset({State.DOWNLOADING, State.PROCESSING, State.COMPLETED}),
+    State.COMPLETED: frozenset(),
+    State.FAILED: frozenset({State.QUEUED}),
+    State.CANCELED: frozenset({State.QUEUED}),
+}
+
+
+def can_transition(old: State, new: State) -> bool:
+    if new in (State.FAILED, State.CANCELED):
+        return old not in FINAL_STATES
+    return new in TRANSITIONS[old]
+
+
+DEFAULT_MODEL = "lipsync-2"
+REFERENCE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def new_reference_id(prefix: str = "cl") -> str:
+    """A unique, readable reference_id: prefix, UTC date and time, random suffix."""
+    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
+
+
+def safe_reference_id(text: str, max_len: int = 80) -> str:
+    """Turn free text (file and strip names) into a valid reference_id stem."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._")
+    cleaned = re.sub(r"\.{2,}", ".", cleaned)[:max_len].strip("-._")
+    return cleaned or "clip"
+
+
+def check_reference_id(value: str) -> str:
+    if not REFERENCE_ID_PATTERN.match(value) or ".." in value:
+        raise InputError(
+            f"reference_id {value!r} is not allowed: use 1-128 letters, digits, '.', '_' or "
+            "'-', starting with a letter or digit and without '..'."
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class VideoRange:
+    """A cut of the source video, in seconds from its start."""
+
+    start_seconds: float
+    duration_seconds: float
+
+    @classmethod
+    def from_json(cls, value: Any) -> VideoRange:
+        if not isinstance(value, dict) or set(value) != {"start_seconds", "duration_seconds"}:
+            raise InputError(
+                "video_range must be an object with exactly start_seconds and duration_seconds."
+            )
+        start, duration = value["start_seconds"], value["duration_seconds"]
+        numbers = all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in (start, duration)
+        )
+        if not numbers or start < 0 or duration <= 0:
+            raise InputError(
+                "video_range needs start_seconds >= 0 and duration_seconds > 0, in seconds."
+            )
+        return cls(float(start), float(duration))
+
+
+@dataclass
+class JobSpec:
+    """What a client asks for. Exactly one of path/url for each of video and audio."""
+
+    video_path: str | None = None
+    video_url: str | None = None
+    audio_path: str | None = None
+    audio_url: str | None = None
+    reference_id: str | None = None
+    disable_active_speaker_detection: bool = False
+    model: str | None = None
+    output_dir: str | None = None
+    output_name: str | None = None
+    video_range: VideoRange | None = None
+    origin: str = "api"
+
+    @classmethod
+    def from_json(cls, body: Any, *, origin: str = "api") -> JobSpec:
+        """Parse and validate a local-API request body; unknown fields are refused."""
+        if not isinstance(body, dict):
+            raise InputError("The request body must be a JSON object.")
+        allowed = {f.name for f in fields(cls)} - {"origin", "output_name"}
+        unknown = sorted(set(body) - allowed)
+        if unknown:
+            raise InputError(
+                f"Unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}."
+            )
+        text_fields = allowed - {"video_range", "disable_active_speaker_detection"}
+        for name in text_fields:
+            if body.get(name) is not None and not isinstance(body[name], str):
+                raise InputError(f"{name} must be a string.")
+        asd = body.get("disable_active_speaker_detection", False)
+        if not isinstance(asd, bool):
+            raise InputError("disable_active_speaker_detection must be true or false.")
+        video_range = body.get("video_range")
+        spec = cls(
+            **{k: body.get(k) for k in text_fields},
+            disable_active_speaker_detection=asd,
+            video_range=VideoRange.from_json(video_range) if video_range is not None else None,
+            origin=origin,
+        )
+        return spec.validated()
+
+    def validated(self) -> JobSpec:
+        """Check the spec's shape (not the media itself: that is `media.py`'s job)."""
+        for kind in ("video", "audio"):
+            path, url = getattr(self, f"{kind}_path"), getattr(self, f"{kind}_url")
+            if bool(path) == bool(url):
+                raise InputError(f"Give exactly one of {kind}_path or {kind}_url.")
+            if path and not os.path.isabs(path):
+                raise InputError(f"{kind}_path must be an absolute path, got {path!r}.")
+            if url and urlparse(url).scheme not in ("http", "https"):
+                raise InputError(f"{kind}_url must be an http:// or https:// URL, got {url!r}.")
+        if self.video_range and self.video_url:
+            raise InputError("video_range works with video_path only, not with video_url.")
+        if self.reference_id is not None:
+            check_reference_id(self.reference_id)
+        if self.model not in (None, DEFAULT_MODEL):
+            raise InputError(f'model must be "{DEFAULT_MODEL}".')
+        if self.output_dir is not None and (
+            not os.path.isabs(self.output_dir) or ".." in Path(self.output_dir).parts
+        ):
+            raise InputError(
+                f"output_dir must be an absolute folder path without '..', got {self.output_dir!r}."
+            )
+        if self.output_name is not None and (
+            os.path.basename(self.output_name) != self.output_name
+            or self.output_name in ("", ".", "..")
+        ):
+            raise InputError(f"output_name must be a plain file name, got {self.output_name!r}.")
+        return self
+
+
+@dataclass
+class Job:
+    """A job as stored and as shown in the local API's JSON."""
+
+    id: str
+    reference_id: str
+    state: State
+    progress: float = 0.0
+    request_id: str | None = None
+    output_path: str | None = None
+    error: str | None = None
+    created_at: str = field(default_factory=now_iso)
+    updated_at: str = field(default_factory=now_iso)
+    video_path: str | None = None
+    video_url: str | None = None
+    audio_path: str | None = None
+    audio_url: str | None = None
+    disable_active_speaker_detection: bool = False
+    model: str | None = None
+    output_dir: str | None = None
+    output_name: str | None = None
+    video_range: VideoRange | None = None
+    origin: str = "api"
+    remote_status: str | None = None
+    attempts: int = 0
+    submit_started: bool = False
+    previous_reference_ids: list[str] = field(default_factory=list)
+
+    @property
+    def is_final(self) -> bool:
+        return self.state in FINAL_STATES
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["state"] = str(self.state)
+        data.pop("submit_started")
+        return data

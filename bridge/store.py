@@ -1,0 +1,199 @@
+"""Durable job store: one SQLite file in WAL mode, one transaction per state change.
+
+The store is the single source of truth that survives a SIGKILL: the engine records what
+it is about to do (for example `uploading` with the reference_id) before doing it, so a
+restarted bridge knows what to reconcile.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, fields, replace
+from pathlib import Path
+from typing import Any
+
+from bridge.errors import DuplicateReferenceError, InputError
+from bridge.jobs import (
+    ACTIVE_STATES,
+    Job,
+    JobSpec,
+    State,
+    VideoRange,
+    can_transition,
+    new_reference_id,
+    now_iso,
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    reference_id TEXT NOT NULL UNIQUE,
+    state TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+-- Every reference_id a job has ever used: a retry must never reuse one the API knows.
+CREATE TABLE IF NOT EXISTS reference_ids (
+    reference_id TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL
+);
+"""
+
+Listener = Callable[[Job], None]
+
+
+class IllegalTransition(InputError):
+    """A state change the job's state machine does not allow (e.g. retrying a completed job)."""
+
+
+def _job_from_row(data: str) -> Job:
+    raw: dict[str, Any] = json.loads(data)
+    known = {f.name for f in fields(Job)}
+    raw = {k: v for k, v in raw.items() if k in known}
+    raw["state"] = State(raw["state"])
+    if raw.get("video_range"):
+        raw["video_range"] = VideoRange(**raw["video_range"])
+    return Job(**raw)
+
+
+class Store:
+    """Thread-safe access to the job table; listeners hear every committed change."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(SCHEMA)
+        self._listeners: list[Listener] = []
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call `listener(job)` after each committed change; returns the unsubscribe."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _notify(self, job: Job) -> None:
+        for listener in list(self._listeners):
+            listener(job)
+
+    def _write(self, db: sqlite3.Connection, job: Job) -> None:
+        data = asdict(job)
+        data["state"] = str(job.state)
+        db.execute(
+            "INSERT INTO jobs (id, reference_id, state, created_at, data) VALUES (?,?,?,?,?) "
+            "ON CONFLICT(id) DO UPDATE SET reference_id=excluded.reference_id, "
+            "state=excluded.state, data=excluded.data",
+            (job.id, job.reference_id, str(job.state), job.created_at, json.dumps(data)),
+        )
+
+    def _claim_reference_id(self, db: sqlite3.Connection, reference_id: str, job_id: str) -> None:
+        try:
+            db.execute(
+                "INSERT INTO reference_ids (reference_id, job_id) VALUES (?, ?)",
+                (reference_id, job_id),
+            )
+        except sqlite3.IntegrityError:
+            raise DuplicateReferenceError(
+                f"reference_id {reference_id!r} is already used by another job; "
+                "choose a different one or leave it out to get a fresh one."
+            ) from None
+
+    def create(self, spec: JobSpec) -> Job:
+        """Store a new queued job; its reference_id must never have been used before."""
+        job_id = uuid.uuid4().hex
+        job = Job(
+            id=job_id,
+            reference_id=spec.reference_id or new_reference_id(),
+            state=State.QUEUED,
+            **{f.name: getattr(spec, f.name) for f in fields(JobSpec) if f.name != "reference_id"},
+        )
+        with self._transaction() as db:
+            self._claim_reference_id(db, job.reference_id, job_id)
+            self._write(db, job)
+        self._notify(job)
+        return job
+
+    def get(self, key: str) -> Job | None:
+        """A job by its id or its (current) reference_id."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT data FROM jobs WHERE id = ? OR reference_id = ?", (key, key)
+            ).fetchone()
+        return _job_from_row(row[0]) if row else None
+
+    def list(self, *, states: Sequence[str] = (), keys: Sequence[str] = ()) -> list[Job]:
+        """Jobs in any of `states`, and whose id or reference_id is one of `keys`, if given."""
+        query, args = "SELECT data FROM jobs WHERE 1=1", []
+        if states:
+            query += f" AND state IN ({','.join('?' * len(states))})"
+            args += list(states)
+        if keys:
+            marks = ",".join("?" * len(keys))
+            query += f" AND (id IN ({marks}) OR reference_id IN ({marks}))"
+            args += list(keys) * 2
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY created_at, id", args).fetchall()
+        return [_job_from_row(r[0]) for r in rows]
+
+    def active(self) -> list[Job]:
+        return self.list(states=[str(s) for s in ACTIVE_STATES])
+
+    def update(
+        self,
+        job_id: str,
+        *,
+        state: State | None = None,
+        expect: frozenset[State] | set[State] | None = None,
+        **changes: Any,
+    ) -> Job:
+        """Apply one change in one transaction and return the job as now stored.
+
+        `expect` guards against races (e.g. a cancel arriving mid-upload): the change is
+        refused with IllegalTransition unless the job is still in one of those states.
+        """
+        with self._transaction() as db:
+            row = db.execute("SELECT data FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise InputError(f"There is no job {job_id!r}.")
+            job = _job_from_row(row[0])
+            if expect is not None and job.state not in expect:
+                raise IllegalTransition(
+                    f"Job {job.reference_id} is {job.state}, so it cannot be changed that way."
+                )
+            if state is not None and not can_transition(job.state, state):
+                raise IllegalTransition(
+                    f"Job {job.reference_id} is {job.state} and cannot become {state}."
+                )
+            new_ref = changes.get("reference_id")
+            if new_ref and new_ref != job.reference_id:
+                self._claim_reference_id(db, new_ref, job.id)
+            job = replace(job, **changes, updated_at=now_iso())
+            if state is not None:
+                job.state = state
+            self._write(db, job)
+        self._notify(job)
+        return job
