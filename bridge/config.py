@@ -1,0 +1,66 @@
+"""The bridge's settings, from the environment (pinned names) with flags on top."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bridge import discovery
+
+DEFAULT_API_BASE = "https://api.chamelaion.com/api"
+
+
+@dataclass(frozen=True)
+class Secret:
+    """Holds the API key so that printing, logging or repr-ing a config never shows it."""
+
+    value: str | None = field(repr=False)
+
+    def __bool__(self) -> bool:
+        return bool(self.value)
+
+    def __repr__(self) -> str:
+        return "Secret(set)" if self.value else "Secret(unset)"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    data_dir: Path
+    api_base: str = DEFAULT_API_BASE
+    api_key: Secret = Secret(None)
+    host: str = "127.0.0.1"
+    port: int = discovery.DEFAULT_PORT
+    upload_concurrency: int = 2
+    poll_interval: float = 2.0
+    max_poll_interval: float = 30.0
+
+    @property
+    def store_path(self) -> Path:
+        return self.data_dir / "jobs.sqlite3"
+
+    @property
+    def output_dir(self) -> Path:
+        """Where results go when a job names no output folder."""
+        return self.data_dir / "outputs"
+
+    @property
+    def work_dir(self) -> Path:
+        """Scratch space for converted or cut inputs; cleaned as jobs finish."""
+        return self.data_dir / "work"
+
+    @classmethod
+    def from_env(
+        cls, data_dir: str | os.PathLike[str] | None = None, **overrides: object
+    ) -> BridgeConfig:
+        """Read the pinned environment variables; explicit overrides (flags) win."""
+        key = os.environ.get("CHAMELAION_API_KEY") or os.environ.get("CHAMELAION_BEARER_TOKEN")
+        values: dict[str, object] = {
+            "data_dir": discovery.data_dir(data_dir),
+            "api_base": (os.environ.get("CHAMELAION_BASE_URL") or DEFAULT_API_BASE).rstrip("/"),
+            "api_key": Secret(key or None),
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]
