@@ -1,0 +1,682 @@
+"""Probe, check and prepare media with PyAV, so a bad file is refused before an upload is paid.
+
+Everything streams packet by packet: memory does not grow with the file's size. Outputs are
+written to a temporary name beside their destination and renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import os
+import uuid
+from array import array
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import av.error
+from av.audio.stream import AudioStream
+from av.container import InputContainer, OutputContainer
+from av.packet import Packet
+from av.stream import Disposition
+from av.video.frame import VideoFrame
+from av.video.stream import VideoStream
+
+from .errors import MediaError
+
+# Video codecs the API takes inside an MP4 as they are (bytes sent unchanged).
+MP4_VIDEO_CODECS = frozenset({"h264", "hevc", "mpeg4", "av1"})
+# Audio the API takes as it is: file suffix -> FFmpeg demuxer name.
+UPLOADABLE_AUDIO = {".wav": "wav", ".mp3": "mp3"}
+X264_OPTIONS = {"crf": "17", "preset": "veryfast"}
+# Channel layouts to assume for an unnamed layout of N channels.
+DEFAULT_LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "quad", 5: "5.0", 6: "5.1", 8: "7.1"}
+# Packets read while looking for the first decodable video frame before giving up.
+FIRST_FRAME_PACKET_LIMIT = 300
+# How far before a cut's start to seek, so audio and the keyframe before it are included.
+SEEK_MARGIN_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What a media file holds; `frames` is estimated from the duration when not stored."""
+
+    path: Path
+    format_name: str
+    duration: float | None
+    has_video: bool
+    has_audio: bool
+    fps: Fraction | None
+    frames: int | None
+    width: int | None
+    height: int | None
+    video_codec: str | None
+    audio_codec: str | None
+    sample_rate: int | None
+
+
+# ---------------------------------------------------------------------------------------------
+# Probing and checking
+
+
+def probe(path: Path) -> MediaInfo:
+    """Describe a media file without decoding it; MediaError says what is wrong and what to do."""
+    path = Path(path)
+    with _open(path) as container:
+        return _info(path, container)
+
+
+def check_video_input(path: Path) -> MediaInfo:
+    """Refuse a video input that has no video stream or whose first frame does not decode."""
+    path = Path(path)
+    with _open(path) as container:
+        info = _info(path, container)
+        if not info.has_video:
+            raise MediaError(
+                f"The file {path} has no video stream; choose a video file such as an MP4."
+            )
+        if _first_video_frame(container) is None:
+            raise MediaError(
+                f"The video in {path} cannot be decoded (the file may be damaged or cut short); "
+                "export it again as an MP4 and choose the new file."
+            )
+    return info
+
+
+def check_audio_input(path: Path) -> MediaInfo:
+    """Refuse an audio input that has no audio stream."""
+    info = probe(path)
+    if not info.has_audio:
+        raise MediaError(
+            f"The file {info.path} has no audio stream; choose an audio file such as a WAV or MP3."
+        )
+    return info
+
+
+def check_inputs(video: Path, audio: Path) -> tuple[MediaInfo, MediaInfo]:
+    """Check both inputs of a job quickly (a few packets at most), including two videos given."""
+    video_info = check_video_input(video)
+    audio_info = probe(audio)
+    if audio_info.has_video:
+        raise MediaError(
+            f"Both inputs are videos ({video_info.path.name} and {audio_info.path.name}); "
+            "give the dubbed dialogue as a WAV or MP3 file for the audio input."
+        )
+    return video_info, check_audio_input(audio)
+
+
+def is_playable_video(path: Path) -> bool:
+    """Whether a file (e.g. a downloaded result) opens and decodes at its start and its end."""
+    try:
+        with _open(Path(path)) as container:
+            stream = _video_stream(container)
+            if stream is None or _first_video_frame(container) is None:
+                return False
+            return _last_video_frame_decodes(container, stream)
+    except (MediaError, av.error.FFmpegError, OSError):
+        return False
+
+
+def _open(path: Path) -> InputContainer:
+    """Open a file for reading, turning every failure into one sentence about that file."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise MediaError(
+            f"The file {path} does not exist; check the path or choose the file again."
+        ) from None
+    except OSError as exc:
+        raise MediaError(
+            f"The file {path} cannot be read ({exc.strerror}); check that it is accessible."
+        ) from None
+    if path.is_dir():
+        raise MediaError(f"{path} is a folder, not a media file; choose a video or audio file.")
+    if size == 0:
+        raise MediaError(
+            f"The file {path} is empty (0 bytes); export or copy it again and choose the new file."
+        )
+    try:
+        return av.open(str(path), "r")
+    except PermissionError:
+        raise MediaError(
+            f"The file {path} cannot be read (permission denied); check its permissions."
+        ) from None
+    except (av.error.FFmpegError, OSError, UnicodeDecodeError):
+        raise MediaError(
+            f"The file {path} is not a video or audio file that can be read (it may be damaged "
+            "or of another kind); choose an MP4 video or a WAV or MP3 audio file."
+        ) from None
+
+
+def _info(path: Path, container: InputContainer) -> MediaInfo:
+    """Build a MediaInfo from an open container's headers."""
+    video = _video_stream(container)
+    audio = _audio_stream(container)
+    if video is None and audio is None:
+        raise MediaError(
+            f"The file {path} holds neither video nor audio; choose an MP4 video or a WAV or "
+            "MP3 audio file."
+        )
+    duration = container.duration / av.time_base if container.duration else None
+    fps = _fps(video) if video is not None else None
+    frames = None
+    if video is not None:
+        frames = video.frames or None
+        if frames is None and fps and duration:
+            stream_duration = (
+                float(video.duration * video.time_base) if video.duration else duration
+            )
+            frames = round(stream_duration * fps)
+    return MediaInfo(
+        path=path,
+        format_name=container.format.name,
+        duration=duration,
+        has_video=video is not None,
+        has_audio=audio is not None,
+        fps=fps,
+        frames=frames,
+        width=video.codec_context.width if video is not None else None,
+        height=video.codec_context.height if video is not None else None,
+        video_codec=video.codec_context.name if video is not None else None,
+        audio_codec=audio.codec_context.name if audio is not None else None,
+        sample_rate=audio.codec_context.sample_rate if audio is not None else None,
+    )
+
+
+def _video_stream(container: InputContainer) -> VideoStream | None:
+    """The first real video stream; cover art in an MP3 or M4A is not video."""
+    for stream in container.streams.video:
+        if not stream.disposition & Disposition.attached_pic:
+            return stream
+    return None
+
+
+def _audio_stream(container: InputContainer) -> AudioStream | None:
+    """The first audio stream, if any."""
+    return container.streams.audio[0] if container.streams.audio else None
+
+
+def _layout_name(stream: AudioStream) -> str:
+    """A named channel layout: WAV and FLAC often leave it unnamed, which AAC refuses."""
+    layout = stream.layout
+    if not layout.name.endswith("channels"):
+        return layout.name
+    return DEFAULT_LAYOUTS.get(layout.nb_channels, "stereo")
+
+
+def _fps(stream: VideoStream) -> Fraction | None:
+    """The stream's frame rate as FFmpeg best knows it."""
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    return Fraction(rate) if rate else None
+
+
+def _first_video_frame(container: InputContainer) -> VideoFrame | None:
+    """Decode just enough packets to get the first frame, or None if none decodes."""
+    stream = _video_stream(container)
+    if stream is None:
+        return None
+    try:
+        for count, packet in enumerate(container.demux(stream)):
+            for frame in packet.decode():
+                return frame
+            if count >= FIRST_FRAME_PACKET_LIMIT:
+                return None
+    except (av.error.FFmpegError, OSError):
+        return None
+    return None
+
+
+def _last_video_frame_decodes(container: InputContainer, stream: VideoStream) -> bool:
+    """Seek to the last keyframe and decode a frame: a file cut short fails here."""
+    if not container.duration:
+        return True
+    target = int(container.duration / av.time_base / stream.time_base)
+    start = stream.start_time or 0
+    try:
+        container.seek(start + target, stream=stream, backward=True)
+        return _first_video_frame(container) is not None
+    except (av.error.FFmpegError, OSError):
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Preparing uploads
+
+
+def prepare_video(
+    path: Path, workdir: Path, video_range: tuple[float, float] | None = None
+) -> Path:
+    """Return the file to upload: an MP4 as it is, anything else (or a range) as H.264 MP4.
+
+    `video_range` is (start_seconds, duration_seconds); the cut holds exactly the frames
+    round(start * fps) up to but excluding round(start * fps) + round(duration * fps).
+    """
+    path = Path(path)
+    info = check_video_input(path)
+    if video_range is None and _is_uploadable_mp4(info):
+        return path
+    if not info.fps:
+        raise MediaError(
+            f"The frame rate of {path} is unknown; export it again as an MP4 with a fixed "
+            "frame rate."
+        )
+    first, count = 0, None
+    if video_range is not None:
+        start, duration = video_range
+        first, count = round(start * info.fps), round(duration * info.fps)
+        if start < 0 or count < 1:
+            raise MediaError(
+                f"The range to send from {path} (start {start:g} s, duration {duration:g} s) "
+                "is empty or negative; select a range of at least one frame."
+            )
+    suffix = f".f{first}-{first + count}" if count is not None else ""
+    out = Path(workdir) / f"{path.stem}{suffix}.upload.mp4"
+    _write_mp4(path, path, out, first=first, count=count, copy_video=False)
+    return out
+
+
+def prepare_audio(path: Path, workdir: Path) -> Path:
+    """Return the file to upload: a WAV or MP3 as it is, any other audio as 16-bit PCM WAV."""
+    path = Path(path)
+    info = check_audio_input(path)
+    demuxer = UPLOADABLE_AUDIO.get(path.suffix.lower())
+    if demuxer is not None and demuxer in info.format_name.split(","):
+        return path
+    out = Path(workdir) / f"{path.stem}.upload.wav"
+    with ExitStack() as stack:
+        source = stack.enter_context(_open(path))
+        stream = _audio_stream(source)
+        tmp = stack.enter_context(_atomic_path(out))
+        target = stack.enter_context(av.open(str(tmp), "w", format="wav"))
+        pcm = target.add_stream(
+            "pcm_s16le", rate=stream.codec_context.sample_rate, layout=_layout_name(stream)
+        )
+        for frame in _decoded(source, stream):
+            frame.pts = None
+            target.mux(pcm.encode(frame))
+        target.mux(pcm.encode(None))
+    return out
+
+
+def mux_audio(video: Path, audio: Path, out: Path) -> None:
+    """The emulator's stand-in for lip sync: the video stream copied, the audio replaced (AAC)."""
+    video, audio = Path(video), Path(audio)
+    check_video_input(video)
+    check_audio_input(audio)
+    with _open(video) as source:
+        stream = _video_stream(source)
+        copyable = stream.codec_context.name in MP4_VIDEO_CODECS
+    _write_mp4(video, audio, Path(out), first=0, count=None, copy_video=copyable)
+
+
+def _is_uploadable_mp4(info: MediaInfo) -> bool:
+    """Whether the API takes this file as it is."""
+    return (
+        info.path.suffix.lower() == ".mp4"
+        and "mp4" in info.format_name.split(",")
+        and info.video_codec in MP4_VIDEO_CODECS
+    )
+
+
+@contextmanager
+def _atomic_path(out: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `out`; rename it into place only if the block succeeds."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.part")
+    try:
+        yield tmp
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_mp4(
+    video_path: Path,
+    audio_path: Path,
+    out: Path,
+    *,
+    first: int,
+    count: int | None,
+    copy_video: bool,
+) -> None:
+    """Write an MP4 of video frames [first, first+count) of one file plus the matching audio.
+
+    The audio comes from `audio_path` (which may be the video file itself) and covers the
+    same span of time as the video written, measured from each file's own start.
+    """
+    with ExitStack() as stack:
+        vin = stack.enter_context(_open(video_path))
+        ain = stack.enter_context(_open(audio_path))
+        vstream, astream = _video_stream(vin), _audio_stream(ain)
+        fps = _fps(vstream)
+        tmp = stack.enter_context(_atomic_path(out))
+        output = stack.enter_context(av.open(str(tmp), "w", format="mp4"))
+        if copy_video:
+            ostream = output.add_stream_from_template(vstream)
+            video_packets = _copied_packets(vin, vstream, ostream)
+        else:
+            ostream = _add_h264_stream(output, vstream, fps)
+            video_packets = _encoded_video_packets(vin, vstream, ostream, fps, first, count)
+        packet_streams = [video_packets]
+        if astream is not None:
+            span = _video_duration(vin, vstream) if count is None else float(count / fps)
+            offset = float(first / fps)
+            if audio_path == video_path:
+                # The same file: audio is aligned to the video stream's start, not its own.
+                offset += _start_seconds(vstream) - _start_seconds(astream)
+            ostream_audio = output.add_stream(
+                "aac", rate=astream.codec_context.sample_rate, layout=_layout_name(astream)
+            )
+            packet_streams.append(_audio_packets(ain, astream, ostream_audio, offset, span))
+        wrote_video = False
+        for _, packet in heapq.merge(*packet_streams, key=lambda item: item[0]):
+            wrote_video = wrote_video or packet.stream is ostream
+            output.mux(packet)
+        if not wrote_video:
+            raise MediaError(
+                f"The range to send from {video_path} starts after the end of the video; "
+                "select a range inside the clip."
+            )
+
+
+def _add_h264_stream(output: OutputContainer, source: VideoStream, fps: Fraction) -> VideoStream:
+    """An H.264 yuv420p stream at the source's size (rounded down to even) and frame rate."""
+    stream = output.add_stream("libx264", rate=fps, options=dict(X264_OPTIONS))
+    stream.width = source.codec_context.width // 2 * 2
+    stream.height = source.codec_context.height // 2 * 2
+    stream.pix_fmt = "yuv420p"
+    stream.codec_context.time_base = 1 / fps
+    return stream
+
+
+def _start_seconds(stream: av.stream.Stream) -> float:
+    """When a stream starts on its file's timeline."""
+    return float(stream.start_time * stream.time_base) if stream.start_time else 0.0
+
+
+def _video_duration(container: InputContainer, stream: VideoStream) -> float:
+    """The video stream's duration, else the file's."""
+    if stream.duration:
+        return float(stream.duration * stream.time_base)
+    return container.duration / av.time_base if container.duration else math.inf
+
+
+def _seek_before(container: InputContainer, stream: av.stream.Stream, seconds: float) -> None:
+    """Seek to a keyframe a little before `seconds` (from the stream's start), if worth it."""
+    target = seconds - SEEK_MARGIN_SECONDS
+    if target > 0:
+        offset = int(target / stream.time_base) + (stream.start_time or 0)
+        container.seek(offset, stream=stream, backward=True)
+
+
+def _decoded(container: InputContainer, stream: av.stream.Stream) -> Iterator[av.frame.Frame]:
+    """Decode one stream packet by packet."""
+    for packet in container.demux(stream):
+        yield from packet.decode()
+
+
+def _copied_packets(
+    source: InputContainer, stream: VideoStream, target: VideoStream
+) -> Iterator[tuple[float, Packet]]:
+    """The video packets as they are, with their decode time for interleaving."""
+    for packet in source.demux(stream):
+        if packet.dts is None:
+            continue
+        time = float(packet.dts * packet.time_base)
+        packet.stream = target
+        yield time, packet
+
+
+def _encoded_video_packets(
+    source: InputContainer,
+    stream: VideoStream,
+    target: VideoStream,
+    fps: Fraction,
+    first: int,
+    count: int | None,
+) -> Iterator[tuple[float, Packet]]:
+    """Frames first..first+count-1 re-encoded at a constant rate; gaps repeat the last frame."""
+    end = math.inf if count is None else first + count
+    origin = stream.start_time
+    _seek_before(source, stream, float(first / fps))
+    written, previous = 0, None
+
+    def emit(frame: VideoFrame) -> Iterator[tuple[float, Packet]]:
+        nonlocal written
+        out = frame.reformat(width=target.width, height=target.height, format="yuv420p")
+        out.pts = written
+        out.time_base = target.codec_context.time_base
+        written += 1
+        for packet in target.encode(out):
+            yield float(packet.dts * packet.time_base), packet
+
+    for position, frame in enumerate(_decoded(source, stream)):
+        if frame.pts is None:
+            index = position
+        else:
+            if origin is None:
+                origin = frame.pts
+            index = round((frame.pts - origin) * stream.time_base * fps)
+        if index >= end:
+            break
+        if index >= first:
+            while previous is not None and first + written < index:
+                yield from emit(previous)
+            yield from emit(frame)
+        previous = frame
+    for packet in target.encode(None):
+        yield float(packet.dts * packet.time_base), packet
+
+
+def _audio_packets(
+    source: InputContainer,
+    stream: AudioStream,
+    target: AudioStream,
+    offset: float,
+    span: float,
+) -> Iterator[tuple[float, Packet]]:
+    """AAC packets for the audio from `offset` seconds (after the stream's start) for `span`."""
+    rate = stream.codec_context.sample_rate
+    window_start = round(offset * rate)
+    window_end = window_start + round(span * rate) if math.isfinite(span) else math.inf
+    _seek_before(source, stream, offset)
+    resampler = av.AudioResampler(format="flt", layout=_layout_name(stream), rate=rate)
+    origin = stream.start_time or 0
+    position = None
+    for frame in _decoded(source, stream):
+        if frame.pts is not None:
+            position = round((frame.pts - origin) * stream.time_base * rate)
+        elif position is None:
+            position = 0
+        for packed in resampler.resample(frame):
+            begin, stop = position, position + packed.samples
+            position = stop
+            lo, hi = max(begin, window_start), min(stop, window_end)
+            if hi > lo:
+                piece = _slice_audio(packed, lo - begin, hi - begin)
+                piece.pts = lo - window_start
+                for packet in target.encode(piece):
+                    yield float(packet.pts * packet.time_base), packet
+        if position >= window_end:
+            break
+    for packet in target.encode(None):
+        yield float(packet.pts * packet.time_base), packet
+
+
+def _slice_audio(frame: av.AudioFrame, start: int, stop: int) -> av.AudioFrame:
+    """Samples [start, stop) of a packed float frame, as a new frame."""
+    if start == 0 and stop == frame.samples:
+        return frame
+    width = 4 * frame.layout.nb_channels
+    piece = av.AudioFrame(format="flt", layout=frame.layout.name, samples=stop - start)
+    piece.planes[0].update(bytes(frame.planes[0])[start * width : stop * width])
+    piece.sample_rate = frame.sample_rate
+    piece.time_base = Fraction(1, frame.sample_rate)
+    return piece
+
+
+# ---------------------------------------------------------------------------------------------
+# Generated media for the demo and the tests
+
+# Frame indices are written as bits in a band of blocks across the top of the picture.
+INDEX_BITS = 12
+INDEX_BAND_HEIGHT = 24
+CONTAINER_FORMATS = {"mp4": "mp4", "mov": "mov", "mkv": "matroska", "m4v": "mp4"}
+AUDIO_FORMATS = {
+    ".wav": ("wav", "pcm_s16le"),
+    ".flac": ("flac", "flac"),
+    ".m4a": ("ipod", "aac"),
+    ".aac": ("adts", "aac"),
+    ".mp3": ("mp3", "libmp3lame"),
+    ".ogg": ("ogg", "libopus"),
+}
+
+
+def make_sample_media(
+    folder: Path,
+    seconds: float = 3.0,
+    fps: int = 25,
+    size: tuple[int, int] = (320, 240),
+    name: str = "sample",
+) -> tuple[Path, Path]:
+    """Write <name>.mp4 (test pattern with a tone) and <name>.wav (speech-like) for demos."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    video = folder / f"{name}.mp4"
+    audio = folder / f"{name}.wav"
+    make_test_video(video, round(seconds * fps), fps, size, with_audio=True)
+    make_test_audio(audio, seconds, speech=True)
+    return video, audio
+
+
+def make_test_video(
+    path: Path,
+    frames: int,
+    fps: int | Fraction = 25,
+    size: tuple[int, int] = (320, 240),
+    with_audio: bool = False,
+    container: str = "mp4",
+) -> Path:
+    """Write an H.264 clip whose frames carry their own index (read it with frame_index_of)."""
+    width, height = size
+    if width < INDEX_BITS * 8 or height < INDEX_BAND_HEIGHT * 2 or frames >= 2**INDEX_BITS:
+        raise ValueError("test video must be at least 96x48 and shorter than 4096 frames")
+    path = Path(path)
+    fps = Fraction(fps)
+    with (
+        _atomic_path(path) as tmp,
+        av.open(str(tmp), "w", format=CONTAINER_FORMATS[container]) as out,
+    ):
+        stream = out.add_stream("libx264", rate=fps, options={"crf": "18", "preset": "ultrafast"})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.time_base = 1 / fps
+        audio = None
+        if with_audio:
+            audio = out.add_stream("aac", rate=48000, layout="mono")
+        packets = [_pattern_packets(stream, frames, fps)]
+        if audio is not None:
+            packets.append(_tone_packets(audio, float(frames / fps), speech=False))
+        for _, packet in heapq.merge(*packets, key=lambda item: item[0]):
+            out.mux(packet)
+    return path
+
+
+def make_test_audio(
+    path: Path, seconds: float, rate: int = 48000, channels: int = 1, speech: bool = False
+) -> Path:
+    """Write a tone (or a speech-like signal) in the format the suffix names (.wav, .flac, ...)."""
+    path = Path(path)
+    container_format, codec = AUDIO_FORMATS[path.suffix.lower()]
+    layout = "mono" if channels == 1 else "stereo"
+    with _atomic_path(path) as tmp, av.open(str(tmp), "w", format=container_format) as out:
+        stream = out.add_stream(codec, rate=rate, layout=layout)
+        for _, packet in _tone_packets(stream, seconds, speech=speech):
+            out.mux(packet)
+    return path
+
+
+def frame_index_of(frame: VideoFrame) -> int:
+    """Read back the index make_test_video wrote into a frame."""
+    gray = frame.reformat(format="gray")
+    plane = gray.planes[0]
+    data = bytes(plane)
+    block = gray.width // INDEX_BITS
+    row = (INDEX_BAND_HEIGHT // 2) * plane.line_size
+    index = 0
+    for bit in range(INDEX_BITS):
+        centre = row + bit * block + block // 2
+        sample = data[centre - 2 : centre + 3]
+        index = index * 2 + (sum(sample) / len(sample) > 125)
+    return index
+
+
+def _pattern_packets(
+    stream: VideoStream, frames: int, fps: Fraction
+) -> Iterator[tuple[float, Packet]]:
+    """Encode moving bars under a band of index bits, one frame at a time."""
+    width, height = stream.width, stream.height
+    block = width // INDEX_BITS
+    ramp = bytes(16 + (x * 219 // width) for x in range(width)) * 2
+    chroma = (width // 2) * (height // 2)
+    for index in range(frames):
+        band_row = bytearray(width)
+        for bit in range(INDEX_BITS):
+            on = index >> (INDEX_BITS - 1 - bit) & 1
+            band_row[bit * block : (bit + 1) * block] = bytes([235 if on else 16]) * block
+        shift = index * 4 % width
+        bars = ramp[shift : shift + width]
+        luma = bytes(band_row) * INDEX_BAND_HEIGHT + bars * (height - INDEX_BAND_HEIGHT)
+        frame = VideoFrame(width=width, height=height, format="yuv420p")
+        _fill_plane(frame.planes[0], luma, width)
+        _fill_plane(frame.planes[1], bytes([(64 + index * 3) % 256]) * chroma, width // 2)
+        _fill_plane(frame.planes[2], bytes([(192 - index * 2) % 256]) * chroma, width // 2)
+        frame.pts = index
+        frame.time_base = 1 / fps
+        for packet in stream.encode(frame):
+            yield float(packet.dts * packet.time_base), packet
+    for packet in stream.encode(None):
+        yield float(packet.dts * packet.time_base), packet
+
+
+def _fill_plane(plane: av.video.plane.VideoPlane, data: bytes, width: int) -> None:
+    """Copy tightly packed rows into a plane whose rows may be padded."""
+    if plane.line_size == width:
+        plane.update(data)
+        return
+    padding = bytes(plane.line_size - width)
+    plane.update(b"".join(data[i : i + width] + padding for i in range(0, len(data), width)))
+
+
+def _tone_packets(
+    stream: AudioStream, seconds: float, speech: bool
+) -> Iterator[tuple[float, Packet]]:
+    """Encode a 440 Hz tone, or syllable-like bursts of a voiced sound, in 1024-sample frames."""
+    rate = stream.codec_context.sample_rate
+    channels = stream.layout.nb_channels
+    total = round(seconds * rate)
+    for start in range(0, total, 1024):
+        samples = min(1024, total - start)
+        values = array("h")
+        for n in range(start, start + samples):
+            t = n / rate
+            if speech:
+                pitch = 150 + 40 * math.sin(2 * math.pi * 0.7 * t)
+                envelope = abs(math.sin(2 * math.pi * 2.5 * t)) ** 2
+                voice = sum(math.sin(2 * math.pi * pitch * k * t) / k for k in (1, 2, 3, 4))
+                value = 0.3 * envelope * voice
+            else:
+                value = 0.3 * math.sin(2 * math.pi * 440 * t)
+            values.extend([int(value * 32767)] * channels)
+        frame = av.AudioFrame(format="s16", layout=_layout_name(stream), samples=samples)
+        frame.planes[0].update(values.tobytes())
+        frame.sample_rate = rate
+        frame.pts = start
+        frame.time_base = Fraction(1, rate)
+        for packet in stream.encode(frame):
+            yield float(packet.pts * packet.time_base), packet
+    for packet in stream.encode(None):
+        yield float(packet.pts * packet.time_base), packet
