@@ -31,6 +31,7 @@ class BridgeConfig:
     data_dir: Path
     api_base: str = DEFAULT_API_BASE
     api_key: Secret = Secret(None)
+    api_auth: str = "x-api-key"  # or "bearer", when the key came from CHAMELAION_BEARER_TOKEN
     host: str = "127.0.0.1"
     port: int = discovery.DEFAULT_PORT
     upload_concurrency: int = 2
@@ -56,11 +57,13 @@ class BridgeConfig:
         cls, data_dir: str | os.PathLike[str] | None = None, **overrides: object
     ) -> BridgeConfig:
         """Read the pinned environment variables; explicit overrides (flags) win."""
-        key = os.environ.get("CHAMELAION_API_KEY") or os.environ.get("CHAMELAION_BEARER_TOKEN")
+        api_key = os.environ.get("CHAMELAION_API_KEY")
+        bearer = os.environ.get("CHAMELAION_BEARER_TOKEN")
         values: dict[str, object] = {
             "data_dir": discovery.data_dir(data_dir),
             "api_base": (os.environ.get("CHAMELAION_BASE_URL") or DEFAULT_API_BASE).rstrip("/"),
-            "api_key": Secret(key or None),
+            "api_key": Secret(api_key or bearer or None),
+            "api_auth": "x-api-key" if api_key or not bearer else "bearer",
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

@@ -42,8 +42,9 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     State.PROCESSING: frozenset({State.PROCESSING, State.DOWNLOADING}),
     State.DOWNLOADING: frozenset({State.DOWNLOADING, State.PROCESSING, State.COMPLETED}),
     State.COMPLETED: frozenset(),
-    State.FAILED: frozenset({State.QUEUED}),
-    State.CANCELED: frozenset({State.QUEUED}),
+    # A retry starts over (QUEUED) or, when the remote request is known, polls it again.
+    State.FAILED: frozenset({State.QUEUED, State.SUBMITTED}),
+    State.CANCELED: frozenset({State.QUEUED, State.SUBMITTED}),
 }
 
 
@@ -159,6 +160,11 @@ class JobSpec:
                 raise InputError(f"{kind}_path must be an absolute path, got {path!r}.")
             if url and urlparse(url).scheme not in ("http", "https"):
                 raise InputError(f"{kind}_url must be an http:// or https:// URL, got {url!r}.")
+        if bool(self.video_path) != bool(self.audio_path):
+            raise InputError(
+                "Give both inputs as local files or both as URLs: the API takes uploads or "
+                "links, not a mix."
+            )
         if self.video_range and self.video_url:
             raise InputError("video_range works with video_path only, not with video_url.")
         if self.reference_id is not None:

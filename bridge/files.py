@@ -1,0 +1,63 @@
+"""Putting result files in place: whole or not at all, and never over an existing file."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+_UNSAFE = re.compile(r'[<>:"/\\|?*\x00-\x1f]')
+_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL"} | {
+    f"{p}{i}" for p in ("COM", "LPT") for i in range(1, 10)
+}
+
+
+def safe_filename(name: str) -> str:
+    """A file name valid on Windows, macOS and Linux (no separators, no reserved names)."""
+    cleaned = _UNSAFE.sub("_", name).strip(" .") or "result"
+    stem, dot, suffix = cleaned.partition(".")
+    if stem.upper() in _WINDOWS_RESERVED:
+        cleaned = f"_{stem}{dot}{suffix}"
+    return cleaned[:200]
+
+
+def numbered_names(dest: Path) -> Iterator[Path]:
+    """dest, then stem-2.ext, stem-3.ext, ... for picking a name that is still free."""
+    yield dest
+    stem = dest.name[: -len(dest.suffix)] if dest.suffix else dest.name
+    n = 2
+    while True:
+        yield dest.with_name(f"{stem}-{n}{dest.suffix}")
+        n += 1
+
+
+def link_into_place(tmp: Path, dest: Path) -> bool:
+    """Atomically publish `tmp` as `dest` unless `dest` exists; True if it was published.
+
+    A hard link never replaces an existing file, and the finished file appears at once.
+    The caller removes `tmp` afterwards; until then both names point at the same file,
+    which is how a restarted bridge tells that the publish already happened.
+    """
+    try:
+        os.link(tmp, dest)
+    except FileExistsError:
+        return False
+    except OSError:
+        # File systems without hard links: an exclusive create claims the name, then the
+        # finished file is moved over our own empty placeholder.
+        try:
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        os.close(fd)
+        os.replace(tmp, dest)
+    return True
+
+
+def is_published(tmp: Path, dest: Path) -> bool:
+    """Whether `dest` is already the published copy of `tmp` (same file on disk)."""
+    try:
+        return os.path.samefile(tmp, dest)
+    except OSError:
+        return False

@@ -1,0 +1,295 @@
+"""The Chamelaion API as the engine needs it, through the official SDK.
+
+The SDK does the HTTP; this module adds what it lacks: streamed uploads from open file
+objects with progress, streamed downloads, and turning every failure into a RemoteError
+whose message is one sentence and whose `retryable` tells the engine what to do.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import aiohttp
+import chamelaion
+from chamelaion import AsyncChamelaion, DefaultAioHttpClient
+
+from bridge.config import Secret
+from bridge.errors import AuthError, NotFoundError, QuotaError, RemoteError
+
+log = logging.getLogger(__name__)
+Progress = Callable[[int, int], None]
+CHUNK = 1 << 20
+MAX_LIST_LIMIT = 100
+
+
+@dataclass(frozen=True)
+class RemoteRequest:
+    """The fields of a LipsyncRequest the engine acts on."""
+
+    id: str
+    status: str
+    reference_id: str | None = None
+    output_url: str | None = None
+    error_message: str | None = None
+    created_at: str | None = None
+
+
+def _from_sdk(item: Any) -> RemoteRequest:
+    return RemoteRequest(
+        id=item.id,
+        status=item.status,
+        reference_id=item.reference_id,
+        output_url=item.output_url,
+        error_message=item.error_message,
+        created_at=item.created_at.isoformat() if item.created_at else None,
+    )
+
+
+class _ProgressReader:
+    """A read-only file wrapper that reports bytes handed to the HTTP client."""
+
+    def __init__(self, fh: IO[bytes], total: int, report: Callable[[int], None]) -> None:
+        self._fh, self._total, self._report = fh, total, report
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._fh.read(size if size and size > 0 else CHUNK)
+        if data:
+            self._report(len(data))
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fh, name)
+
+
+def _retry_after(headers: Any) -> float | None:
+    value = headers.get("retry-after") if headers is not None else None
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _api_message(body: Any) -> str | None:
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        return body["error"]
+    return None
+
+
+def translate_error(exc: Exception) -> RemoteError:
+    """One readable sentence for any SDK failure, classified for the engine."""
+    if isinstance(exc, RemoteError):
+        return exc
+    if isinstance(exc, chamelaion.APIStatusError):
+        status = exc.status_code
+        message = _api_message(exc.body)
+        if status == 401 or status == 403:
+            return AuthError(
+                f"The Chamelaion API refused the API key ({message or 'unauthorized'}); "
+                "check CHAMELAION_API_KEY or the key in the add-on preferences.",
+                status=status,
+            )
+        if message == "token limit reached" or status == 412:
+            return QuotaError(
+                "The Chamelaion account is out of credits (token limit reached); "
+                "top it up, then retry the job.",
+                status=status,
+            )
+        if status == 404:
+            return NotFoundError(
+                f"The Chamelaion API has no such request ({message or 'not found'}).",
+                status=status,
+            )
+        if status == 429:
+            return RemoteError(
+                "The Chamelaion API is rate-limiting us (429); the job waits and tries again.",
+                status=status,
+                retryable=True,
+                retry_after=_retry_after(exc.response.headers),
+            )
+        if status >= 500:
+            detail = message or (
+                "an HTML error page from a gateway"
+                if not isinstance(exc.body, dict)
+                else "no detail"
+            )
+            return RemoteError(
+                f"The Chamelaion API had a server error (HTTP {status}: {detail}); "
+                "the job tries again shortly.",
+                status=status,
+                retryable=True,
+                retry_after=_retry_after(exc.response.headers),
+            )
+        return RemoteError(
+            f"The Chamelaion API refused the request (HTTP {status}: {message or 'no detail'}).",
+            status=status,
+        )
+    if isinstance(exc, chamelaion.APIResponseValidationError):
+        return RemoteError(
+            "The Chamelaion API sent an answer that is not valid JSON (often a proxy or gateway "
+            "page); the job tries again shortly.",
+            retryable=True,
+        )
+    if isinstance(exc, chamelaion.APIConnectionError | aiohttp.ClientError | OSError):
+        return RemoteError(
+            "The connection to the Chamelaion API failed; the job tries again shortly.",
+            retryable=True,
+        )
+    return RemoteError(f"Unexpected error talking to the Chamelaion API: {type(exc).__name__}.")
+
+
+class RemoteAPI:
+    """Async access to the lip-sync endpoints. SDK retries are off: the engine retries."""
+
+    def __init__(self, base_url: str, api_key: Secret, *, auth: str = "x-api-key") -> None:
+        self.base_url = base_url.rstrip("/")
+        credentials = {"bearer_token": api_key.value} if auth == "bearer" else {}
+        if auth != "bearer":
+            credentials["api_key"] = api_key.value
+        self._sdk = AsyncChamelaion(
+            base_url=self.base_url,
+            max_retries=0,
+            http_client=DefaultAioHttpClient(),
+            **credentials,
+        )
+        self._session: aiohttp.ClientSession | None = None
+
+    async def close(self) -> None:
+        await self._sdk.close()
+        if self._session is not None:
+            await self._session.close()
+
+    async def _call(self, coro: Any) -> Any:
+        try:
+            return await coro
+        except Exception as exc:  # every SDK failure becomes a classified RemoteError
+            raise translate_error(exc) from None
+
+    async def check_key(self) -> str:
+        """The key's token name, or AuthError."""
+        return (await self._call(self._sdk.users.retrieve_current())).name
+
+    async def generate_from_urls(
+        self, video_url: str, audio_url: str, *, reference_id: str, disable_asd: bool
+    ) -> str:
+        result = await self._call(
+            self._sdk.lipsync.generate(
+                inputs=[{"type": "video", "url": video_url}, {"type": "audio", "url": audio_url}],
+                reference_id=reference_id,
+                disable_active_speaker_detection=disable_asd,
+            )
+        )
+        return result.request_id
+
+    async def generate_with_media(
+        self,
+        video: Path,
+        audio: Path,
+        *,
+        reference_id: str,
+        disable_asd: bool,
+        model: str | None = None,
+        progress: Progress | None = None,
+    ) -> str:
+        """Upload both files, streamed from disk: memory stays flat whatever their size."""
+        total = video.stat().st_size + audio.stat().st_size
+        sent = 0
+
+        def report(n: int) -> None:
+            nonlocal sent
+            sent += n
+            if progress:
+                progress(min(sent, total), total)
+
+        extra = {"model": model} if model else None
+        with video.open("rb") as vfh, audio.open("rb") as afh:
+            result = await self._call(
+                self._sdk.lipsync.generate_with_media(
+                    video=(video.name, _ProgressReader(vfh, total, report), "video/mp4"),
+                    audio=(audio.name, _ProgressReader(afh, total, report), _audio_type(audio)),
+                    reference_id=reference_id,
+                    disable_active_speaker_detection=disable_asd,
+                    extra_body=extra,
+                )
+            )
+        return result.request_id
+
+    async def retrieve(self, id_or_reference: str) -> RemoteRequest | None:
+        """A request by uuid or reference_id; None when the API has none."""
+        try:
+            return _from_sdk(await self._call(self._sdk.lipsync.requests.retrieve(id_or_reference)))
+        except NotFoundError:
+            return None
+
+    async def list_page(
+        self, *, offset: int = 0, limit: int = MAX_LIST_LIMIT, reference_id: str | None = None
+    ) -> tuple[list[RemoteRequest], int, int]:
+        """One page: (requests, total matching, the limit the API applied)."""
+        kwargs: dict[str, Any] = {"limit": limit, "offset": offset}
+        if reference_id:
+            kwargs["reference_id"] = reference_id
+        page = await self._call(self._sdk.lipsync.requests.list(**kwargs))
+        applied = page.pagination.limit or limit
+        return [_from_sdk(r) for r in page.data], page.pagination.total, applied
+
+    async def find_by_reference_id(self, reference_id: str) -> RemoteRequest | None:
+        """The request the API holds under this reference_id (newest if several)."""
+        items, _total, _limit = await self.list_page(reference_id=reference_id)
+        matches = [r for r in items if r.reference_id == reference_id]
+        return max(matches, key=lambda r: r.created_at or "") if matches else None
+
+    async def download(self, url: str, dest: Path, progress: Progress | None = None) -> int:
+        """Stream `url` into `dest` (truncated first); returns the bytes written.
+
+        Raises RemoteError(retryable) on drops and short bodies, NotFoundError on 403/404/410
+        (an expired signed URL: the engine fetches a fresh one).
+        """
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=15, sock_read=120)
+            )
+        written = 0
+        try:
+            async with self._session.get(url) as response:
+                if response.status in (403, 404, 410):
+                    raise NotFoundError(
+                        f"The result file is no longer available (HTTP {response.status}).",
+                        status=response.status,
+                    )
+                if response.status != 200:
+                    raise RemoteError(
+                        f"Downloading the result failed (HTTP {response.status}); "
+                        "the job tries again shortly.",
+                        status=response.status,
+                        retryable=response.status == 429 or response.status >= 500,
+                        retry_after=_retry_after(response.headers),
+                    )
+                expected = response.content_length
+                with dest.open("wb") as fh:
+                    async for chunk in response.content.iter_chunked(CHUNK):
+                        fh.write(chunk)
+                        written += len(chunk)
+                        if progress and expected:
+                            progress(written, expected)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise RemoteError(
+                "The download of the result was interrupted; the job tries again shortly.",
+                retryable=True,
+            ) from exc
+        if expected is not None and written != expected:
+            raise RemoteError(
+                f"The download of the result stopped early ({written} of {expected} bytes); "
+                "the job tries again shortly.",
+                retryable=True,
+            )
+        return written
+
+
+def _audio_type(path: Path) -> str:
+    return "audio/mpeg" if path.suffix.lower() == ".mp3" else "audio/wav"
