@@ -1,0 +1,79 @@
+"""Fixtures for the bridge: a real emulator on 127.0.0.1, real media files, a real engine."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from bridge import media
+from bridge.config import BridgeConfig, Secret
+from bridge.emulator import EmulatorConfig, RunningEmulator, start_emulator
+from bridge.engine import Engine
+from bridge.jobs import Job
+from bridge.store import Store
+from tests.helpers import async_wait_until
+
+EMULATOR_KEY = "emulator-key"
+
+
+@pytest.fixture(scope="session")
+def sample_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A 1 s sample video (with its own sound) and a dubbed WAV; tests must not modify them."""
+    folder = tmp_path_factory.mktemp("media")
+    return media.make_sample_media(folder, seconds=1.0, fps=25, size=(160, 120))
+
+
+@pytest.fixture
+async def emulator(tmp_path: Path) -> AsyncIterator[RunningEmulator]:
+    running = await start_emulator(
+        EmulatorConfig(queued_seconds=0.05, processing_seconds=0.2, storage_dir=tmp_path / "emu")
+    )
+    yield running
+    await running.close()
+
+
+def bridge_config(data_dir: Path, base_url: str, key: str | None = EMULATOR_KEY) -> BridgeConfig:
+    """A config with quick polling, so tests finish in a second rather than a minute."""
+    return BridgeConfig(
+        data_dir=data_dir,
+        api_base=base_url,
+        api_key=Secret(key),
+        poll_interval=0.05,
+        max_poll_interval=0.3,
+    )
+
+
+EngineFactory = Callable[..., Awaitable[Engine]]
+
+
+@pytest.fixture
+async def make_engine(
+    tmp_path: Path, emulator: RunningEmulator
+) -> AsyncIterator[EngineFactory]:
+    """Start engines on a shared data folder (a second one models a restarted bridge)."""
+    engines: list[tuple[Engine, Store]] = []
+
+    async def factory(key: str | None = EMULATOR_KEY, data_dir: Path | None = None) -> Engine:
+        config = bridge_config(data_dir or tmp_path / "data", emulator.base_url, key)
+        store = Store(config.store_path)
+        engine = Engine(config, store)
+        await engine.start()
+        engines.append((engine, store))
+        return engine
+
+    yield factory
+    for engine, store in engines:
+        await engine.close()
+        store.close()
+
+
+async def wait_final(engine: Engine, job_id: str, timeout: float = 20.0) -> Job:
+    """The job once it is completed, failed or canceled."""
+
+    def final() -> Job | None:
+        job = engine.store.get(job_id)
+        return job if job is not None and job.is_final else None
+
+    return await async_wait_until(final, timeout=timeout, message=f"job {job_id} to finish")
