@@ -166,11 +166,9 @@ def _info(path: Path, container: InputContainer) -> MediaInfo:
     frames = None
     if video is not None:
         frames = video.frames or None
-        if frames is None and fps and duration:
-            stream_duration = (
-                float(video.duration * video.time_base) if video.duration else duration
-            )
-            frames = round(stream_duration * fps)
+        stream_duration = _stream_seconds(video) or duration
+        if frames is None and fps and stream_duration:
+            frames = math.floor(stream_duration * fps + 0.01)
     return MediaInfo(
         path=path,
         format_name=container.format.name,
@@ -185,6 +183,19 @@ def _info(path: Path, container: InputContainer) -> MediaInfo:
         audio_codec=audio.codec_context.name if audio is not None else None,
         sample_rate=audio.codec_context.sample_rate if audio is not None else None,
     )
+
+
+def _stream_seconds(stream: av.stream.Stream) -> float | None:
+    """A stream's own duration: from its header, else Matroska's DURATION tag."""
+    if stream.duration:
+        return float(stream.duration * stream.time_base)
+    tag = stream.metadata.get("DURATION", "")
+    hours, _, rest = tag.partition(":")
+    minutes, _, seconds = rest.partition(":")
+    try:
+        return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    except ValueError:
+        return None
 
 
 def _video_stream(container: InputContainer) -> VideoStream | None:
@@ -400,8 +411,9 @@ def _start_seconds(stream: av.stream.Stream) -> float:
 
 def _video_duration(container: InputContainer, stream: VideoStream) -> float:
     """The video stream's duration, else the file's."""
-    if stream.duration:
-        return float(stream.duration * stream.time_base)
+    seconds = _stream_seconds(stream)
+    if seconds:
+        return seconds
     return container.duration / av.time_base if container.duration else math.inf
 
 
@@ -560,6 +572,7 @@ def make_test_video(
     size: tuple[int, int] = (320, 240),
     with_audio: bool = False,
     container: str = "mp4",
+    keyframe_interval: int = 250,
 ) -> Path:
     """Write an H.264 clip whose frames carry their own index (read it with frame_index_of)."""
     width, height = size
@@ -574,6 +587,7 @@ def make_test_video(
         stream = out.add_stream("libx264", rate=fps, options={"crf": "18", "preset": "ultrafast"})
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.codec_context.time_base = 1 / fps
+        stream.codec_context.gop_size = keyframe_interval
         audio = None
         if with_audio:
             audio = out.add_stream("aac", rate=48000, layout="mono")

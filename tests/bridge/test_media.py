@@ -148,6 +148,15 @@ def test_cut_of_ntsc_rate_mov_keeps_the_rate(tmp_path: Path) -> None:
     assert media.probe(cut).fps == rate
 
 
+def test_cut_deep_in_a_clip_seeks_and_still_starts_on_the_right_frame(tmp_path: Path) -> None:
+    source = media.make_test_video(
+        tmp_path / "long.mkv", 150, 25, SIZE, with_audio=True, container="mkv", keyframe_interval=10
+    )
+    cut = media.prepare_video(source, tmp_path / "work", video_range=(4.52, 0.4))
+    assert indices(cut) == list(range(113, 123))
+    assert stream_durations(cut)["audio"] == pytest.approx(0.4, abs=0.03)
+
+
 def test_range_reaching_past_the_end_stops_at_the_last_frame(tmp_path: Path, clip: Path) -> None:
     cut = media.prepare_video(clip, tmp_path / "work", video_range=(1.6, 5.0))
     assert indices(cut) == list(range(40, 50))
@@ -170,6 +179,7 @@ def test_other_containers_become_playable_mp4(tmp_path: Path, container: str) ->
     source = media.make_test_video(
         tmp_path / f"take.{container}", 30, 25, SIZE, with_audio=True, container=container
     )
+    assert media.probe(source).frames == 30
     before = digest(source)
     out = media.prepare_video(source, tmp_path / "work")
     assert out.suffix == ".mp4" and out.parent == tmp_path / "work"
