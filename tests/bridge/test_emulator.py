@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
 import time
 import tracemalloc
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -49,11 +55,19 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
+def _sdk(emulator: RunningEmulator, **credentials: str) -> chamelaion.AsyncChamelaion:
+    """The official SDK on its aiohttp transport, as the bridge uses it."""
+    return chamelaion.AsyncChamelaion(
+        base_url=emulator.base_url,
+        max_retries=0,
+        http_client=chamelaion.DefaultAioHttpClient(),
+        **(credentials or {"api_key": KEY}),
+    )
+
+
 @pytest.fixture
 async def sdk(emulator: RunningEmulator) -> AsyncIterator[chamelaion.AsyncChamelaion]:
-    async with chamelaion.AsyncChamelaion(
-        api_key=KEY, base_url=emulator.base_url, max_retries=0
-    ) as client:
+    async with _sdk(emulator) as client:
         yield client
 
 
@@ -97,7 +111,7 @@ async def test_health_needs_no_key_and_says_it_is_an_emulator(
             "emulator": True,
             "note": "local stand-in: no real lip sync is done",
         }
-    async with chamelaion.AsyncChamelaion(api_key="wrong", base_url=emulator.base_url) as client:
+    async with _sdk(emulator, api_key="wrong") as client:
         assert (await client.health.check()).status == "ok"
 
 
@@ -122,9 +136,9 @@ async def test_auth_errors_are_the_documented_401s(
 
 async def test_both_key_forms_work_through_the_sdk(emulator: RunningEmulator) -> None:
     for credentials in ({"api_key": KEY}, {"bearer_token": KEY}):
-        async with chamelaion.AsyncChamelaion(base_url=emulator.base_url, **credentials) as client:
+        async with _sdk(emulator, **credentials) as client:
             assert (await client.users.retrieve_current()).name == "emulator token"
-    async with chamelaion.AsyncChamelaion(api_key="nope", base_url=emulator.base_url) as client:
+    async with _sdk(emulator, api_key="nope") as client:
         with pytest.raises(chamelaion.AuthenticationError, match="invalid token"):
             await client.users.retrieve_current()
 
@@ -294,7 +308,7 @@ async def test_list_paginates_filters_and_clamps(
     try:
         ids = [await _upload(http, emulator, clips, reference_id=f"ref-{i}") for i in range(5)]
         url = emulator.base_url + "/v1/lipsync/requests"
-        async with chamelaion.AsyncChamelaion(api_key=KEY, base_url=emulator.base_url) as sdk:
+        async with _sdk(emulator) as sdk:
             page = await sdk.lipsync.requests.list(limit=2, offset=1)
             assert [r.id for r in page.data] == ids[1:3]
             assert (page.pagination.limit, page.pagination.offset, page.pagination.total) == (
@@ -556,7 +570,7 @@ async def test_unprocessed_uploads_stream_and_complete_with_a_tiny_video(
         finally:
             tracemalloc.stop()
         assert peak < 16 << 20, f"upload of 64 MiB peaked at {peak >> 20} MiB"
-        async with chamelaion.AsyncChamelaion(api_key=KEY, base_url=emulator.base_url) as sdk:
+        async with _sdk(emulator) as sdk:
             request = await _final(sdk, request_id)
         async with http.get(request.output_url) as response:
             result = tmp_path / "result.mp4"
@@ -564,3 +578,22 @@ async def test_unprocessed_uploads_stream_and_complete_with_a_tiny_video(
         assert media.is_playable_video(result) and result.stat().st_size < 10_000
     finally:
         await emulator.close()
+
+
+def test_run_emulator_prints_where_and_which_key_then_serves_until_sigterm() -> None:
+    code = "from bridge.emulator import run_emulator; run_emulator(port=0)"
+    process = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parents[2],
+    )
+    try:
+        banner = process.stdout.readline() + process.stdout.readline()
+        assert "no real lip sync" in banner and "CHAMELAION_API_KEY=emulator-key" in banner
+        base_url = banner.split("CHAMELAION_BASE_URL=")[1].split()[0]
+        with urllib.request.urlopen(base_url + "/health", timeout=5) as response:
+            assert json.load(response)["emulator"] is True
+    finally:
+        os.kill(process.pid, signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
