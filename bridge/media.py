@@ -110,13 +110,13 @@ def check_inputs(video: Path, audio: Path) -> tuple[MediaInfo, MediaInfo]:
 
 
 def is_playable_video(path: Path) -> bool:
-    """Whether a file (e.g. a downloaded result) opens and decodes at its start and its end."""
+    """Whether a file (e.g. a downloaded result) decodes at its start and reaches its stated end."""
     try:
         with _open(Path(path)) as container:
             stream = _video_stream(container)
             if stream is None or _first_video_frame(container) is None:
                 return False
-            return _last_video_frame_decodes(container, stream)
+            return _reaches_its_end(container, stream)
     except (MediaError, av.error.FFmpegError, OSError):
         return False
 
@@ -241,17 +241,24 @@ def _first_video_frame(container: InputContainer) -> VideoFrame | None:
     return None
 
 
-def _last_video_frame_decodes(container: InputContainer, stream: VideoStream) -> bool:
-    """Seek to the last keyframe and decode a frame: a file cut short fails here."""
-    if not container.duration:
+def _reaches_its_end(container: InputContainer, stream: VideoStream) -> bool:
+    """Decode from the last keyframe on: a file cut short stops before its stated end."""
+    expected = _stream_seconds(stream)
+    if not expected:
         return True
-    target = int(container.duration / av.time_base / stream.time_base)
     start = stream.start_time or 0
-    try:
-        container.seek(start + target, stream=stream, backward=True)
-        return _first_video_frame(container) is not None
-    except (av.error.FFmpegError, OSError):
-        return False
+    container.seek(start + int(expected / stream.time_base), stream=stream, backward=True)
+    reached, frames = 0.0, 0
+    for packet in container.demux(stream):
+        if packet.is_corrupt:
+            return False
+        if packet.pts is not None:
+            end = (packet.pts - start + (packet.duration or 0)) * stream.time_base
+            reached = max(reached, float(end))
+        frames += len(packet.decode())
+    fps = _fps(stream)
+    tolerance = float(2 / fps) if fps else 0.1
+    return frames > 0 and reached >= expected - tolerance
 
 
 # ---------------------------------------------------------------------------------------------

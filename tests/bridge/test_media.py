@@ -10,6 +10,7 @@ from pathlib import Path
 
 import av
 import pytest
+from av.stream import Disposition
 
 from bridge import media
 from bridge.errors import MediaError
@@ -116,6 +117,26 @@ def test_good_inputs_are_described(clip: Path, speech: Path) -> None:
     assert video.duration == pytest.approx(2.0, abs=0.05)
     assert (audio.has_video, audio.has_audio, audio.sample_rate) == (False, True, 48000)
     assert audio.audio_codec == "pcm_s16le"
+
+
+def test_mp3_with_cover_art_is_audio_not_a_second_video(tmp_path: Path, clip: Path) -> None:
+    song = tmp_path / "dialogue.mp3"
+    with av.open(str(song), "w", format="mp3") as out:
+        sound = out.add_stream("libmp3lame", rate=44100, layout="mono")
+        cover = out.add_stream("mjpeg")
+        cover.width, cover.height, cover.pix_fmt = 64, 64, "yuvj420p"
+        cover.disposition = Disposition.attached_pic
+        picture = av.VideoFrame(width=64, height=64, format="yuvj420p")
+        for packet in [*cover.encode(picture), *cover.encode(None)]:
+            out.mux(packet)
+        silence = av.AudioFrame(format="s16", layout="mono", samples=22050)
+        silence.planes[0].update(bytes(44100))
+        silence.sample_rate, silence.pts = 44100, 0
+        for packet in [*sound.encode(silence), *sound.encode(None)]:
+            out.mux(packet)
+    _, audio = media.check_inputs(clip, song)
+    assert (audio.has_audio, audio.has_video) == (True, False)
+    assert media.prepare_audio(song, tmp_path / "work") == song
 
 
 # --- video preparation ---------------------------------------------------------------------
@@ -236,10 +257,28 @@ def test_mux_copies_the_picture_and_takes_the_new_audio_for_the_videos_length(
     assert [p.name for p in out.parent.iterdir()] == ["synced.mp4"]
 
 
+def remux_faststart(source: Path, out: Path) -> Path:
+    """Copy a clip's video into an MP4 whose index comes first, as streaming services send."""
+    with (
+        av.open(str(source)) as inp,
+        av.open(str(out), "w", format="mp4", options={"movflags": "faststart"}) as outp,
+    ):
+        stream = outp.add_stream_from_template(inp.streams.video[0])
+        for packet in inp.demux(video=0):
+            if packet.dts is not None:
+                packet.stream = stream
+                outp.mux(packet)
+    return out
+
+
 def test_truncated_or_bogus_files_are_not_playable(tmp_path: Path, clip: Path) -> None:
     assert media.is_playable_video(clip)
     truncated = tmp_path / "partial.mp4"
     truncated.write_bytes(clip.read_bytes()[: clip.stat().st_size // 2])
+    assert not media.is_playable_video(truncated)
+    faststart = remux_faststart(clip, tmp_path / "faststart.mp4")
+    assert media.is_playable_video(faststart)
+    truncated.write_bytes(faststart.read_bytes()[: faststart.stat().st_size * 95 // 100])
     assert not media.is_playable_video(truncated)
     text = tmp_path / "error.mp4"
     text.write_text('{"error": "expired"}')
