@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import shutil
 import signal
 import tempfile
@@ -34,9 +35,10 @@ from aiohttp.multipart import BodyPartReader
 from bridge import media
 from bridge.errors import MediaError
 
+log = logging.getLogger(__name__)
+
 CHUNK = 1 << 20
-API_ENDPOINTS = ("health", "users", "generate", "generate-with-media", "retrieve", "list")
-ENDPOINTS = (*API_ENDPOINTS, "output")
+ENDPOINTS = ("health", "users", "generate", "generate-with-media", "retrieve", "list", "output")
 ENDPOINT_GROUPS = {"any": frozenset(ENDPOINTS), "requests": frozenset({"retrieve", "list"})}
 FAULT_KINDS = frozenset(
     {
@@ -57,6 +59,7 @@ KIND_ENDPOINTS = {
     "drop-after-accept": frozenset({"generate", "generate-with-media"}),
     "drop-midway": frozenset({"output"}),
 }
+BOOLEANS = frozenset({"true", "false", "1", "0"})  # form values accepted for a boolean field
 JOB_OUTCOMES = frozenset({"fail", "no-output"})
 NOT_FOUND = "lipsync request not found"
 NGINX_502 = (
@@ -230,7 +233,7 @@ class EmulatorState:
 
     async def reset(self) -> None:
         """Forget every request, fault, outcome and counter: a fresh emulator."""
-        await self._cancel_tasks()
+        await self.cancel_tasks()
         self.requests.clear()
         self.faults.clear()
         self.job_outcomes.clear()
@@ -274,7 +277,8 @@ class EmulatorState:
         task.add_done_callback(self._tasks.discard)
         return record
 
-    async def _cancel_tasks(self) -> None:
+    async def cancel_tasks(self) -> None:
+        """Stop every request's lifecycle (on reset and shutdown)."""
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -292,6 +296,9 @@ class EmulatorState:
             else:
                 error = await self._produce(record, inputs)
             await asyncio.sleep(max(0.0, done_at - loop.time()))
+        except Exception:  # a bug here must not leave the request "processing" for ever
+            log.exception("emulator request %s crashed", record.id)
+            error = "internal error"
         finally:
             shutil.rmtree(inputs.work, ignore_errors=True)
         record.finished_at = _now()
@@ -491,13 +498,6 @@ async def generate(request: web.Request) -> web.StreamResponse:
     return _accepted(request, state.create(reference_id, inputs, _origin(request)))
 
 
-def _parse_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered not in ("true", "false", "1", "0"):
-        raise _BadRequest("invalid request body")
-    return lowered in ("true", "1")
-
-
 async def _save_part(part: BodyPartReader, path: Path, keep: bool) -> int:
     """Stream one file part to disk chunk by chunk (memory stays flat); return its size."""
     size = 0
@@ -531,7 +531,8 @@ async def _read_upload(request: web.Request, work: Path, keep: bool) -> str | No
             raise _BadRequest(f"{kind} file is required")
     if fields.get("model", "lipsync-2") != "lipsync-2":
         raise _BadRequest('model must be "lipsync-2"')
-    _parse_bool(fields.get("disable_active_speaker_detection", "false"))
+    if fields.get("disable_active_speaker_detection", "false").lower() not in BOOLEANS:
+        raise _BadRequest("invalid request body")
     return fields.get("reference_id")
 
 
@@ -658,7 +659,7 @@ def create_emulator_app(config: EmulatorConfig | None = None) -> web.Application
                     media.make_test_video, storage / "placeholder.mp4", 1, 1, (96, 48)
                 )
             yield
-            await state._cancel_tasks()
+            await state.cancel_tasks()
         if scratch is not None:
             scratch.cleanup()
 
@@ -711,8 +712,11 @@ async def start_emulator(
     app = create_emulator_app(config)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
     bound_port = runner.addresses[0][1]
     return RunningEmulator(url=f"http://{host}:{bound_port}", app=app, runner=runner)
 
@@ -724,7 +728,13 @@ def run_emulator(
     config = config or EmulatorConfig()
 
     async def serve() -> None:
-        emulator = await start_emulator(config, host, port)
+        try:
+            emulator = await start_emulator(config, host, port)
+        except OSError as exc:
+            raise SystemExit(
+                f"The emulator cannot listen on {host}:{port} ({exc.strerror}); "
+                "choose another port with --port."
+            ) from None
         stop = asyncio.Event()
         with contextlib.suppress(NotImplementedError):
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)

@@ -196,6 +196,7 @@ async def test_content_type_errors(emulator: RunningEmulator, http: aiohttp.Clie
         ("video", {}, "video file is required"),
         ("audio", {}, "audio file is required"),
         (None, {"model": "lipsync-1"}, 'model must be "lipsync-2"'),
+        (None, {"disable_active_speaker_detection": "maybe"}, "invalid request body"),
     ],
 )
 async def test_upload_validation_errors(
