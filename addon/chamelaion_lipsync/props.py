@@ -1,0 +1,143 @@
+"""What the add-on stores: per-scene options and jobs (in the .blend), and the preferences."""
+
+import os
+from pathlib import Path
+
+import bpy
+from bpy.props import (
+    BoolProperty,
+    CollectionProperty,
+    FloatProperty,
+    IntProperty,
+    PointerProperty,
+    StringProperty,
+)
+
+from bridge import discovery
+
+from .worker import Settings
+
+FINAL_STATES = {"completed", "failed", "canceled"}
+
+
+class ChamelaionJob(bpy.types.PropertyGroup):
+    """One lip-sync job of this file, with the insert target kept from when it was queued."""
+
+    reference_id: StringProperty(name="Reference ID")
+    job_id: StringProperty()
+    request_id: StringProperty()
+    state: StringProperty(default="sending")
+    progress: FloatProperty(min=0.0, max=1.0, subtype="FACTOR")
+    error: StringProperty()
+    warning: StringProperty()
+    created: StringProperty(description="Seconds since the epoch, as text (floats are 32-bit)")
+    finished: StringProperty()
+    source_name: StringProperty()
+    source_tag: StringProperty(description="Our uuid on the source strip: names change")
+    frame_start: IntProperty()
+    frame_duration: IntProperty()
+    channel: IntProperty()
+    fps: FloatProperty()
+    mute_source: BoolProperty()
+    request_body: StringProperty(description="The job request, to send again if it never arrived")
+    output_path: StringProperty()
+    result_name: StringProperty()
+    imported: BoolProperty()
+    reported: BoolProperty(description="Its error was already reported once")
+
+    @property
+    def is_final(self) -> bool:
+        return self.state in FINAL_STATES
+
+
+class ChamelaionSceneSettings(bpy.types.PropertyGroup):
+    disable_active_speaker_detection: BoolProperty(
+        name="Largest face",
+        description="Sync the largest face instead of detecting the active speaker",
+    )
+    reference_id: StringProperty(
+        name="Reference ID",
+        description="Optional; left empty, a unique one is made from the file and strip names",
+    )
+    mute_source: BoolProperty(
+        name="Mute source on import", description="Mute the source strip when the take arrives"
+    )
+    jobs: CollectionProperty(type=ChamelaionJob)
+    active_job: IntProperty()
+
+
+class ChamelaionPreferences(bpy.types.AddonPreferences):
+    bl_idname = __package__
+
+    api_key: StringProperty(
+        name="API key",
+        subtype="PASSWORD",
+        description="Your Chamelaion API key; empty uses CHAMELAION_API_KEY from the environment",
+    )
+    auto_start: BoolProperty(
+        name="Start the bridge when needed",
+        default=True,
+        description="Start the bundled bridge when none answers",
+    )
+    data_dir: StringProperty(
+        name="Bridge data folder",
+        subtype="DIR_PATH",
+        description="Where the bridge keeps jobs, results and its log; empty = the default",
+    )
+    bridge_url: StringProperty(
+        name="Bridge URL", description="Empty: found through the data folder's bridge.json"
+    )
+    api_base: StringProperty(
+        name="API base URL", description="Empty: the official service (or CHAMELAION_BASE_URL)"
+    )
+    bridge_command: StringProperty(
+        name="Bridge command",
+        description="Empty: Blender's Python runs the bundled bridge; '--data-dir' is appended",
+    )
+
+    def draw(self, context: bpy.types.Context) -> None:
+        layout = self.layout
+        layout.prop(self, "api_key")
+        layout.prop(self, "auto_start")
+        layout.prop(self, "data_dir")
+        layout.prop(self, "bridge_url")
+        layout.prop(self, "api_base")
+        layout.prop(self, "bridge_command")
+
+
+def preferences() -> ChamelaionPreferences | None:
+    addon = bpy.context.preferences.addons.get(__package__)
+    return addon.preferences if addon else None
+
+
+def worker_settings() -> Settings:
+    """Copy the preferences into the plain values the worker thread may read."""
+    prefs = preferences()
+    folder = prefs.data_dir if prefs and prefs.data_dir else None
+    return Settings(
+        data_dir=discovery.data_dir(bpy.path.abspath(folder) if folder else None),
+        url=(prefs.bridge_url.strip() if prefs else "") or os.environ.get("CHAMELAION_BRIDGE_URL"),
+        auto_start=prefs.auto_start if prefs else True,
+        api_base=prefs.api_base.strip() if prefs else "",
+        api_key=prefs.api_key.strip() if prefs else "",
+        command=prefs.bridge_command if prefs else "",
+    )
+
+
+def log_path() -> Path:
+    return worker_settings().data_dir / discovery.LOG_FILE
+
+
+classes = (ChamelaionJob, ChamelaionSceneSettings, ChamelaionPreferences)
+
+
+def register() -> None:
+    for cls in classes:
+        bpy.utils.register_class(cls)
+    bpy.types.Scene.chamelaion = PointerProperty(type=ChamelaionSceneSettings)
+
+
+def unregister() -> None:
+    del bpy.types.Scene.chamelaion
+    for cls in reversed(classes):
+        bpy.utils.unregister_class(cls)

@@ -1,0 +1,138 @@
+"""The one thread that talks to the bridge, so Blender's main thread never waits on HTTP.
+
+The main thread puts requests in; the worker answers each with a `Result` in an outbox that
+the sync tick drains. The worker never touches `bpy`: everything it needs arrives as plain
+values in `Settings`.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bridge.client import BridgeClient, BridgeRequestError, BridgeUnavailable
+from bridge.errors import BridgeError
+
+from . import launcher
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the worker needs from the preferences, copied on the main thread."""
+
+    data_dir: Path
+    url: str | None = None
+    auto_start: bool = True
+    api_base: str = ""
+    api_key: str = field(default="", repr=False)
+    command: str = ""
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class Request:
+    kind: str  # health | create | list | cancel | retry
+    payload: Any = None
+    tag: str = ""  # the local job this is about (scene name / local id)
+
+
+@dataclass(frozen=True)
+class Result:
+    request: Request
+    value: Any = None
+    error: str | None = None
+    unavailable: bool = False
+    status: int | None = None
+
+
+class Worker:
+    """A daemon thread serving requests in order; `pending` tells which kinds are in flight."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.inbox: queue.Queue[Request | None] = queue.Queue()
+        self.outbox: queue.Queue[Result] = queue.Queue()
+        self.launcher = launcher.Launcher()
+        self._in_flight: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="chamelaion-worker", daemon=True)
+        self._thread.start()
+
+    def submit(self, request: Request) -> None:
+        with self._lock:
+            self._in_flight[request.kind] = self._in_flight.get(request.kind, 0) + 1
+        self.inbox.put(request)
+
+    def busy(self, kind: str) -> bool:
+        with self._lock:
+            return self._in_flight.get(kind, 0) > 0
+
+    def drain(self, limit: int = 1000) -> list[Result]:
+        """Results ready now, without waiting."""
+        results = []
+        while len(results) < limit:
+            try:
+                results.append(self.outbox.get_nowait())
+            except queue.Empty:
+                break
+        return results
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.inbox.put(None)
+        self._thread.join(timeout=2.0)
+
+    def _client(self) -> BridgeClient:
+        s = self.settings
+        return BridgeClient(url=s.url or None, data_dir=s.data_dir, timeout=s.timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            request = self.inbox.get()
+            if request is None:
+                break
+            try:
+                result = self._serve(request)
+            except Exception as exc:  # noqa: BLE001 - a worker must answer every request
+                result = Result(request, error=f"Unexpected error talking to the bridge: {exc}")
+            with self._lock:
+                self._in_flight[request.kind] -= 1
+            self.outbox.put(result)
+
+    def _serve(self, request: Request) -> Result:
+        call = self._call_for(request)
+        try:
+            return Result(request, value=call(self._client()))
+        except BridgeUnavailable as exc:
+            if not (self.settings.auto_start and request.kind != "health"):
+                return Result(request, error=str(exc), unavailable=True)
+            problem = self.launcher.ensure_running(self.settings, self._client, self._stop)
+            if problem:
+                return Result(request, error=problem, unavailable=True)
+        except BridgeRequestError as exc:
+            return Result(request, error=str(exc), status=exc.status)
+        except BridgeError as exc:
+            return Result(request, error=str(exc))
+        try:
+            return Result(request, value=call(self._client()))
+        except BridgeUnavailable as exc:
+            return Result(request, error=str(exc), unavailable=True)
+        except BridgeRequestError as exc:
+            return Result(request, error=str(exc), status=exc.status)
+
+    @staticmethod
+    def _call_for(request: Request) -> Callable[[BridgeClient], Any]:
+        kind, payload = request.kind, request.payload
+        calls: dict[str, Callable[[BridgeClient], Any]] = {
+            "health": lambda c: c.health(),
+            "create": lambda c: c.create_job(payload),
+            "list": lambda c: c.list_jobs(keys=payload),
+            "cancel": lambda c: c.cancel(payload),
+            "retry": lambda c: c.retry(payload),
+        }
+        return calls[kind]
