@@ -1,0 +1,489 @@
+"""`chamelaion-bridge`: run the bridge, and submit and follow jobs through its local API.
+
+Exit status: 0 success, 1 job failed or canceled, 2 usage, 3 bridge unreachable, 4 input
+error, 5-9 the daemon's start failures (see bridge.daemon). Every failure is one sentence
+on stderr. `submit` starts a bridge in the background when none runs for the data folder
+(and CHAMELAION_BRIDGE_URL is not set); the other commands only report that none runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
+
+import bridge
+from bridge import discovery
+from bridge.client import BridgeClient, BridgeRequestError, BridgeUnavailable
+
+EXIT_JOB_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_INPUT = 4
+EXIT_INTERRUPTED = 130
+
+FINAL_STATES = ("completed", "failed", "canceled")
+TRANSFER_STATES = ("uploading", "downloading")
+START_TIMEOUT = 30.0
+POLL_SECONDS = 0.5
+
+
+class CliError(Exception):
+    """A failure to report as one sentence with a given exit status."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr, not a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see '{self.prog} --help').\n")
+
+
+# --- finding and starting the bridge -------------------------------------------------------
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    return discovery.data_dir(getattr(args, "data_dir", None))
+
+
+def _not_running(folder: Path) -> CliError:
+    flag = f" --data-dir {folder}" if folder != discovery.data_dir() else ""
+    return CliError(
+        EXIT_UNREACHABLE,
+        f"No Chamelaion bridge is running for {folder}; start one with "
+        f"'chamelaion-bridge serve{flag}'.",
+    )
+
+
+def running_client(folder: Path) -> BridgeClient | None:
+    """A client for the bridge serving `folder`, if one answers; no guessing of default ports."""
+    if not os.environ.get("CHAMELAION_BRIDGE_URL") and discovery.read_discovery(folder) is None:
+        return None
+    client = BridgeClient(data_dir=folder)
+    try:
+        client.health()
+    except BridgeUnavailable:
+        return None
+    return client
+
+
+def spawn_bridge(
+    folder: Path, *, env: dict[str, str] | None = None, port: int | None = None
+) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    """Start `serve` detached, its output in the data folder's log; return it and bridge.json.
+
+    bridge.json may name another process when a bridge was already running for the folder.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    log_path = folder / discovery.LOG_FILE
+    command = [sys.executable, "-m", "bridge", "serve", "--data-dir", str(folder)]
+    if port is not None:
+        command += ["--port", str(port)]
+    detach: dict[str, Any] = (
+        {"creationflags": subprocess.CREATE_NO_WINDOW | subprocess.CREATE_NEW_PROCESS_GROUP}
+        if os.name == "nt"
+        else {"start_new_session": True}
+    )
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            command, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, **detach
+        )
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        code = process.poll()
+        info = discovery.read_discovery(folder)
+        if info and (info.get("pid") == process.pid or code == 0):
+            try:
+                BridgeClient(info["url"], data_dir=folder).health()
+                return process, info
+            except BridgeUnavailable:
+                pass
+        if code not in (None, 0):
+            raise CliError(
+                code, _last_line(log_path) or f"The bridge could not start; see {log_path}."
+            )
+        time.sleep(0.1)
+    process.terminate()
+    raise CliError(
+        EXIT_UNREACHABLE, f"The bridge did not answer within {START_TIMEOUT:.0f} s; see {log_path}."
+    )
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
+def connect(args: argparse.Namespace, *, start: bool = False) -> BridgeClient:
+    """The running bridge's client; with `start`, launch one in the background if needed."""
+    folder = _data_dir(args)
+    client = running_client(folder)
+    if client is not None:
+        return client
+    if not start or os.environ.get("CHAMELAION_BRIDGE_URL"):
+        raise _not_running(folder)
+    _, info = spawn_bridge(folder)
+    print(
+        f"Started a Chamelaion bridge in the background at {info['url']} "
+        f"(log: {folder / discovery.LOG_FILE}).",
+        file=sys.stderr,
+    )
+    return BridgeClient(info["url"], data_dir=folder)
+
+
+# --- following a job ----------------------------------------------------------------------
+
+
+class Progress:
+    """Shows a job moving: a redrawn bar on a terminal, or one line per state change."""
+
+    def __init__(self, stream: TextIO, *, bar: bool) -> None:
+        self.stream, self.bar, self.last = stream, bar, ""
+
+    def show(self, job: dict[str, Any]) -> None:
+        state = job["state"]
+        if self.bar:
+            fraction = min(max(float(job.get("progress") or 0.0), 0.0), 1.0)
+            if state in TRANSFER_STATES:
+                filled = round(fraction * 30)
+                detail = f"[{'#' * filled}{'.' * (30 - filled)}] {fraction:4.0%}"
+            else:
+                detail = "waiting for Chamelaion" if state in ("submitted", "processing") else ""
+            self.stream.write(f"\r{job['reference_id']}  {state:<11} {detail}".ljust(78))
+            self.stream.flush()
+        elif state != self.last:
+            self.stream.write(f"{job['reference_id']}: {state}\n")
+            self.stream.flush()
+        self.last = state
+
+    def done(self) -> None:
+        if self.bar and self.last:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def follow(client: BridgeClient, job: dict[str, Any], progress: Progress | None) -> dict[str, Any]:
+    """Poll the job until it is final, showing progress on the way."""
+    try:
+        while True:
+            if progress:
+                progress.show(job)
+            if job["state"] in FINAL_STATES:
+                return job
+            time.sleep(POLL_SECONDS)
+            job = client.get_job(job["id"])
+    finally:
+        if progress:
+            progress.done()
+
+
+def _final_status(job: dict[str, Any]) -> int:
+    """Exit status for a final job, after saying what went wrong, if anything did."""
+    if job["state"] == "completed":
+        return 0
+    if job["state"] == "failed":
+        print(
+            f"Job {job['reference_id']} failed: {job.get('error') or 'no reason given.'}",
+            file=sys.stderr,
+        )
+    else:
+        print(f"Job {job['reference_id']} was canceled.", file=sys.stderr)
+    return EXIT_JOB_FAILED
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2))
+
+
+# --- commands -----------------------------------------------------------------------------
+
+
+def _is_url(value: str) -> bool:
+    return value.lower().startswith(("http://", "https://"))
+
+
+def _input_field(kind: str, value: str) -> tuple[str, str]:
+    if _is_url(value):
+        return f"{kind}_url", value
+    path = os.path.abspath(os.path.expanduser(value))
+    if not os.path.isfile(path):
+        what = "is a folder, not a file" if os.path.isdir(path) else "does not exist"
+        raise CliError(EXIT_INPUT, f"The {kind} input {path} {what}; check the path.")
+    return f"{kind}_path", path
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = dict(
+        [_input_field("video", args.video), _input_field("audio", args.audio)]
+    )
+    if args.reference_id:
+        body["reference_id"] = args.reference_id
+    if args.no_active_speaker:
+        body["disable_active_speaker_detection"] = True
+    if args.model:
+        body["model"] = args.model
+    if args.out:
+        body["output_dir"] = os.path.abspath(os.path.expanduser(args.out))
+    client = connect(args, start=True)
+    job = client.create_job(body)
+    if not args.wait:
+        if args.json:
+            _print_json(job)
+        else:
+            print(
+                f"Submitted job {job['reference_id']}; follow it with "
+                f"'chamelaion-bridge status {job['reference_id']}'."
+            )
+        return 0
+    job = follow(client, job, Progress(sys.stderr, bar=True) if sys.stderr.isatty() else None)
+    if args.json:
+        _print_json(job)
+    elif job["state"] == "completed":
+        print(f"Job {job['reference_id']} completed: {job['output_path']}")
+    return _final_status(job)
+
+
+def _age(created_at: str) -> str:
+    try:
+        seconds = (datetime.now(UTC) - datetime.fromisoformat(created_at)).total_seconds()
+    except ValueError:
+        return "?"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{max(int(seconds), 0)}s"
+
+
+def _progress_text(job: dict[str, Any]) -> str:
+    if job["state"] == "completed":
+        return "100%"
+    if job["state"] in TRANSFER_STATES:
+        return f"{float(job.get('progress') or 0):.0%}"
+    return "-"
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    jobs = connect(args).list_jobs()
+    if args.json:
+        _print_json({"jobs": jobs})
+        return 0
+    if not jobs:
+        print("No jobs yet.")
+        return 0
+    rows = [("REFERENCE_ID", "STATE", "PROGRESS", "AGE", "OUTPUT / ERROR")]
+    rows += [
+        (
+            job["reference_id"],
+            job["state"],
+            _progress_text(job),
+            _age(job["created_at"]),
+            job.get("error") or job.get("output_path") or "",
+        )
+        for job in jobs
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
+            + "  "
+            + row[4]
+        )
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    job = connect(args).get_job(args.id)
+    if args.json:
+        _print_json(job)
+        return 0
+    fields = (
+        "reference_id",
+        "id",
+        "state",
+        "progress",
+        "request_id",
+        "output_path",
+        "error",
+        "created_at",
+        "updated_at",
+    )
+    for name in fields:
+        value = _progress_text(job) if name == "progress" else job.get(name)
+        if value not in (None, ""):
+            print(f"{name + ':':<14}{value}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    job = connect(args).cancel(args.id)
+    print(f"Job {job['reference_id']} is {job['state']}.")
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    job = connect(args).retry(args.id)
+    print(f"Job {job['reference_id']} is {job['state']} again.")
+    return 0
+
+
+def _serve(args: argparse.Namespace, watch_folders: list[tuple[Path, Path]]) -> int:
+    from bridge.config import BridgeConfig
+    from bridge.daemon import serve
+
+    config = BridgeConfig.from_env(getattr(args, "data_dir", None), host=args.host, port=args.port)
+    return serve(config, fixed_port=args.port is not None, watch_folders=watch_folders)
+
+
+def _folder_arg(value: str) -> Path:
+    return Path(os.path.abspath(os.path.expanduser(value)))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    ins, outs = args.watch or [], args.out or []
+    if len(ins) != len(outs):
+        raise CliError(EXIT_USAGE, "Give one --out OUT_DIR for each --watch IN_DIR.")
+    return _serve(args, list(zip(ins, outs, strict=True)))
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    return _serve(args, [(args.in_dir, args.out)])
+
+
+def cmd_emulator(args: argparse.Namespace) -> int:
+    from bridge.daemon import EXIT_PORT_IN_USE
+    from bridge.emulator import run_emulator
+
+    try:
+        run_emulator(port=args.port)
+    except OSError as exc:
+        raise CliError(
+            EXIT_PORT_IN_USE,
+            f"The emulator cannot listen on port {args.port} ({exc.strerror or exc}); "
+            "choose another with --port.",
+        ) from None
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from bridge.demo import run_demo
+
+    return run_demo(_data_dir(args))
+
+
+# --- parser -------------------------------------------------------------------------------
+
+
+def build_parser() -> Parser:
+    common = Parser(add_help=False)
+    common.add_argument(
+        "--data-dir",
+        default=argparse.SUPPRESS,
+        metavar="DIR",
+        help="the bridge's data folder (default: $CHAMELAION_BRIDGE_DATA or the user data folder)",
+    )
+    common.add_argument(
+        "--version", action="version", version=f"chamelaion-bridge {bridge.__version__}"
+    )
+    parser = Parser(
+        prog="chamelaion-bridge",
+        description="Lip-sync jobs through the Chamelaion API, for Blender, folders and scripts.",
+        parents=[common],
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, handler: Any, help_text: str) -> Parser:
+        sub = commands.add_parser(name, parents=[common], help=help_text, description=help_text)
+        sub.set_defaults(func=handler)
+        return sub
+
+    def server_options(sub: Parser) -> None:
+        sub.add_argument("--host", help="loopback address to listen on (default 127.0.0.1)")
+        sub.add_argument(
+            "--port", type=int, help="port (default 7878, else a free one if 7878 is taken)"
+        )
+
+    serve = command("serve", cmd_serve, "run the bridge in the foreground")
+    server_options(serve)
+    serve.add_argument(
+        "--watch",
+        action="append",
+        type=_folder_arg,
+        metavar="IN_DIR",
+        help="watch this folder for video+audio pairs (repeatable)",
+    )
+    serve.add_argument(
+        "--out",
+        action="append",
+        type=_folder_arg,
+        metavar="OUT_DIR",
+        help="where results of the matching --watch folder go",
+    )
+
+    submit = command("submit", cmd_submit, "submit a lip-sync job")
+    submit.add_argument("video", metavar="VIDEO", help="MP4 file or http(s) URL of the video")
+    submit.add_argument("audio", metavar="AUDIO", help="WAV/MP3 file or http(s) URL of the audio")
+    submit.add_argument("--reference-id", metavar="ID", help="your id for the job (unique)")
+    submit.add_argument(
+        "--no-active-speaker",
+        action="store_true",
+        help="sync the largest face instead of detecting the active speaker",
+    )
+    submit.add_argument("--model", help="model name (only lipsync-2)")
+    submit.add_argument("--out", metavar="DIR", help="folder for the result file")
+    submit.add_argument("--wait", action="store_true", help="return when the job is finished")
+    submit.add_argument("--json", action="store_true", help="print the job as JSON")
+
+    jobs = command("jobs", cmd_jobs, "list jobs")
+    jobs.add_argument("--json", action="store_true", help="print JSON")
+    status = command("status", cmd_status, "show one job")
+    status.add_argument("id", metavar="ID", help="job id or reference_id")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    command("cancel", cmd_cancel, "cancel a job").add_argument("id", metavar="ID")
+    command("retry", cmd_retry, "retry a failed or canceled job").add_argument("id", metavar="ID")
+
+    watch = command("watch", cmd_watch, "run a bridge that watches a folder (foreground)")
+    watch.add_argument("in_dir", metavar="IN_DIR", type=_folder_arg)
+    watch.add_argument("--out", metavar="OUT_DIR", type=_folder_arg, required=True)
+    server_options(watch)
+
+    emulator = command("emulator", cmd_emulator, "run the local API emulator (no real lip sync)")
+    emulator.add_argument("--port", type=int, default=7879, help="port (default 7879)")
+
+    command("demo", cmd_demo, "the whole round trip on sample media (offline without a key)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CliError as exc:
+        print(exc, file=sys.stderr)
+        return exc.code
+    except BridgeUnavailable as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except BridgeRequestError as exc:
+        print(exc, file=sys.stderr)
+        return (
+            EXIT_INPUT
+            if 400 <= exc.status < 500 and exc.status not in (401, 403)
+            else (EXIT_UNREACHABLE)
+        )
+    except KeyboardInterrupt:
+        print("Interrupted; jobs already submitted go on in the bridge.", file=sys.stderr)
+        return EXIT_INTERRUPTED
