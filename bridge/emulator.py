@@ -724,17 +724,14 @@ async def start_emulator(
 def run_emulator(
     port: int = 7879, host: str = "127.0.0.1", config: EmulatorConfig | None = None
 ) -> None:
-    """Serve until Ctrl+C or SIGTERM, after printing the base_url and the key to use."""
+    """Serve until Ctrl+C or SIGTERM, after printing the base_url and the key to use.
+
+    OSError (e.g. the port is taken) propagates: the CLI turns it into its sentence.
+    """
     config = config or EmulatorConfig()
 
     async def serve() -> None:
-        try:
-            emulator = await start_emulator(config, host, port)
-        except OSError as exc:
-            raise SystemExit(
-                f"The emulator cannot listen on {host}:{port} ({exc.strerror}); "
-                "choose another port with --port."
-            ) from None
+        emulator = await start_emulator(config, host, port)
         stop = asyncio.Event()
         with contextlib.suppress(NotImplementedError):
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)

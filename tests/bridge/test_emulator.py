@@ -1,4 +1,7 @@
-"""The emulator answers as the documented Chamelaion API does, over real loopback HTTP."""
+"""The emulator answers as the documented Chamelaion API does, over real loopback HTTP.
+
+The `emulator` fixture (tests/bridge/conftest.py) serves it on an ephemeral 127.0.0.1 port.
+"""
 
 from __future__ import annotations
 
@@ -39,14 +42,6 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "audio": media.make_test_audio(folder / "target.wav", seconds=1.0),
         "junk": junk,
     }
-
-
-@pytest.fixture
-async def emulator(tmp_path: Path) -> AsyncIterator[RunningEmulator]:
-    config = EmulatorConfig(queued_seconds=0.05, processing_seconds=0.1, storage_dir=tmp_path)
-    running = await start_emulator(config)
-    yield running
-    await running.close()
 
 
 @pytest.fixture
