@@ -62,7 +62,7 @@ class Engine:
         self._list_total: int | None = None
         self._list_limit = 100
         self._unsubscribe = store.subscribe(_log_change)
-        self.api_calls = 0
+        self._closed = False
 
     # ----- lifecycle -------------------------------------------------------------------
 
@@ -83,6 +83,9 @@ class Engine:
 
     async def close(self) -> None:
         """Stop working; unfinished jobs stay in the store and resume on the next start."""
+        if self._closed:
+            return
+        self._closed = True
         tasks = [*self._tasks.values(), *([self._poller] if self._poller else [])]
         for task in tasks:
             task.cancel()
@@ -293,7 +296,6 @@ class Engine:
             offset = 0
             while len(seen) < len(wanted):
                 items, total, limit = await remote.list_page(offset=offset, limit=self._list_limit)
-                self.api_calls += 1
                 self._list_total, self._list_limit = total, max(1, limit)
                 seen.update({r.id: r for r in items if r.id in wanted})
                 offset += len(items)
@@ -301,7 +303,6 @@ class Engine:
                     break
         for request_id in wanted.keys() - seen.keys():
             found = await remote.retrieve(request_id)
-            self.api_calls += 1
             if found is not None:
                 seen[request_id] = found
         changed = False
