@@ -141,6 +141,7 @@ def _setup_logging(folder: Path) -> Path:
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(logging.INFO)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP call is noise
     return path
 
 

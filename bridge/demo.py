@@ -20,6 +20,7 @@ from bridge import media
 from bridge.cli import EXIT_JOB_FAILED, CliError, Progress, follow, spawn_bridge
 from bridge.client import BridgeClient
 from bridge.emulator import RunningEmulator, start_emulator
+from bridge.jobs import new_reference_id
 
 EMULATOR_KEY = "emulator-key"
 
@@ -89,6 +90,7 @@ def run_demo(data_dir: Path) -> int:
                 "video_path": str(video),
                 "audio_path": str(audio),
                 "output_dir": str(folder / "output"),
+                "reference_id": new_reference_id("demo"),
             }
         )
         job = follow(client, job, Progress(sys.stdout, bar=sys.stdout.isatty()))

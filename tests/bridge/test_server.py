@@ -1,0 +1,224 @@
+"""The local HTTP API over real HTTP on 127.0.0.1, with a real engine talking to the emulator."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import ClientResponse
+from aiohttp.test_utils import TestClient
+
+from bridge.emulator import RunningEmulator
+from bridge.jobs import JobSpec
+from bridge.server import STORE, create_app
+from tests.bridge.conftest import bridge_config
+from tests.helpers import async_wait_until
+
+TOKEN = "test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+SECRET_KEY = "emulator-key"
+
+ClientFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def api(
+    aiohttp_client: ClientFactory, tmp_path: Path, emulator: RunningEmulator
+) -> TestClient:
+    config = bridge_config(tmp_path / "data", emulator.base_url, SECRET_KEY)
+    return await aiohttp_client(create_app(config, TOKEN))
+
+
+def job_body(pair: tuple[Path, Path], **extra: Any) -> dict[str, Any]:
+    video, audio = pair
+    return {"video_path": str(video), "audio_path": str(audio), **extra}
+
+
+async def error_of(response: ClientResponse, status: int) -> str:
+    """The response's one-sentence error, after checking its status and JSON shape."""
+    assert response.status == status, await response.text()
+    body = await response.json()
+    assert set(body) == {"error"}
+    assert body["error"].endswith(".") and "\n" not in body["error"]
+    return body["error"]
+
+
+async def test_health_needs_no_token_and_never_shows_the_key(api: TestClient) -> None:
+    response = await api.get("/v1/health")
+    assert response.status == 200
+    text = await response.text()
+    assert SECRET_KEY not in text
+    body = json.loads(text)
+    assert body["status"] == "ok"
+    assert body["api_key_configured"] is True
+    assert body["emulator"] is True
+    assert body["api_base"].startswith("http://127.0.0.1:")
+
+
+@pytest.mark.parametrize(
+    "headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}]
+)
+async def test_everything_else_needs_the_token(api: TestClient, headers: dict[str, str]) -> None:
+    assert "token" in await error_of(await api.get("/v1/jobs", headers=headers), 401)
+    assert (await api.get("/v1/jobs", headers=AUTH)).status == 200
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:7878", "192.168.1.5:7878", ""])
+async def test_foreign_host_is_refused(api: TestClient, host: str) -> None:
+    response = await api.get("/v1/health", headers={"Host": host})
+    assert "127.0.0.1" in await error_of(response, 403)
+
+
+@pytest.mark.parametrize("host", ["localhost", "localhost:7878", "[::1]:7878", "127.0.0.1"])
+async def test_loopback_hosts_are_accepted(api: TestClient, host: str) -> None:
+    assert (await api.get("/v1/jobs", headers={**AUTH, "Host": host})).status == 200
+
+
+@pytest.mark.parametrize(
+    "origin", ["https://evil.example", "null", "http://127.0.0.1.evil.example"]
+)
+async def test_foreign_origin_is_refused_even_with_the_token(api: TestClient, origin: str) -> None:
+    response = await api.get("/v1/jobs", headers={**AUTH, "Origin": origin})
+    await error_of(response, 403)
+
+
+async def test_loopback_origin_is_accepted(api: TestClient) -> None:
+    response = await api.get("/v1/jobs", headers={**AUTH, "Origin": "http://localhost:3000"})
+    assert response.status == 200
+
+
+async def test_malformed_json_is_refused(api: TestClient) -> None:
+    response = await api.post("/v1/jobs", data=b'{"video_path": ', headers=AUTH)
+    assert await error_of(response, 400) == "The request body is not valid JSON."
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"colour": "blue"}, "Unknown field(s) colour"),
+        ({"video_path": None}, "Give exactly one of video_path or video_url"),
+        ({"audio_path": None}, "Give exactly one of audio_path or audio_url"),
+        ({"reference_id": "../../etc/passwd"}, "reference_id"),
+        ({"reference_id": "a..b"}, "without '..'"),
+        ({"output_dir": "/tmp/../etc"}, "output_dir"),
+        ({"video_path": "relative.mp4"}, "absolute path"),
+    ],
+)
+async def test_bad_job_requests_get_one_sentence(
+    api: TestClient, sample_pair: tuple[Path, Path], change: dict[str, Any], expected: str
+) -> None:
+    body = {k: v for k, v in {**job_body(sample_pair), **change}.items() if v is not None}
+    message = await error_of(await api.post("/v1/jobs", json=body, headers=AUTH), 400)
+    assert expected in message
+    assert (await (await api.get("/v1/jobs", headers=AUTH)).json()) == {"jobs": []}
+
+
+async def test_missing_input_file_is_a_400(api: TestClient, tmp_path: Path) -> None:
+    body = {"video_path": str(tmp_path / "nope.mp4"), "audio_path": str(tmp_path / "nope.wav")}
+    message = await error_of(await api.post("/v1/jobs", json=body, headers=AUTH), 400)
+    assert "nope.mp4" in message
+
+
+async def test_a_job_runs_to_completion_and_filters_find_it(
+    api: TestClient, sample_pair: tuple[Path, Path], tmp_path: Path
+) -> None:
+    body = job_body(sample_pair, reference_id="shot-1", output_dir=str(tmp_path / "out"))
+    response = await api.post("/v1/jobs", json=body, headers=AUTH)
+    assert response.status == 201
+    created = await response.json()
+    assert created["reference_id"] == "shot-1" and created["state"] == "queued"
+
+    async def completed() -> dict[str, Any] | None:
+        job = await (await api.get("/v1/jobs/shot-1", headers=AUTH)).json()
+        return job if job["state"] == "completed" else None
+
+    job = await async_wait_until(completed, message="the job to complete")
+    assert Path(job["output_path"]).is_file()
+    assert Path(job["output_path"]).parent == tmp_path / "out"
+
+    by_ref = await api.get("/v1/jobs", params=[("reference_id", "shot-1")], headers=AUTH)
+    assert [j["id"] for j in (await by_ref.json())["jobs"]] == [created["id"]]
+    by_id = await api.get("/v1/jobs", params=[("reference_id", created["id"])], headers=AUTH)
+    assert [j["reference_id"] for j in (await by_id.json())["jobs"]] == ["shot-1"]
+    queued = await api.get("/v1/jobs", params=[("state", "queued")], headers=AUTH)
+    assert (await queued.json())["jobs"] == []
+    bad_state = await api.get("/v1/jobs", params=[("state", "done")], headers=AUTH)
+    assert "Unknown state 'done'" in await error_of(bad_state, 400)
+
+    duplicate = await api.post(
+        "/v1/jobs", json=job_body(sample_pair, reference_id="shot-1"), headers=AUTH
+    )
+    assert "already used" in await error_of(duplicate, 409)
+    assert "completed" in await error_of(
+        await api.post("/v1/jobs/shot-1/cancel", headers=AUTH), 409
+    )
+
+
+async def test_cancel_and_unknown_jobs(api: TestClient, sample_pair: tuple[Path, Path]) -> None:
+    store = api.server.app[STORE]
+    job = store.create(JobSpec(**job_body(sample_pair), reference_id="to-cancel"))
+    response = await api.post("/v1/jobs/to-cancel/cancel", headers=AUTH)
+    assert response.status == 200
+    assert (await response.json())["state"] == "canceled"
+    assert store.get(job.id).state == "canceled"
+    assert "canceled" in await error_of(
+        await api.post(f"/v1/jobs/{job.id}/cancel", headers=AUTH), 409
+    )
+    assert "nobody" in await error_of(await api.get("/v1/jobs/nobody", headers=AUTH), 404)
+    assert "nobody" in await error_of(await api.post("/v1/jobs/nobody/retry", headers=AUTH), 404)
+
+
+async def test_unknown_routes_and_methods_answer_json(api: TestClient) -> None:
+    assert "/v2/things" in await error_of(await api.get("/v2/things", headers=AUTH), 404)
+    assert "POST" in await error_of(await api.delete("/v1/jobs", headers=AUTH), 405)
+
+
+async def read_event(response: ClientResponse, reference_id: str) -> dict[str, Any]:
+    """The next `data:` event about `reference_id`, skipping comments and other jobs."""
+    while True:
+        line = (await asyncio.wait_for(response.content.readline(), 20)).decode().strip()
+        if line.startswith("data:"):
+            job = json.loads(line[5:])
+            if job["reference_id"] == reference_id:
+                return job
+
+
+async def open_events(api: TestClient) -> ClientResponse:
+    response = await api.get("/v1/events", headers=AUTH)
+    assert response.status == 200
+    assert response.headers["Content-Type"].startswith("text/event-stream")
+    assert await asyncio.wait_for(response.content.readline(), 5) == b": connected\n"
+    return response
+
+
+async def test_events_stream_job_changes(api: TestClient, sample_pair: tuple[Path, Path]) -> None:
+    store = api.server.app[STORE]
+    listeners_before = len(store._listeners)
+    events = await open_events(api)
+    await api.post("/v1/jobs", json=job_body(sample_pair, reference_id="sse-1"), headers=AUTH)
+    states = [(await read_event(events, "sse-1"))["state"]]
+    while states[-1] != "completed":
+        states.append((await read_event(events, "sse-1"))["state"])
+    assert states[0] == "queued"
+    assert {"uploading", "submitted"} <= set(states)
+    events.close()
+    await async_wait_until(
+        lambda: len(store._listeners) == listeners_before,
+        message="the closed stream to stop listening to the store",
+    )
+
+
+async def test_events_from_another_thread_arrive(
+    api: TestClient, sample_pair: tuple[Path, Path]
+) -> None:
+    events = await open_events(api)
+    store = api.server.app[STORE]
+    spec = JobSpec(**job_body(sample_pair), reference_id="from-thread")
+    await asyncio.to_thread(store.create, spec)
+    job = await read_event(events, "from-thread")
+    assert job["state"] == "queued"
+    assert SECRET_KEY not in json.dumps(job)
