@@ -1,0 +1,160 @@
+"""Real Blender (the bpy wheel) with the extension installed from the zip build_addon.py
+makes, a real bridge started by the add-on, and the emulator on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# Blender reads its user folders when bpy is imported: point them at a throwaway folder.
+USER_RESOURCES = tempfile.mkdtemp(prefix="chamelaion-blender-user-")
+os.environ["BLENDER_USER_RESOURCES"] = USER_RESOURCES
+
+try:
+    import bpy
+except ImportError:  # the plain .venv has no Blender: these tests run in .venv-bpyXX
+    bpy = None
+    collect_ignore_glob = ["test_*.py"]
+
+from bridge import media
+from bridge.emulator import EmulatorConfig, RunningEmulator, start_emulator
+from tests.helpers import wait_until
+
+ADDON = "bl_ext.user_default.chamelaion_lipsync"
+EMULATOR_KEY = "emulator-key"
+FPS = 24
+
+
+class EmulatorThread:
+    """The emulator on its own event loop thread, so Blender's main thread stays free."""
+
+    def __init__(self, storage: Path) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        config = EmulatorConfig(queued_seconds=0.05, processing_seconds=0.3, storage_dir=storage)
+        self.running: RunningEmulator = self.call(start_emulator(config))
+
+    def call(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=30)
+
+    def close(self) -> None:
+        self.call(self.running.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture(scope="session")
+def addon_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import build_addon
+
+    return build_addon.build([build_addon.host_platform()], tmp_path_factory.mktemp("dist"))
+
+
+@pytest.fixture(scope="session")
+def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorThread]:
+    running = EmulatorThread(tmp_path_factory.mktemp("emulator"))
+    yield running
+    running.close()
+
+
+@pytest.fixture(scope="session")
+def bridge_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("bridge-data")
+
+
+@pytest.fixture(scope="session")
+def addon(addon_zip: Path, emulator: EmulatorThread, bridge_data: Path) -> Iterator[Any]:
+    """The extension installed from the zip and enabled, pointed at the emulator."""
+    import addon_utils
+
+    result = bpy.ops.extensions.package_install_files(
+        filepath=str(addon_zip), repo="user_default", enable_on_install=True
+    )
+    assert result == {"FINISHED"}
+    module = addon_utils.enable(ADDON, default_set=True)
+    assert module is not None
+    configure(bridge_data, emulator.running.base_url)
+    yield module
+    sync = __import__(f"{ADDON}.sync", fromlist=["sync"])
+    launcher = sync.worker().launcher
+    if launcher.process is not None and launcher.process.poll() is None:
+        launcher.process.terminate()
+        launcher.process.wait(timeout=10)
+    sync.stop_worker()
+
+
+def configure(data_dir: Path, base_url: str, auto_start: bool = True, url: str = "") -> None:
+    prefs = bpy.context.preferences.addons[ADDON].preferences
+    prefs.data_dir = str(data_dir)
+    prefs.api_base = base_url
+    prefs.api_key = EMULATOR_KEY
+    prefs.auto_start = auto_start
+    prefs.bridge_url = url
+
+
+@pytest.fixture
+def fresh(addon: Any) -> Any:
+    """An empty, unsaved file whose scene runs at the test fps."""
+    bpy.ops.wm.read_homefile(use_empty=True)
+    scene = bpy.context.scene
+    scene.render.fps, scene.render.fps_base = FPS, 1.0
+    scene.sequence_editor_create()
+    return scene
+
+
+@pytest.fixture(scope="session")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """60 frames at 24 fps whose pixels carry their frame index."""
+    folder = tmp_path_factory.mktemp("media")
+    return media.make_test_video(folder / "shot.mp4", 60, FPS, (128, 64), with_audio=True)
+
+
+@pytest.fixture(scope="session")
+def dub(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("dub")
+    return media.make_test_audio(folder / "dub.wav", 3.0, speech=True)
+
+
+def strips(scene: Any) -> Any:
+    editor = scene.sequence_editor
+    return editor.strips if hasattr(editor, "strips") else editor.sequences
+
+
+def shot(scene: Any, clip: Path, dub: Path, start: int = 10, offset: int = 6, tail: int = 10):
+    """A movie strip whose first visible frame is `start`, trimmed at both ends, with the
+    dubbed dialogue selected under it; the movie strip is active."""
+    movie = strips(scene).new_movie("shot", str(clip), channel=1, frame_start=start - offset)
+    movie.frame_offset_start = offset
+    movie.frame_offset_end = tail
+    sound = strips(scene).new_sound("dub", str(dub), channel=3, frame_start=start)
+    for strip in strips(scene):
+        strip.select = False
+    sound.select = movie.select = True
+    scene.sequence_editor.active_strip = movie
+    return movie, sound
+
+
+def sync_until(condition: Any, timeout: float = 60.0, message: str = "") -> Any:
+    """Run chamelaion_sync until `condition()` holds, as the timer would."""
+
+    def step() -> Any:
+        bpy.ops.sequencer.chamelaion_sync()
+        return condition()
+
+    return wait_until(step, timeout=timeout, interval=0.05, message=message)
+
+
+def first_frame_index(path: Path) -> int:
+    import av
+
+    with av.open(str(path)) as container:
+        frame = next(container.decode(video=0))
+        return media.frame_index_of(frame)
