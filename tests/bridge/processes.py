@@ -1,0 +1,78 @@
+"""Run the real `python -m bridge` as a subprocess, the way users and the add-on do."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from bridge import discovery
+from tests.helpers import wait_until
+
+BRIDGE = [sys.executable, "-m", "bridge"]
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """This environment without any CHAMELAION_* setting of the developer's, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHAMELAION_")}
+    return {**env, **extra}
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*BRIDGE, *args], env=env or cli_env(), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def one_sentence(stderr: str) -> str:
+    """The single line a failing command wrote to stderr (no traceback, no usage dump)."""
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr
+    assert lines[0].endswith("."), lines[0]
+    return lines[0]
+
+
+def stop(process: subprocess.Popen[Any]) -> int:
+    """SIGTERM, then the exit status (SIGKILL only if it does not stop in time)."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
+def published(folder: Path, process: subprocess.Popen[Any]) -> dict[str, Any] | None:
+    """bridge.json once `process` has written it; fails at once if the process died."""
+    if process.poll() is not None:
+        raise AssertionError(f"bridge exited {process.returncode}: {process.stderr.read()}")
+    info = discovery.read_discovery(folder)
+    return info if info and info.get("pid") == process.pid else None
+
+
+@contextmanager
+def serving(
+    folder: Path, *args: str, env: dict[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen[str], dict[str, Any]]]:
+    """A real bridge on `folder`, stopped afterwards; yields it and its bridge.json."""
+    process = subprocess.Popen(
+        [*BRIDGE, "serve", "--data-dir", str(folder), *args],
+        env=env or cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        info = wait_until(lambda: published(folder, process), timeout=30, message="bridge.json")
+        yield process, info
+    finally:
+        stop(process)
