@@ -23,9 +23,9 @@ except ImportError:  # the plain .venv has no Blender: these tests run in .venv-
     bpy = None
     collect_ignore_glob = ["test_*.py"]
 
-from bridge import media
-from bridge.emulator import EmulatorConfig, RunningEmulator, start_emulator
-from tests.helpers import wait_until
+from bridge import media  # noqa: E402
+from bridge.emulator import EmulatorConfig, RunningEmulator, start_emulator  # noqa: E402
+from tests.helpers import wait_until  # noqa: E402
 
 ADDON = "bl_ext.user_default.chamelaion_lipsync"
 EMULATOR_KEY = "emulator-key"

@@ -1,0 +1,159 @@
+"""End to end in real Blender: the add-on starts the real bridge, which talks to the emulator."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import bpy
+import pytest
+
+from tests.addon.conftest import (
+    ADDON,
+    USER_RESOURCES,
+    configure,
+    first_frame_index,
+    shot,
+    strips,
+    sync_until,
+)
+
+pytestmark = pytest.mark.blender
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def last_job(scene: Any) -> Any:
+    return scene.chamelaion.jobs[len(scene.chamelaion.jobs) - 1]
+
+
+def take_of(scene: Any, reference_id: str) -> Any:
+    return next(
+        (s for s in strips(scene) if s.get("chamelaion_reference_id") == reference_id), None
+    )
+
+
+def test_trimmed_strip_comes_back_aligned_and_same_length(
+    fresh: Any, clip: Path, dub: Path
+) -> None:
+    movie, _ = shot(fresh, clip, dub, start=10, offset=6, tail=10)
+    assert bpy.ops.sequencer.chamelaion_lipsync() == {"FINISHED"}
+    job = last_job(fresh)
+    take = sync_until(lambda: take_of(fresh, job.reference_id), message="the take")
+    assert take.channel == 2 and take.type == "MOVIE"
+    assert (take.frame_final_start, take.frame_final_duration) == (10, 44)
+    assert job.reference_id in take.name and take["chamelaion_request_id"] == job.request_id
+    assert job.request_id and job.warning == ""
+    assert first_frame_index(Path(bpy.path.abspath(take.filepath))) == 6
+    assert (movie.frame_final_start, movie.channel, movie.mute) == (10, 1, False)
+
+
+def test_two_takes_land_on_the_next_free_channels(
+    fresh: Any, clip: Path, dub: Path, tmp_path: Path
+) -> None:
+    bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "takes.blend"))
+    scene = bpy.context.scene
+    movie, _ = shot(scene, clip, dub)
+    scene.chamelaion.mute_source = True
+    bpy.ops.sequencer.chamelaion_lipsync()
+    first = last_job(scene).reference_id
+    bpy.ops.sequencer.chamelaion_lipsync()
+    second = last_job(scene).reference_id
+    assert first != second
+    sync_until(lambda: take_of(scene, first) and take_of(scene, second), message="two takes")
+    assert {take_of(scene, first).channel, take_of(scene, second).channel} == {2, 4}
+    take = take_of(scene, first)
+    assert take.filepath.startswith("//chamelaion/") and movie.mute
+    assert (tmp_path / "chamelaion" / Path(take.filepath).name).is_file()
+
+
+def test_failed_remote_job_shows_the_api_message(
+    fresh: Any, clip: Path, dub: Path, emulator: Any
+) -> None:
+    emulator.running.state.fail_next(1, "video URL is not accessible")
+    shot(fresh, clip, dub)
+    bpy.ops.sequencer.chamelaion_lipsync()
+    job = last_job(fresh)
+    sync_until(lambda: job.state == "failed", message="the job to fail")
+    assert "video URL is not accessible" in job.error
+    assert take_of(fresh, job.reference_id) is None
+
+
+def test_bridge_down_gives_a_readable_error(
+    fresh: Any, clip: Path, dub: Path, bridge_data: Path, emulator: Any, tmp_path: Path
+) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    configure(tmp_path, emulator.running.base_url, auto_start=False, url=f"http://127.0.0.1:{port}")
+    try:
+        shot(fresh, clip, dub)
+        assert bpy.ops.sequencer.chamelaion_lipsync() == {"FINISHED"}
+        job = last_job(fresh)
+        with pytest.raises(RuntimeError, match="not answering"):
+            sync_until(lambda: job.state == "failed", message="the error")
+        assert job.state == "failed" and f"127.0.0.1:{port} is not answering" in job.error
+    finally:
+        configure(bridge_data, emulator.running.base_url)
+
+
+REOPEN = """
+import json, os, sys
+sys.path.insert(0, {root!r})
+import bpy, addon_utils
+addon_utils.enable({addon!r}, default_set=True)
+prefs = bpy.context.preferences.addons[{addon!r}].preferences
+prefs.data_dir, prefs.api_base, prefs.api_key = {data!r}, {base!r}, "emulator-key"
+bpy.ops.wm.open_mainfile(filepath={blend!r})
+from tests.helpers import wait_until
+scene = bpy.context.scene
+def landed():
+    bpy.ops.sequencer.chamelaion_sync()
+    return [s for s in scene.sequence_editor.strips if s.get("chamelaion_reference_id")]
+take = wait_until(landed, timeout=60, interval=0.05)[0]
+print("RESULT " + json.dumps({{"start": take.frame_final_start,
+    "duration": take.frame_final_duration, "channel": take.channel,
+    "reference_id": take["chamelaion_reference_id"]}}))
+"""
+
+
+def test_reopened_file_gets_the_result_of_a_job_still_running(
+    fresh: Any, clip: Path, dub: Path, tmp_path: Path, emulator: Any, bridge_data: Path
+) -> None:
+    config = emulator.running.state.config
+    config.processing_seconds = 3.0
+    try:
+        blend = tmp_path / "reopen.blend"
+        bpy.ops.wm.save_as_mainfile(filepath=str(blend))
+        scene = bpy.context.scene
+        shot(scene, clip, dub)
+        bpy.ops.sequencer.chamelaion_lipsync()
+        job = last_job(scene)
+        sync_until(lambda: job.state in ("submitted", "processing"), message="a running job")
+        bpy.ops.wm.save_mainfile()
+        reference_id = job.reference_id
+        bpy.ops.wm.read_homefile(use_empty=True)
+    finally:
+        config.processing_seconds = 0.3
+    script = REOPEN.format(
+        root=str(ROOT),
+        addon=ADDON,
+        data=str(bridge_data),
+        base=emulator.running.base_url,
+        blend=str(blend),
+    )
+    env = {"BLENDER_USER_RESOURCES": USER_RESOURCES}
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**__import__("os").environ, **env},
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, done.stdout + done.stderr
+    take = json.loads(lines[0][len("RESULT ") :])
+    assert take == {"start": 10, "duration": 44, "channel": 2, "reference_id": reference_id}
