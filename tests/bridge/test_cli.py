@@ -1,0 +1,153 @@
+"""The command line as users run it: real processes, a real bridge, the emulator as the API."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bridge import discovery, media
+from bridge.demo import emulator_in_background
+from bridge.emulator import RunningEmulator
+from tests.bridge.processes import cli_env, one_sentence, run_cli, serving
+from tests.helpers import wait_until
+
+COMMANDS = ["serve", "submit", "jobs", "status", "cancel", "retry", "watch", "emulator", "demo"]
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[RunningEmulator]:
+    """The emulator on its own thread, so blocking subprocess calls cannot stall it."""
+    with emulator_in_background() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def api_env(emulator: RunningEmulator) -> dict[str, str]:
+    return cli_env(CHAMELAION_BASE_URL=emulator.base_url, CHAMELAION_API_KEY="emulator-key")
+
+
+def test_help_everywhere() -> None:
+    top = run_cli("--help")
+    assert top.returncode == 0
+    for name in COMMANDS:
+        assert name in top.stdout
+        sub = run_cli(name, "--help")
+        assert sub.returncode == 0 and f"chamelaion-bridge {name}" in sub.stdout
+        assert "--data-dir" in sub.stdout
+    version = run_cli("jobs", "--version")
+    assert version.returncode == 0 and version.stdout.startswith("chamelaion-bridge ")
+
+
+@pytest.mark.parametrize(
+    "args", [["submit", "only-a-video.mp4"], ["frobnicate"], ["status"], ["jobs", "--colour"]]
+)
+def test_usage_errors_exit_2_with_one_line(args: list[str]) -> None:
+    result = run_cli(*args)
+    assert result.returncode == 2
+    assert "--help" in one_sentence(result.stderr)
+
+
+def test_serve_needs_an_out_for_each_watch(tmp_path: Path) -> None:
+    result = run_cli("serve", "--data-dir", str(tmp_path), "--watch", str(tmp_path))
+    assert result.returncode == 2
+    assert "--out" in one_sentence(result.stderr)
+
+
+def test_submit_with_a_missing_file_exits_4(tmp_path: Path, sample_pair: tuple[Path, Path]) -> None:
+    missing = tmp_path / "missing.mp4"
+    result = run_cli("submit", str(missing), str(sample_pair[1]), "--data-dir", str(tmp_path))
+    assert result.returncode == 4
+    assert str(missing) in one_sentence(result.stderr)
+    assert not (tmp_path / discovery.DISCOVERY_FILE).exists(), "no bridge for a doomed job"
+
+
+@pytest.mark.parametrize("args", [["jobs"], ["status", "x"], ["cancel", "x"], ["retry", "x"]])
+def test_no_bridge_running_says_how_to_start_one(tmp_path: Path, args: list[str]) -> None:
+    result = run_cli(*args, "--data-dir", str(tmp_path))
+    assert result.returncode == 3
+    assert "chamelaion-bridge serve" in one_sentence(result.stderr)
+
+
+def test_submit_wait_json_then_jobs_status_cancel_retry(
+    tmp_path: Path, sample_pair: tuple[Path, Path], api_env: dict[str, str]
+) -> None:
+    data = ["--data-dir", str(tmp_path / "data")]
+    video, audio = sample_pair
+    with serving(tmp_path / "data", "--port", "0", env=api_env):
+        result = run_cli(
+            "submit", str(video), str(audio), "--reference-id", "cli-1", "--out",
+            str(tmp_path / "out"), "--wait", "--json", *data, env=api_env,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        job = json.loads(result.stdout)
+        assert job["state"] == "completed" and job["reference_id"] == "cli-1"
+        assert media.is_playable_video(Path(job["output_path"]))
+        assert Path(job["output_path"]).parent == tmp_path / "out"
+
+        table = run_cli("jobs", *data)
+        assert table.returncode == 0
+        assert re.search(r"cli-1\s+completed\s+100%\s+\d+s\s+" + re.escape(job["output_path"]),
+                         table.stdout)  # fmt: skip
+        status = run_cli("status", job["id"], "--json", *data)
+        assert json.loads(status.stdout)["reference_id"] == "cli-1"
+        assert "completed" in run_cli("status", "cli-1", *data).stdout
+
+        cancel = run_cli("cancel", "cli-1", *data)
+        assert cancel.returncode == 4
+        assert "completed" in one_sentence(cancel.stderr)
+        retry = run_cli("retry", "nobody", *data)
+        assert retry.returncode == 4
+        assert "nobody" in one_sentence(retry.stderr)
+        duplicate = run_cli("submit", str(video), str(audio), "--reference-id", "cli-1", *data)
+        assert duplicate.returncode == 4
+        assert "already used" in one_sentence(duplicate.stderr)
+
+
+def test_submit_without_wait_and_a_failed_job_exits_1(
+    tmp_path: Path, sample_pair: tuple[Path, Path], api_env: dict[str, str]
+) -> None:
+    data = ["--data-dir", str(tmp_path / "data")]
+    video, audio = sample_pair
+    urls = ["http://127.0.0.1:9/unreachable.mp4", "http://127.0.0.1:9/unreachable.wav"]
+    with serving(tmp_path / "data", "--port", "0", env=api_env):
+        queued = run_cli("submit", str(video), str(audio), "--reference-id", "quick", *data)
+        assert queued.returncode == 0
+        assert "Submitted job quick" in queued.stdout
+        failed = run_cli("submit", *urls, "--reference-id", "bad-url", "--wait", *data)
+    assert failed.returncode == 1
+    assert one_sentence(failed.stderr).startswith("Job bad-url failed: ")
+
+
+def test_submit_starts_a_bridge_when_none_runs(
+    tmp_path: Path, sample_pair: tuple[Path, Path], api_env: dict[str, str]
+) -> None:
+    folder = tmp_path / "data"
+    video, audio = sample_pair
+    result = run_cli(
+        "submit", str(video), str(audio), "--wait", "--data-dir", str(folder), env=api_env
+    )
+    info = discovery.read_discovery(folder)
+    assert info is not None
+    try:
+        assert result.returncode == 0, result.stderr
+        assert "Started a Chamelaion bridge in the background" in result.stderr
+        assert "completed" in result.stdout
+    finally:
+        os.kill(info["pid"], signal.SIGTERM)
+    wait_until(lambda: not (folder / discovery.DISCOVERY_FILE).exists(), message="bridge to stop")
+
+
+def test_demo_runs_offline_and_leaves_a_playable_file(tmp_path: Path) -> None:
+    result = run_cli("demo", "--data-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    match = re.search(r"The finished file is (.+\.mp4)$", result.stdout, re.MULTILINE)
+    assert match, result.stdout
+    assert media.is_playable_video(Path(match.group(1)))
+    assert "not real lip sync" in result.stdout
+    assert not (tmp_path / "demo" / "bridge" / discovery.DISCOVERY_FILE).exists(), "bridge left"
