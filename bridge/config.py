@@ -65,5 +65,10 @@ class BridgeConfig:
             "api_key": Secret(api_key or bearer or None),
             "api_auth": "x-api-key" if api_key or not bearer else "bearer",
         }
+        poll = os.environ.get("CHAMELAION_POLL_INTERVAL")
+        if poll:
+            # Tuning knob (tests, impatient demos): the first poll interval and 15x as the cap.
+            values["poll_interval"] = float(poll)
+            values["max_poll_interval"] = float(poll) * 15
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

@@ -51,12 +51,14 @@ FAULT_KINDS = frozenset(
         "delay",
         "drop",
         "drop-after-accept",
+        "delay-after-accept",
         "drop-midway",
     }
 )
 # Kinds that only make sense where the handler itself acts on them.
 KIND_ENDPOINTS = {
     "drop-after-accept": frozenset({"generate", "generate-with-media"}),
+    "delay-after-accept": frozenset({"generate", "generate-with-media"}),
     "drop-midway": frozenset({"output"}),
 }
 BOOLEANS = frozenset({"true", "false", "1", "0"})  # form values accepted for a boolean field
@@ -208,6 +210,9 @@ class EmulatorState:
         self.http: aiohttp.ClientSession | None = None
         self.placeholder: Path | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # API calls being handled right now: a test that kills a client mid-call waits for
+        # this to reach 0 so the call's outcome (created or not) is settled before it checks.
+        self.in_flight = 0
 
     def add_fault(
         self,
@@ -416,6 +421,16 @@ async def _fault_middleware(request: web.Request, handler: Handler) -> web.Strea
         return await handler(request)
     state = request.config_dict[STATE]
     state.stats.calls[endpoint] += 1
+    state.in_flight += 1
+    try:
+        return await _apply_fault(request, handler, state, endpoint)
+    finally:
+        state.in_flight -= 1
+
+
+async def _apply_fault(
+    request: web.Request, handler: Handler, state: EmulatorState, endpoint: str
+) -> web.StreamResponse:
     rule = state.take_fault(endpoint)
     if rule is None:
         return await handler(request)
@@ -446,9 +461,14 @@ def _origin(request: web.Request) -> str:
     return f"{request.scheme}://{request.host}"
 
 
-def _accepted(request: web.Request, record: LipsyncRecord) -> web.StreamResponse:
-    if FAULT in request:  # only "drop-after-accept" reaches a generate handler
+async def _accepted(request: web.Request, record: LipsyncRecord) -> web.StreamResponse:
+    """The success answer, unless an after-accept fault wants the created request's answer
+    lost (dropped) or late (delayed): the moments a client may pay without knowing it."""
+    rule = request.get(FAULT)
+    if rule is not None and rule.kind == "drop-after-accept":
         return _drop(request)
+    if rule is not None and rule.kind == "delay-after-accept":
+        await asyncio.sleep(rule.delay)
     return web.json_response({"status": "success", "request_id": record.id})
 
 
@@ -495,7 +515,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
         return _error(400, str(exc))
     state = request.config_dict[STATE]
     inputs = _Inputs(state.new_work_dir(), video_url=video_url, audio_url=audio_url)
-    return _accepted(request, state.create(reference_id, inputs, _origin(request)))
+    return await _accepted(request, state.create(reference_id, inputs, _origin(request)))
 
 
 async def _save_part(part: BodyPartReader, path: Path, keep: bool) -> int:
@@ -549,7 +569,7 @@ async def generate_with_media(request: web.Request) -> web.StreamResponse:
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    return _accepted(request, state.create(reference_id, _Inputs(work), _origin(request)))
+    return await _accepted(request, state.create(reference_id, _Inputs(work), _origin(request)))
 
 
 async def retrieve(request: web.Request) -> web.Response:
