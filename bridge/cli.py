@@ -1,14 +1,16 @@
 """`chamelaion-bridge`: run the bridge, and submit and follow jobs through its local API.
 
 Exit status: 0 success, 1 job failed or canceled, 2 usage, 3 bridge unreachable, 4 input
-error, 5-9 the daemon's start failures (see bridge.daemon). Every failure is one sentence
-on stderr. `submit` starts a bridge in the background when none runs for the data folder
-(and CHAMELAION_BRIDGE_URL is not set); the other commands only report that none runs.
+error, 5-9 the daemon's start failures (see bridge.daemon), 70 an unexpected error, 130
+interrupted. Every failure is one sentence on stderr. `submit` starts a bridge in the
+background when none runs for the data folder (and CHAMELAION_BRIDGE_URL is not set); the
+other commands only report that none runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import subprocess
@@ -22,11 +24,13 @@ from typing import Any, NoReturn, TextIO
 import bridge
 from bridge import discovery
 from bridge.client import BridgeClient, BridgeRequestError, BridgeUnavailable
+from bridge.errors import BridgeError, InputError
 
 EXIT_JOB_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 EXIT_INPUT = 4
+EXIT_UNEXPECTED = 70
 EXIT_INTERRUPTED = 130
 
 FINAL_STATES = ("completed", "failed", "canceled")
@@ -72,9 +76,15 @@ def running_client(folder: Path) -> BridgeClient | None:
         return None
     client = BridgeClient(data_dir=folder)
     try:
-        client.health()
+        version = client.health().get("version")
     except BridgeUnavailable:
         return None
+    if version != bridge.__version__:
+        print(
+            f"Note: the running bridge is version {version} and this command {bridge.__version__}; "
+            "restart the bridge to update it.",
+            file=sys.stderr,
+        )
     return client
 
 
@@ -372,7 +382,8 @@ def cmd_emulator(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CliError(
             EXIT_PORT_IN_USE,
-            f"The emulator cannot listen on port {args.port} ({exc.strerror or exc}); "
+            f"The emulator cannot listen on port {args.port} "
+            f"({'already in use' if exc.errno == errno.EADDRINUSE else exc.strerror}); "
             "choose another with --port.",
         ) from None
     return 0
@@ -487,3 +498,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("Interrupted; jobs already submitted go on in the bridge.", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BridgeError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_INPUT if isinstance(exc, InputError) else EXIT_UNEXPECTED
+    except Exception as exc:
+        detail = " ".join(str(exc).split())
+        print(
+            f"chamelaion-bridge {args.command} stopped on an unexpected error "
+            f"({type(exc).__name__}: {detail}); please report it.",
+            file=sys.stderr,
+        )
+        return EXIT_UNEXPECTED

@@ -85,7 +85,7 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
             405, f"{request.method} is not allowed on {request.path}; use {allowed}."
         )
     except web.HTTPException as exc:
-        return error_response(exc.status, exc.reason)
+        return error_response(exc.status, f"The bridge refused the request: {exc.reason}.")
     except Exception:
         log.exception("Unexpected error on %s %s", request.method, request.path)
         return error_response(500, "The bridge hit an unexpected error; details are in bridge.log.")

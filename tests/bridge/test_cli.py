@@ -6,12 +6,13 @@ import json
 import os
 import re
 import signal
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from bridge import discovery, media
+from bridge import daemon, discovery, media
 from bridge.demo import emulator_in_background
 from bridge.emulator import RunningEmulator
 from tests.bridge.processes import cli_env, one_sentence, run_cli, serving
@@ -151,3 +152,11 @@ def test_demo_runs_offline_and_leaves_a_playable_file(tmp_path: Path) -> None:
     assert media.is_playable_video(Path(match.group(1)))
     assert "not real lip sync" in result.stdout
     assert not (tmp_path / "demo" / "bridge" / discovery.DISCOVERY_FILE).exists(), "bridge left"
+
+
+def test_emulator_on_a_busy_port_exits_with_the_port_code() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as blocker:
+        port = blocker.getsockname()[1]
+        result = run_cli("emulator", "--port", str(port))
+    assert result.returncode == daemon.EXIT_PORT_IN_USE
+    assert "already in use" in one_sentence(result.stderr)
