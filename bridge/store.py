@@ -159,6 +159,16 @@ class Store:
             rows = self._db.execute(query + " ORDER BY created_at, id", args).fetchall()
         return [_job_from_row(r[0]) for r in rows]
 
+    def list_by_origin(self, origin: str) -> list[Job]:
+        """Jobs started by one source (e.g. "watch:<folder>"), oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT data FROM jobs WHERE json_extract(data, '$.origin') = ? "
+                "ORDER BY created_at, id",
+                (origin,),
+            ).fetchall()
+        return [_job_from_row(r[0]) for r in rows]
+
     def active(self) -> list[Job]:
         return self.list(states=[str(s) for s in ACTIVE_STATES])
 
