@@ -80,7 +80,7 @@ def effects_on(editor: Any, strip: Any) -> list[Any]:
     return found
 
 
-def is_untouched(editor: Any, strip: Any, scene: Any) -> bool:
+def is_untouched(editor: Any, strip: Any, scene: Any, movie_fps: float) -> bool:
     """True when the bridge can cut the source file itself and get the same picture."""
     if strip.type != "MOVIE" or len(strip.modifiers) or effects_on(editor, strip):
         return False
@@ -94,12 +94,14 @@ def is_untouched(editor: Any, strip: Any, scene: Any) -> bool:
         and strip.color_multiply == 1.0
         and not (strip.use_flip_x or strip.use_flip_y or strip.use_reverse_frames)
         and strip.strobe <= 1.0
-        and abs(strip.fps - compat.scene_fps(scene)) < 1e-3
+        and abs(movie_fps - compat.scene_fps(scene)) < 1e-3
     )
 
 
-def check_source(strip: Any, scene: Any) -> None:
-    """Refuse a missing source or a frame-rate mismatch with the fix in the sentence."""
+def check_source(strip: Any, scene: Any) -> float:
+    """Refuse a missing source or a frame-rate mismatch with the fix in the sentence; returns
+    the movie's fps (reading it opens the file, so read it once)."""
+    movie_fps = 0.0
     if strip.type == "MOVIE":
         path = bpy.path.abspath(strip.filepath)
         if not os.path.isfile(path):
@@ -114,6 +116,7 @@ def check_source(strip: Any, scene: Any) -> None:
                 "picture and dubbed sound would drift; set the scene's frame rate to "
                 f"{movie_fps:g} (Output Properties > Format) or use a {fps:g} fps copy."
             )
+    return movie_fps
 
 
 def sound_strips(scene: Any, picture: Any) -> list[Any]:
@@ -196,7 +199,7 @@ def render_picture(context: Any, scene: Any, strip: Any, start: int, end: int, p
 
 def export(context: Any, scene: Any, strip: Any, reference_id: str) -> Export:
     """Write the job's inputs; the untouched case writes only the audio."""
-    check_source(strip, scene)
+    movie_fps = check_source(strip, scene)
     start, duration = int(strip.frame_final_start), int(strip.frame_final_duration)
     end = start + duration
     fps = compat.scene_fps(scene)
@@ -204,7 +207,7 @@ def export(context: Any, scene: Any, strip: Any, reference_id: str) -> Export:
     sounds = sound_strips(scene, strip)
     audio = folder / f"{reference_id}.audio.wav"
     mixdown(context, scene, sounds, start, end, audio)
-    if is_untouched(scene.sequence_editor, strip, scene):
+    if is_untouched(scene.sequence_editor, strip, scene, movie_fps):
         first = round(strip.frame_offset_start) + round(getattr(strip, "animation_offset_start", 0))
         return Export(
             video_path=bpy.path.abspath(strip.filepath),

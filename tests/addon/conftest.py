@@ -13,8 +13,11 @@ from typing import Any
 
 import pytest
 
-# Blender reads its user folders when bpy is imported: point them at a throwaway folder.
-USER_RESOURCES = tempfile.mkdtemp(prefix="chamelaion-blender-user-")
+# Blender reads its user folders when bpy is imported: point them at a throwaway folder
+# (the bench chooses it itself, before it imports bpy).
+USER_RESOURCES = os.environ.get("CHAMELAION_BLENDER_USER") or tempfile.mkdtemp(
+    prefix="chamelaion-blender-user-"
+)
 os.environ["BLENDER_USER_RESOURCES"] = USER_RESOURCES
 
 try:

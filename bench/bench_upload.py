@@ -1,0 +1,545 @@
+"""Upload benchmark (issue 2, Performance): a big file through the bridge against `curl -F`.
+
+Measures, in one run on one emulator:
+- throughput of `POST /v1/jobs` on a real `chamelaion-bridge serve` process, from the POST
+  until the job is `submitted` (the emulator has accepted the whole multipart upload),
+  against `curl -F video=@… -F audio=@…` sending the same files to the same emulator's
+  generate-with-media endpoint; target: bridge/curl >= 0.9 at the big size;
+- the bridge process's peak RSS over that same span (VmHWM, reset just before the POST via
+  /proc/<pid>/clear_refs); target: under 100 MB and within 10 MB across sizes.
+
+The emulator runs in its own process with process_media=False (it reads and discards the
+upload), so its CPU and memory are not the bridge's. Every bridge run uses a fresh bridge
+process so one run's heap does not carry into the next. All files live in one temporary
+folder (on the disk of --tmp-dir) that is deleted at the end.
+
+Run: .venv/bin/python bench/bench_upload.py [--sizes-mib 100,1024] [--rounds 2] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import platform
+import queue
+import select
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from bridge import discovery, media
+from bridge.client import BridgeClient
+
+API_KEY = "emulator-key"
+MB = 1_000_000
+MIB = 1 << 20
+START_TIMEOUT = 60.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+# The emulator in a process of its own; argv: port queued_seconds processing_seconds storage.
+EMULATOR_CODE = """
+import sys
+from pathlib import Path
+from bridge.emulator import EmulatorConfig, run_emulator
+port, queued, processing, storage = sys.argv[1:5]
+run_emulator(port=int(port), config=EmulatorConfig(
+    process_media=False, queued_seconds=float(queued), processing_seconds=float(processing),
+    storage_dir=Path(storage)))
+"""
+NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+# ----- processes ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def stop_process(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM (a clean shutdown), then SIGKILL if it has not exited within 15 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def status_bytes(pid: int, key: str) -> int:
+    """A /proc/<pid>/status memory field (VmRSS, VmHWM) in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def reset_peak_rss(pid: int) -> bool:
+    """Make VmHWM start again from the current RSS; False where the kernel refuses."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+class Emulator:
+    """`bridge.emulator` in its own process, media processing off (uploads are discarded)."""
+
+    def __init__(self, storage: Path, queued_seconds: float, processing_seconds: float) -> None:
+        self.storage = storage
+        self.settings = (queued_seconds, processing_seconds)
+        self.proc: subprocess.Popen[str] | None = None
+        self.url = ""
+
+    def __enter__(self) -> Emulator:
+        port = free_port()
+        queued, processing = self.settings
+        self.storage.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", EMULATOR_CODE, str(port), str(queued), str(processing)]
+            + [str(self.storage)],
+            stdout=subprocess.PIPE,
+            stderr=(self.storage / "emulator.log").open("w"),
+            text=True,
+        )
+        ready, _, _ = select.select([self.proc.stdout], [], [], START_TIMEOUT)
+        line = self.proc.stdout.readline() if ready else ""  # type: ignore[union-attr]
+        if "emulator" not in line:
+            stop_process(self.proc)
+            raise RuntimeError(
+                f"the emulator did not start: {(self.storage / 'emulator.log').read_text()}"
+            )
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+
+    @property
+    def base_url(self) -> str:
+        return self.url + "/api"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stats(self) -> dict[str, Any]:
+        with NO_PROXY.open(self.url + "/_emulator/stats", timeout=10) as response:
+            return json.load(response)
+
+
+class Bridge:
+    """`python -m bridge serve` as a real process on its own data folder, against `api_base`."""
+
+    def __init__(self, data_dir: Path, api_base: str) -> None:
+        self.data_dir = data_dir
+        self.api_base = api_base
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+        self.token = ""
+
+    def __enter__(self) -> Bridge:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CHAMELAION_")}
+        env |= {"CHAMELAION_BASE_URL": self.api_base, "CHAMELAION_API_KEY": API_KEY}
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bridge", "serve", "--port", "0"]
+            + ["--data-dir", str(self.data_dir)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=(self.data_dir / "stderr.log").open("wb"),
+        )
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            info = discovery.read_discovery(self.data_dir) or {}
+            if info.get("pid") == self.proc.pid:
+                break
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                stop_process(self.proc)
+                log = (self.data_dir / "stderr.log").read_text()
+                raise RuntimeError(f"the bridge did not start: {log.strip()}")
+            time.sleep(0.05)
+        self.url, self.token = info["url"], discovery.read_token(self.data_dir) or ""
+        self.client.health()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def client(self) -> BridgeClient:
+        return BridgeClient(self.url, self.token, timeout=60.0)
+
+    def log_tail(self, lines: int = 5) -> str:
+        path = self.data_dir / discovery.LOG_FILE
+        return "\n".join(path.read_text().splitlines()[-lines:]) if path.exists() else ""
+
+
+class JobEvents:
+    """The bridge's SSE stream, connected before anything is submitted so nothing is missed."""
+
+    def __init__(self, bridge: Bridge) -> None:
+        parts = urlsplit(bridge.url)
+        self._conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=None)
+        self._conn.request(
+            "GET",
+            "/v1/events",
+            headers={"Authorization": f"Bearer {bridge.token}", "Accept": "text/event-stream"},
+        )
+        self._response = self._conn.getresponse()
+        if self._response.status != 200 or not self._response.readline().startswith(b":"):
+            raise RuntimeError(f"the bridge refused its event stream ({self._response.status})")
+        self._events: queue.Queue[tuple[float, dict[str, Any]] | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        # Ends when the bridge stops or close() hangs up, whatever http.client raises then.
+        with contextlib.suppress(Exception):
+            for raw in self._response:
+                if raw.startswith(b"data:"):
+                    self._events.put((time.perf_counter(), json.loads(raw[5:])))
+        self._events.put(None)
+
+    def wait_for(self, job_id: str, states: set[str], timeout: float) -> tuple[float, dict]:
+        """(arrival time, job) of the first change of `job_id` into one of `states`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            item = self._events.get(timeout=max(0.0, deadline - time.monotonic()))
+            if item is None:
+                raise RuntimeError("the bridge closed its event stream")
+            arrived, job = item
+            if job["id"] == job_id and job["state"] in states:
+                return arrived, job
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            if self._conn.sock is not None:
+                self._conn.sock.shutdown(socket.SHUT_RDWR)
+        self._conn.close()
+
+
+@contextlib.contextmanager
+def scratch_folder(parent: str | None) -> Iterator[Path]:
+    """One temporary folder for every file of the run, deleted afterwards whatever happens."""
+    folder = Path(tempfile.mkdtemp(prefix="chamelaion-bench-", dir=parent))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def machine() -> dict[str, Any]:
+    """Where and when the figures were measured."""
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "load_avg_1m": os.getloadavg()[0],
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+    }
+
+
+# ----- inputs ------------------------------------------------------------------------------
+
+
+def padded_mp4(seed: Path, out: Path, size: int) -> Path:
+    """`seed` followed by one MP4 `free` box up to `size` bytes: still a valid, probing MP4."""
+    data = seed.read_bytes()
+    box = size - len(data)
+    header = (
+        struct.pack(">I4s", box, b"free")
+        if box < 2**32
+        else struct.pack(">I4sQ", 1, b"free", box)  # 64-bit "largesize" box
+    )
+    if box < len(header):
+        raise ValueError(f"{size} bytes is too small to pad {seed.name} ({len(data)} bytes)")
+    zeros = memoryview(bytes(8 * MIB))
+    with out.open("wb") as fh:
+        fh.write(data)
+        fh.write(header)
+        left = box - len(header)
+        while left:
+            left -= fh.write(zeros[: min(left, len(zeros))])
+    return out
+
+
+def make_inputs(folder: Path, sizes_mib: list[int]) -> tuple[dict[int, Path], Path]:
+    """A padded MP4 of each size (MiB) and one short WAV; each checked as the bridge will."""
+    seed = media.make_test_video(folder / "seed.mp4", 25, 25, (320, 240))
+    audio = media.make_test_audio(folder / "dialogue.wav", 3.0, speech=True)
+    videos = {}
+    for size in sizes_mib:
+        videos[size] = padded_mp4(seed, folder / f"video-{size}MiB.mp4", size * MIB)
+        media.check_inputs(videos[size], audio)
+    seed.unlink()
+    return videos, audio
+
+
+# ----- runs --------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    client: str  # "curl" or "bridge"
+    size_mib: int
+    bytes: int
+    seconds: float
+    emulator_cpu_seconds: float
+    bridge_cpu_seconds: float | None = None
+    bridge_idle_rss_mb: float | None = None
+    bridge_peak_rss_mb: float | None = None
+    peak_since: str | None = None  # "submit" (VmHWM reset at the POST) or "process start"
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes / MB / self.seconds
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self) | {"mb_per_s": round(self.mb_per_s, 1)}
+
+
+def curl_upload(emulator: Emulator, video: Path, audio: Path, size_mib: int, n: int) -> Run:
+    """`curl -F` straight to the emulator's generate-with-media endpoint."""
+    command = [
+        "curl",
+        "-sS",
+        "-H",
+        f"x-api-key: {API_KEY}",
+        "-F",
+        f"video=@{video};type=video/mp4",
+        "-F",
+        f"audio=@{audio};type=audio/wav",
+        "-F",
+        f"reference_id=bench-curl-{n}",
+        emulator.base_url + "/v1/lipsync/generate-with-media",
+    ]
+    cpu = cpu_seconds(emulator.pid)
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0 or '"request_id"' not in done.stdout:
+        raise RuntimeError(f"curl upload failed: {done.stderr.strip() or done.stdout.strip()}")
+    return Run(
+        "curl",
+        size_mib,
+        video.stat().st_size + audio.stat().st_size,
+        seconds,
+        emulator_cpu_seconds=cpu_seconds(emulator.pid) - cpu,
+    )
+
+
+def bridge_upload(
+    emulator: Emulator, folder: Path, video: Path, audio: Path, size_mib: int, n: int
+) -> Run:
+    """A fresh bridge process; POST /v1/jobs until the job is `submitted`, watching its RSS."""
+    with Bridge(folder / f"bridge-{n}", emulator.base_url) as bridge:
+        events = JobEvents(bridge)
+        try:
+            idle = status_bytes(bridge.pid, "VmRSS")
+            reset = reset_peak_rss(bridge.pid)
+            cpu, emulator_cpu = cpu_seconds(bridge.pid), cpu_seconds(emulator.pid)
+            started = time.perf_counter()
+            job = bridge.client.create_job(
+                {
+                    "video_path": str(video),
+                    "audio_path": str(audio),
+                    "reference_id": f"bench-bridge-{n}",
+                }
+            )
+            arrived, job = events.wait_for(job["id"], {"submitted", "failed"}, timeout=600)
+            if job["state"] != "submitted":
+                raise RuntimeError(f"the bridge upload failed: {job['error']}")
+            return Run(
+                "bridge",
+                size_mib,
+                video.stat().st_size + audio.stat().st_size,
+                arrived - started,
+                emulator_cpu_seconds=cpu_seconds(emulator.pid) - emulator_cpu,
+                bridge_cpu_seconds=cpu_seconds(bridge.pid) - cpu,
+                bridge_idle_rss_mb=idle / MB,
+                bridge_peak_rss_mb=status_bytes(bridge.pid, "VmHWM") / MB,
+                peak_since="submit" if reset else "process start",
+            )
+        except Exception as exc:
+            raise RuntimeError(f"{exc}\nbridge log:\n{bridge.log_tail()}") from exc
+        finally:
+            events.close()
+
+
+def measure(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    videos, audio = make_inputs(folder, args.sizes_mib)
+    runs: list[Run] = []
+    with Emulator(folder / "emulator", queued_seconds=3600, processing_seconds=1) as emulator:
+        n = 0
+        for round_no in range(args.rounds):
+            for size, video in videos.items():
+                clients = ["curl", "bridge"] if round_no % 2 == 0 else ["bridge", "curl"]
+                for client in clients:
+                    n += 1
+                    runs.append(
+                        curl_upload(emulator, video, audio, size, n)
+                        if client == "curl"
+                        else bridge_upload(emulator, folder, video, audio, size, n)
+                    )
+                    if not args.json:
+                        print(_row(runs[-1]), flush=True)
+    return summarize(args, runs)
+
+
+def summarize(args: argparse.Namespace, runs: list[Run]) -> dict[str, Any]:
+    """Best-of-rounds throughput per size and client; worst peak RSS per size."""
+    sizes: dict[str, Any] = {}
+    for size in args.sizes_mib:
+        best = {
+            client: max(r.mb_per_s for r in runs if r.size_mib == size and r.client == client)
+            for client in ("curl", "bridge")
+        }
+        bridge_runs = [r for r in runs if r.size_mib == size and r.client == "bridge"]
+        sizes[str(size)] = {
+            "curl_mb_per_s": round(best["curl"], 1),
+            "bridge_mb_per_s": round(best["bridge"], 1),
+            "ratio": round(best["bridge"] / best["curl"], 3),
+            "bridge_peak_rss_mb": round(max(r.bridge_peak_rss_mb or 0 for r in bridge_runs), 1),
+            "bridge_idle_rss_mb": round(max(r.bridge_idle_rss_mb or 0 for r in bridge_runs), 1),
+        }
+    big = str(max(args.sizes_mib))
+    peaks = [s["bridge_peak_rss_mb"] for s in sizes.values()]
+    return {
+        "machine": machine(),
+        "parameters": {"sizes_mib": args.sizes_mib, "rounds": args.rounds},
+        "runs": [r.to_json() for r in runs],
+        "sizes": sizes,
+        "targets": {
+            "throughput_ratio_at_big_size": {
+                "size_mib": int(big),
+                "value": sizes[big]["ratio"],
+                "target": ">= 0.9",
+                "met": sizes[big]["ratio"] >= 0.9,
+            },
+            "peak_rss_under_100_mb": {
+                "value": max(peaks),
+                "target": "< 100",
+                "met": max(peaks) < 100,
+            },
+            "peak_rss_spread_mb": {
+                "value": round(max(peaks) - min(peaks), 1),
+                "target": "<= 10",
+                "met": max(peaks) - min(peaks) <= 10,
+            },
+        },
+    }
+
+
+# ----- output ------------------------------------------------------------------------------
+
+HEADER = (
+    f"{'size':>9} {'client':<7} {'seconds':>8} {'MB/s':>7} {'peak RSS MB':>12} "
+    f"{'idle RSS MB':>12} {'bridge CPU s':>13} {'emul. CPU s':>12}"
+)
+
+
+def _row(run: Run) -> str:
+    def num(value: float | None, width: int) -> str:
+        return f"{value:>{width}.1f}" if value is not None else f"{'-':>{width}}"
+
+    return (
+        f"{run.size_mib:>5} MiB {run.client:<7} {run.seconds:>8.2f} {run.mb_per_s:>7.1f} "
+        f"{num(run.bridge_peak_rss_mb, 12)} {num(run.bridge_idle_rss_mb, 12)} "
+        f"{num(run.bridge_cpu_seconds, 13)} {num(run.emulator_cpu_seconds, 12)}"
+    )
+
+
+def print_summary(result: dict[str, Any]) -> None:
+    print("\nbest of rounds (MB = 10^6 bytes):")
+    print(f"{'size':>9} {'curl MB/s':>10} {'bridge MB/s':>12} {'ratio':>6} {'peak RSS MB':>12}")
+    for size, row in result["sizes"].items():
+        print(
+            f"{size:>5} MiB {row['curl_mb_per_s']:>10.1f} {row['bridge_mb_per_s']:>12.1f} "
+            f"{row['ratio']:>6.3f} {row['bridge_peak_rss_mb']:>12.1f}"
+        )
+    for name, target in result["targets"].items():
+        verdict = "met" if target["met"] else "NOT MET"
+        print(f"{name}: {target['value']} (target {target['target']}) {verdict}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--sizes-mib",
+        type=lambda s: sorted({int(x) for x in s.split(",")}),
+        default=[100, 1024],
+        help="video sizes in MiB, comma-separated (default 100,1024; the ratio target is "
+        "judged at the largest)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="runs per size and client (default 2)"
+    )
+    parser.add_argument(
+        "--tmp-dir", help="parent folder for the scratch files (default: the system temp folder)"
+    )
+    parser.add_argument("--json", action="store_true", help="print the result as JSON only")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if shutil.which("curl") is None:
+        print("curl is not installed; install it (apt-get install curl) and run again.")
+        return 2
+    with scratch_folder(args.tmp_dir) as folder:
+        if not args.json:
+            print(f"files in {folder}; each bridge run is a fresh `bridge serve` process\n")
+            print(HEADER, flush=True)
+        result = measure(args, folder)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print_summary(result)
+    return 0 if all(t["met"] for t in result["targets"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
