@@ -24,6 +24,7 @@ from bridge.engine import Engine
 from bridge.errors import DuplicateReferenceError, InputError
 from bridge.jobs import Job, JobSpec, State
 from bridge.store import IllegalTransition, Store
+from bridge.watch import running_watchers
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ TOKEN = web.AppKey("token", str)
 STORE = web.AppKey("store", Store)
 ENGINE = web.AppKey("engine", Engine)
 WATCH_FOLDERS = web.AppKey("watch_folders", list)
-WATCH_STATUS = web.AppKey("watch_status", object)
+WATCHERS = web.AppKey("watchers", list)
 EVENT_QUEUES = web.AppKey("event_queues", set)
 
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -101,9 +102,8 @@ async def health(request: web.Request) -> web.Response:
         # The real service never runs on this machine: a loopback API is an emulator.
         "emulator": is_loopback_host(urlsplit(config.api_base).netloc),
     }
-    status = request.app.get(WATCH_STATUS)
-    if status is not None:
-        body["watch"] = status()
+    if request.app[WATCHERS]:
+        body["watch"] = [watcher.status() for watcher in request.app[WATCHERS]]
     return web.json_response(body)
 
 
@@ -210,7 +210,9 @@ async def _engine_context(app: web.Application) -> AsyncIterator[None]:
     app[STORE], app[ENGINE] = store, engine
     try:
         await engine.start()
-        yield
+        async with running_watchers(app[WATCH_FOLDERS], engine, store) as watchers:
+            app[WATCHERS] = watchers
+            yield
     finally:
         try:
             await engine.close()
@@ -221,11 +223,12 @@ async def _engine_context(app: web.Application) -> AsyncIterator[None]:
 def create_app(
     config: BridgeConfig, token: str, *, watch_folders: Sequence[tuple[Path, Path]] = ()
 ) -> web.Application:
-    """The local API app; its cleanup context owns the store, the engine and watch folders."""
+    """The local API app; its cleanup context owns the store, the engine and the watchers."""
     app = web.Application(middlewares=[guard])
     app[CONFIG] = config
     app[TOKEN] = token
     app[WATCH_FOLDERS] = list(watch_folders)
+    app[WATCHERS] = []
     app[EVENT_QUEUES] = set()
     app.cleanup_ctx.append(_engine_context)
     app.on_shutdown.append(_end_event_streams)

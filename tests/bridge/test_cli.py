@@ -5,17 +5,28 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from bridge import daemon, discovery, media
+from bridge.client import BridgeClient
 from bridge.demo import emulator_in_background
 from bridge.emulator import RunningEmulator
-from tests.bridge.processes import cli_env, one_sentence, run_cli, serving
+from tests.bridge.processes import (
+    BRIDGE,
+    cli_env,
+    one_sentence,
+    published,
+    run_cli,
+    serving,
+    stop,
+)
 from tests.helpers import wait_until
 
 COMMANDS = ["serve", "submit", "jobs", "status", "cancel", "retry", "watch", "emulator", "demo"]
@@ -160,3 +171,30 @@ def test_emulator_on_a_busy_port_exits_with_the_port_code() -> None:
         result = run_cli("emulator", "--port", str(port))
     assert result.returncode == daemon.EXIT_PORT_IN_USE
     assert "already in use" in one_sentence(result.stderr)
+
+
+def test_watch_turns_a_dropped_pair_into_a_result_and_health_shows_the_folder(
+    tmp_path: Path, sample_pair: tuple[Path, Path], api_env: dict[str, str]
+) -> None:
+    inbox, outbox, folder = tmp_path / "in", tmp_path / "out", tmp_path / "data"
+    inbox.mkdir()
+    env = {**api_env, "CHAMELAION_WATCH_SETTLE": "0.2"}
+    command = [*BRIDGE, "watch", str(inbox), "--out", str(outbox), "--data-dir", str(folder)]
+    process = subprocess.Popen(
+        [*command, "--port", "0"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        info = wait_until(lambda: published(folder, process), timeout=30, message="bridge.json")
+        watching = BridgeClient(info["url"], data_dir=folder).health()["watch"]
+        assert [(w["in_dir"], w["out_dir"]) for w in watching] == [(str(inbox), str(outbox))]
+        shutil.copy(sample_pair[0], inbox / "ep42.mp4")
+        shutil.copy(sample_pair[1], inbox / "ep42.wav")
+        result = outbox / "ep42.lipsync.mp4"
+        wait_until(result.exists, timeout=60, message="the watch folder's result")
+        assert media.is_playable_video(result)
+    finally:
+        assert stop(process) == 0

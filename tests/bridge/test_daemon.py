@@ -93,3 +93,14 @@ def test_a_restarted_bridge_gets_a_fresh_discovery_file_and_keeps_its_token(tmp_
         assert again["pid"] == second.pid != info["pid"]
         assert discovery.read_token(tmp_path) == token
         assert BridgeClient(data_dir=tmp_path).list_jobs() == []
+
+
+def test_watch_folders_cannot_be_added_to_a_running_bridge(tmp_path: Path) -> None:
+    with serving(tmp_path / "data", "--port", "0") as (process, _):
+        result = run_cli(
+            "watch", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+            "--data-dir", str(tmp_path / "data"),
+        )  # fmt: skip
+        assert result.returncode == daemon.EXIT_ALREADY_RUNNING
+        assert "already running" in one_sentence(result.stderr)
+        assert process.poll() is None
