@@ -286,11 +286,20 @@ def _progress_text(job: dict[str, Any]) -> str:
     return "-"
 
 
+def _watch_line(folder: dict[str, Any]) -> str:
+    counts = ", ".join(f"{folder.get(k, 0)} {k}" for k in ("waiting", "running", "done", "failed"))
+    offline = "" if folder.get("online", True) else " (folder not reachable)"
+    return f"Watching {folder['in_dir']} -> {folder['out_dir']}: {counts}{offline}"
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
-    jobs = connect(args).list_jobs()
+    client = connect(args)
+    jobs, watching = client.list_jobs(), client.health().get("watch", [])
     if args.json:
-        _print_json({"jobs": jobs})
+        _print_json({"jobs": jobs, **({"watch": watching} if watching else {})})
         return 0
+    for folder in watching:
+        print(_watch_line(folder))
     if not jobs:
         print("No jobs yet.")
         return 0

@@ -196,5 +196,8 @@ def test_watch_turns_a_dropped_pair_into_a_result_and_health_shows_the_folder(
         result = outbox / "ep42.lipsync.mp4"
         wait_until(result.exists, timeout=60, message="the watch folder's result")
         assert media.is_playable_video(result)
+        listing = run_cli("jobs", "--data-dir", str(folder)).stdout
+        assert f"Watching {inbox} -> {outbox}" in listing
+        assert re.search(r"ep42\S*\s+completed", listing), listing
     finally:
         assert stop(process) == 0
