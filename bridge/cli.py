@@ -361,9 +361,16 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace, watch_folders: list[tuple[Path, Path]]) -> int:
     from bridge.config import BridgeConfig
-    from bridge.daemon import serve
+    from bridge.daemon import EXIT_BAD_CONFIG, serve
 
-    config = BridgeConfig.from_env(getattr(args, "data_dir", None), host=args.host, port=args.port)
+    try:
+        config = BridgeConfig.from_env(
+            getattr(args, "data_dir", None), host=args.host, port=args.port
+        )
+    except ValueError as exc:
+        raise CliError(
+            EXIT_BAD_CONFIG, f"A CHAMELAION_* setting is invalid ({exc}); fix or unset it."
+        ) from None
     return serve(config, fixed_port=args.port is not None, watch_folders=watch_folders)
 
 

@@ -63,6 +63,10 @@ def check_config(config: BridgeConfig) -> None:
             EXIT_BAD_CONFIG,
             f"CHAMELAION_BASE_URL {config.api_base!r} is not an http(s) URL; fix it or unset it.",
         )
+    if not 0 < config.poll_interval <= config.max_poll_interval:
+        raise StartupError(
+            EXIT_BAD_CONFIG, "The poll interval must be positive and at most its maximum."
+        )
     if config.upload_concurrency < 1:
         raise StartupError(EXIT_BAD_CONFIG, "The upload concurrency must be at least 1.")
 

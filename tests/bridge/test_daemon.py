@@ -74,6 +74,8 @@ def test_unwritable_data_folder_is_its_own_exit_code(tmp_path: Path) -> None:
     [
         (["--host", "0.0.0.0"], {}, "--host 0.0.0.0 is not allowed"),
         ([], {"CHAMELAION_BASE_URL": "ftp://example.com"}, "CHAMELAION_BASE_URL"),
+        ([], {"CHAMELAION_POLL_INTERVAL": "soon"}, "CHAMELAION_"),
+        ([], {"CHAMELAION_POLL_INTERVAL": "-1"}, "poll interval"),
     ],
 )
 def test_bad_config_is_its_own_exit_code(
