@@ -234,7 +234,7 @@ class WatchFolder:
             try:
                 pairs = await asyncio.to_thread(scan, self.in_dir, self._skip)
             except OSError as exc:
-                self._set_online(False, exc)
+                await self._set_online(False, exc)
                 return False
             await self._set_online(True)
             now = time.monotonic()

@@ -2,20 +2,43 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
-from bridge.emulator import RunningEmulator
+from bridge import media
+from bridge.emulator import EmulatorConfig, RunningEmulator, start_emulator
 from bridge.watch import WatchFolder
 from bridge.watch_pairing import is_ignored_name, scan
-from tests.bridge.conftest import EngineFactory
+from tests.bridge.conftest import EMULATOR_KEY, EngineFactory
 from tests.helpers import async_wait_until
 
 WatchFactory = Callable[..., Awaitable[WatchFolder]]
+
+
+@pytest.fixture
+async def emulator(tmp_path: Path) -> AsyncIterator[RunningEmulator]:
+    """A quick emulator that returns a stock clip: these tests are about files, not pixels."""
+    running = await start_emulator(
+        EmulatorConfig(
+            queued_seconds=0.05,
+            processing_seconds=0.1,
+            storage_dir=tmp_path / "emu",
+            process_media=False,
+        )
+    )
+    yield running
+    await running.close()
 
 
 @pytest.fixture
@@ -116,3 +139,210 @@ def test_pairing_by_stem_and_by_sub_folder(tmp_path: Path) -> None:
     ]
     assert pairs["b"].missing() == "its audio" and pairs["c"].missing() == "its video"
     assert pairs["shot"].missing() is None and pairs["shot"].members == [tmp_path / "shot"]
+
+
+async def test_many_pairs_dropped_at_once_give_one_result_and_one_submission_each(
+    tmp_path: Path,
+    make_watcher: WatchFactory,
+    emulator: RunningEmulator,
+    sample_pair: tuple[Path, Path],
+) -> None:
+    count = int(os.environ.get("WATCH_TEST_PAIRS", "200"))
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    staging = tmp_path / "staging"
+    for i in range(count):
+        drop(sample_pair, staging, f"ep{i:03d}")
+    in_dir.mkdir()
+    await make_watcher(in_dir, out_dir)
+    for item in staging.iterdir():  # renames: the whole batch lands within milliseconds
+        item.rename(in_dir / item.name)
+
+    await async_wait_until(
+        lambda: len(names(in_dir / "done")) == 2 * count, timeout=120, message="all pairs done"
+    )
+
+    results = sorted(p.name for p in out_dir.glob("*.lipsync.mp4"))
+    assert results == [f"ep{i:03d}.lipsync.mp4" for i in range(count)]
+    assert emulator.state.stats.requests_created == count
+    assert set(emulator.state.stats.generate_by_reference_id.values()) == {1}
+
+
+async def test_a_slow_writer_is_never_submitted_half_written(
+    tmp_path: Path,
+    make_watcher: WatchFactory,
+    emulator: RunningEmulator,
+    sample_pair: tuple[Path, Path],
+) -> None:
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    watcher = await make_watcher(in_dir, out_dir)
+    shutil.copyfile(sample_pair[1], in_dir / "slow.wav")
+    data = sample_pair[0].read_bytes()
+    chunk = max(1, len(data) // 20)
+    with open(in_dir / "slow.mp4", "wb") as out:
+        for start in range(0, len(data), chunk):
+            out.write(data[start : start + chunk])
+            out.flush()
+            await asyncio.sleep(0.1)  # the writer's pace (shorter than the settle time)
+            assert watcher.store.list_by_origin(watcher.origin) == []
+
+    await async_wait_until(lambda: (out_dir / "slow.lipsync.mp4").exists(), message="result")
+
+    (job,) = watcher.store.list_by_origin(watcher.origin)
+    assert job.state == "completed"
+    assert (in_dir / "done" / "slow.mp4").read_bytes() == data
+    assert emulator.state.stats.requests_created == 1
+
+
+async def test_a_text_file_named_like_a_video_fails_with_a_reason(
+    tmp_path: Path,
+    make_watcher: WatchFactory,
+    emulator: RunningEmulator,
+    sample_pair: tuple[Path, Path],
+) -> None:
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    await make_watcher(in_dir, out_dir)
+    (in_dir / "fake.mp4").write_text("this is a shot list, not a video\n")
+    shutil.copyfile(sample_pair[1], in_dir / "fake.wav")
+
+    failed = in_dir / "failed"
+    await async_wait_until(lambda: (failed / "fake.error.json").exists(), message="error files")
+
+    assert {"fake.mp4", "fake.wav", "fake.error.txt", "fake.error.json"} == names(failed)
+    text = (failed / "fake.error.txt").read_text()
+    assert "fake.mp4" in text and "move them back" in text and text.count("\n") == 1
+    assert json.loads((failed / "fake.error.json").read_text())["error"] in text
+    assert names(out_dir) == set()
+    assert emulator.state.stats.requests_created == 0
+
+
+async def test_one_half_waits_for_the_other(
+    tmp_path: Path,
+    make_watcher: WatchFactory,
+    emulator: RunningEmulator,
+    sample_pair: tuple[Path, Path],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="bridge.watch")
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    watcher = await make_watcher(in_dir, out_dir)
+    shutil.copyfile(sample_pair[0], in_dir / "half.mp4")
+
+    await async_wait_until(
+        lambda: "half waiting for its audio" in caplog.text, message="the waiting log line"
+    )
+    assert watcher.status()["waiting"] == 1
+    assert watcher.store.list_by_origin(watcher.origin) == []
+    assert names(in_dir) == {"half.mp4"}
+
+    shutil.copyfile(sample_pair[1], in_dir / "half.wav")
+    await async_wait_until(lambda: (out_dir / "half.lipsync.mp4").exists(), message="result")
+    assert caplog.text.count("half waiting for its audio") == 1
+
+
+async def test_a_sidecar_with_urls_submits_by_url_with_its_options(
+    tmp_path: Path,
+    make_watcher: WatchFactory,
+    emulator: RunningEmulator,
+    sample_pair: tuple[Path, Path],
+    aiohttp_server,
+) -> None:
+    app = web.Application()
+    app.router.add_static("/media", sample_pair[0].parent)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    watcher = await make_watcher(in_dir, out_dir)
+    sidecar = {
+        "video_url": str(server.make_url(f"/media/{sample_pair[0].name}")),
+        "audio_url": str(server.make_url(f"/media/{sample_pair[1].name}")),
+        "reference_id": "remote-take-7",
+        "disable_active_speaker_detection": True,
+    }
+    (in_dir / "remote.json").write_text(json.dumps(sidecar))
+
+    await async_wait_until(lambda: (out_dir / "remote.lipsync.json").exists(), message="record")
+
+    record = json.loads((out_dir / "remote.lipsync.json").read_text())
+    assert record["reference_id"] == "remote-take-7"
+    assert record["inputs"]["video"] == sidecar["video_url"]
+    assert record["options"]["disable_active_speaker_detection"] is True
+    assert emulator.state.stats.calls["generate"] == 1
+    assert emulator.state.stats.calls["generate-with-media"] == 0
+    assert names(in_dir / "done") == {"remote.json"}
+    assert media.is_playable_video(out_dir / "remote.lipsync.mp4")
+    assert watcher.status()["done"] == 1
+
+
+async def test_results_inside_the_watch_folder_are_never_ingested(
+    tmp_path: Path,
+    make_watcher: WatchFactory,
+    emulator: RunningEmulator,
+    sample_pair: tuple[Path, Path],
+) -> None:
+    in_dir = tmp_path / "in"
+    out_dir = in_dir / "results"
+    in_dir.mkdir()
+    watcher = await make_watcher(in_dir, out_dir)
+    drop(sample_pair, in_dir, "first")
+    await async_wait_until(lambda: (out_dir / "first.lipsync.json").exists(), message="first")
+    (out_dir / "first.wav").write_bytes(sample_pair[1].read_bytes())  # a stray file in OUT
+
+    drop(sample_pair, in_dir, "second")
+    await async_wait_until(lambda: (out_dir / "second.lipsync.json").exists(), message="second")
+
+    assert len(watcher.store.list_by_origin(watcher.origin)) == 2
+    assert emulator.state.stats.requests_created == 2
+    assert names(in_dir) == {"done", "results"}
+
+
+async def test_a_pair_moved_back_from_failed_is_retried_and_numbered_results_never_overwrite(
+    tmp_path: Path,
+    make_watcher: WatchFactory,
+    emulator: RunningEmulator,
+    sample_pair: tuple[Path, Path],
+) -> None:
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    await make_watcher(in_dir, out_dir)
+    emulator.state.fail_next(1, "no face found")
+    drop(sample_pair, in_dir, "shot")
+    failed = in_dir / "failed"
+    await async_wait_until(lambda: (failed / "shot.error.txt").exists(), message="failure")
+    assert "no face found" in (failed / "shot.error.txt").read_text()
+
+    for name in ("shot.mp4", "shot.wav"):
+        (failed / name).rename(in_dir / name)
+    await async_wait_until(lambda: (out_dir / "shot.lipsync.json").exists(), message="retry")
+
+    drop(sample_pair, in_dir, "shot")
+    await async_wait_until(lambda: (out_dir / "shot.lipsync-2.json").exists(), message="again")
+    assert names(out_dir) >= {"shot.lipsync.mp4", "shot.lipsync-2.mp4"}
+    assert names(in_dir / "done") == {"shot.mp4", "shot.wav", "shot-2.mp4", "shot-2.wav"}
+    assert emulator.state.stats.requests_created == 3
+
+
+async def test_a_vanishing_folder_goes_offline_and_resumes_when_it_returns(
+    tmp_path: Path,
+    make_watcher: WatchFactory,
+    emulator: RunningEmulator,
+    sample_pair: tuple[Path, Path],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="bridge.watch")
+    share = tmp_path / "share"
+    in_dir, out_dir = share / "in", tmp_path / "out"
+    in_dir.mkdir(parents=True)
+    watcher = await make_watcher(in_dir, out_dir, rescan=0.2)
+    await async_wait_until(lambda: watcher.status()["online"], message="online")
+
+    share.rename(tmp_path / "unmounted")
+    await async_wait_until(lambda: not watcher.status()["online"], message="offline")
+    assert f"watch folder {in_dir} is offline" in caplog.text
+
+    (tmp_path / "unmounted").rename(share)
+    await async_wait_until(lambda: watcher.status()["online"], message="back online")
+    drop(sample_pair, in_dir, "back")
+    await async_wait_until(lambda: (out_dir / "back.lipsync.mp4").exists(), message="result")
