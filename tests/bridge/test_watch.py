@@ -18,6 +18,7 @@ from aiohttp import web
 
 from bridge import media
 from bridge.emulator import EmulatorConfig, RunningEmulator, start_emulator
+from bridge.store import Store
 from bridge.watch import WatchFolder
 from bridge.watch_pairing import is_ignored_name, scan
 from tests.bridge.conftest import EMULATOR_KEY, EngineFactory
@@ -346,3 +347,67 @@ async def test_a_vanishing_folder_goes_offline_and_resumes_when_it_returns(
     await async_wait_until(lambda: watcher.status()["online"], message="back online")
     drop(sample_pair, in_dir, "back")
     await async_wait_until(lambda: (out_dir / "back.lipsync.mp4").exists(), message="result")
+
+
+def start_watch_process(in_dir: Path, out_dir: Path, data_dir: Path, api_base: str):
+    """`python -m bridge watch IN --out OUT` as a real process, the way a studio runs it."""
+    env = {
+        **os.environ,
+        "CHAMELAION_BASE_URL": api_base,
+        "CHAMELAION_API_KEY": EMULATOR_KEY,
+        "CHAMELAION_POLL_INTERVAL": "0.1",
+        "CHAMELAION_WATCH_SETTLE": "0.3",
+    }
+    for name in ("CHAMELAION_BRIDGE_URL", "CHAMELAION_BEARER_TOKEN", "CHAMELAION_BRIDGE_DATA"):
+        env.pop(name, None)
+    command = [sys.executable, "-m", "bridge", "watch", str(in_dir), "--out", str(out_dir)]
+    command += ["--data-dir", str(data_dir), "--port", "0"]
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+async def test_a_watcher_killed_mid_batch_resumes_without_submitting_any_pair_twice(
+    tmp_path: Path, sample_pair: tuple[Path, Path]
+) -> None:
+    emulator = await start_emulator(
+        EmulatorConfig(
+            queued_seconds=0.3,
+            processing_seconds=0.6,
+            storage_dir=tmp_path / "emu",
+            process_media=False,
+        )
+    )
+    in_dir, out_dir, data_dir = tmp_path / "in", tmp_path / "out", tmp_path / "data"
+    count = 12
+    for i in range(count):
+        drop(sample_pair, in_dir, f"reel{i:02d}")
+    stats = emulator.state.stats
+    first = start_watch_process(in_dir, out_dir, data_dir, emulator.base_url)
+    second = None
+    try:
+        await async_wait_until(
+            lambda: stats.requests_created >= 3, timeout=60, message="the batch to be underway"
+        )
+        first.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(first.wait, 10)
+        assert len(names(in_dir / "done")) < 2 * count, "the kill came too late to test a thing"
+
+        second = start_watch_process(in_dir, out_dir, data_dir, emulator.base_url)
+        await async_wait_until(
+            lambda: len(names(in_dir / "done")) == 2 * count, timeout=90, message="all pairs"
+        )
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                await asyncio.to_thread(proc.wait, 10)
+        await emulator.close()
+
+    assert stats.requests_created == count
+    assert set(stats.generate_by_reference_id.values()) == {1}
+    results = sorted(p.name for p in out_dir.glob("*.mp4"))
+    assert results == [f"reel{i:02d}.lipsync.mp4" for i in range(count)]
+    assert len(list(out_dir.glob("*.lipsync.json"))) == count
+    store = Store(data_dir / "jobs.sqlite3")
+    jobs = store.list_by_origin(f"watch:{in_dir}")
+    store.close()
+    assert [job.state for job in jobs] == ["completed"] * count
