@@ -152,7 +152,13 @@ def test_submit_starts_a_bridge_when_none_runs(
         assert "completed" in result.stdout
     finally:
         os.kill(info["pid"], signal.SIGTERM)
-    wait_until(lambda: not (folder / discovery.DISCOVERY_FILE).exists(), message="bridge to stop")
+
+    def closed() -> bool:
+        with socket.socket() as probe:
+            return probe.connect_ex(("127.0.0.1", info["port"])) != 0
+
+    wait_until(closed, message="the bridge to let go of its port")
+    assert not (folder / discovery.DISCOVERY_FILE).exists()
 
 
 def test_demo_runs_offline_and_leaves_a_playable_file(tmp_path: Path) -> None:

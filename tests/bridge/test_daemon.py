@@ -13,6 +13,7 @@ import pytest
 from bridge import daemon, discovery
 from bridge.client import BridgeClient
 from tests.bridge.processes import cli_env, one_sentence, run_cli, serving, stop
+from tests.helpers import wait_until
 
 
 def health(url: str) -> dict[str, object]:
@@ -38,13 +39,22 @@ def test_serve_publishes_itself_and_a_second_serve_points_to_it(tmp_path: Path) 
     assert "listening on" in (tmp_path / discovery.LOG_FILE).read_text()
 
 
-def test_busy_default_port_falls_back_to_an_ephemeral_one(tmp_path: Path) -> None:
-    blocker = socket.socket()
+def hold_default_port() -> socket.socket | None:
+    sock = socket.socket()
     try:
-        blocker.bind(("127.0.0.1", discovery.DEFAULT_PORT))
-        blocker.listen()
+        sock.bind(("127.0.0.1", discovery.DEFAULT_PORT))
     except OSError:
-        pass  # someone else already holds 7878: just as busy
+        sock.close()
+        return None
+    sock.listen()
+    return sock
+
+
+def test_busy_default_port_falls_back_to_an_ephemeral_one(tmp_path: Path) -> None:
+    try:
+        blocker = wait_until(hold_default_port, timeout=5)
+    except AssertionError:
+        blocker = socket.socket()  # another program holds 7878 for good: just as busy
     try:
         with serving(tmp_path) as (_, info):
             assert info["port"] != discovery.DEFAULT_PORT
