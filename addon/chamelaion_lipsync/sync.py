@@ -66,8 +66,9 @@ def find_job(key: str) -> tuple[Any, Any] | tuple[None, None]:
     return None, None
 
 
-def update_job(job: Any, data: dict[str, Any]) -> None:
-    """Copy the bridge's view of a job into the .blend."""
+def update_job(job: Any, data: dict[str, Any], news: list[str]) -> None:
+    """Copy the bridge's view of a job into the .blend; a new failure becomes news."""
+    was_failed = job.state == "failed"
     job.job_id = data.get("id") or job.job_id
     job.reference_id = data.get("reference_id") or job.reference_id
     job.request_id = data.get("request_id") or ""
@@ -79,6 +80,8 @@ def update_job(job: Any, data: dict[str, Any]) -> None:
         job.finished = repr(time.time())
     if not job.is_final:
         job.finished = ""
+    if job.state == "failed" and not was_failed:
+        news.append(f"Lip sync {job.reference_id} failed: {job.error or 'no reason given'}")
 
 
 def apply(result: Result, news: list[str]) -> None:
@@ -93,7 +96,7 @@ def apply(result: Result, news: list[str]) -> None:
                 if job is None:
                     _, job = find_job(data.get("reference_id", ""))
                 if job is not None:
-                    update_job(job, data)
+                    update_job(job, data, news)
         return
     if kind == "create":
         _sending.discard(result.request.tag)
@@ -101,7 +104,7 @@ def apply(result: Result, news: list[str]) -> None:
     if job is None:
         return
     if error is None and isinstance(value, dict):
-        update_job(job, value)
+        update_job(job, value, news)
         return
     if error is not None and kind == "create" and result.status == 409:
         job.state = "queued"  # the bridge already has it: the next poll brings its state

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bridge import discovery
 from bridge.client import BridgeClient, BridgeRequestError, BridgeUnavailable
 from bridge.errors import BridgeError
 
@@ -88,7 +89,14 @@ class Worker:
         self._thread.join(timeout=2.0)
 
     def _client(self) -> BridgeClient:
+        """A client for our data folder's bridge; never a stranger that answers the default
+        port before ours has published its URL (its token would not match)."""
         s = self.settings
+        if not s.url and discovery.read_discovery(s.data_dir) is None:
+            raise BridgeUnavailable(
+                f"No Chamelaion bridge has started with the data folder {s.data_dir} yet; "
+                "turn on 'Start the bridge when needed' or run 'chamelaion-bridge serve'."
+            )
         return BridgeClient(url=s.url or None, data_dir=s.data_dir, timeout=s.timeout)
 
     def _run(self) -> None:

@@ -77,7 +77,8 @@ def test_failed_remote_job_shows_the_api_message(
     shot(fresh, clip, dub)
     bpy.ops.sequencer.chamelaion_lipsync()
     job = last_job(fresh)
-    sync_until(lambda: job.state == "failed", message="the job to fail")
+    with pytest.raises(RuntimeError, match="failed: .*video URL is not accessible"):
+        sync_until(lambda: job.state == "failed", message="the job to fail")
     assert "video URL is not accessible" in job.error
     assert take_of(fresh, job.reference_id) is None
 
