@@ -365,7 +365,10 @@ def _serve(args: argparse.Namespace, watch_folders: list[tuple[Path, Path]]) -> 
 
     try:
         config = BridgeConfig.from_env(
-            getattr(args, "data_dir", None), host=args.host, port=args.port
+            getattr(args, "data_dir", None),
+            host=args.host,
+            port=args.port,
+            watch_poll=getattr(args, "poll", False) or None,
         )
     except ValueError as exc:
         raise CliError(
@@ -486,6 +489,12 @@ def build_parser() -> Parser:
     watch.add_argument("in_dir", metavar="IN_DIR", type=_folder_arg)
     watch.add_argument("--out", metavar="OUT_DIR", type=_folder_arg, required=True)
     server_options(watch)
+    for sub in (serve, watch):
+        sub.add_argument(
+            "--poll",
+            action="store_true",
+            help="watch folders by polling (for network shares that miss file events)",
+        )
 
     emulator = command("emulator", cmd_emulator, "run the local API emulator (no real lip sync)")
     emulator.add_argument("--port", type=int, default=7879, help="port (default 7879)")

@@ -37,6 +37,7 @@ class BridgeConfig:
     upload_concurrency: int = 2
     poll_interval: float = 2.0
     max_poll_interval: float = 30.0
+    watch_poll: bool = False  # watch folders by polling (network shares that send no events)
 
     @property
     def store_path(self) -> Path:

@@ -210,7 +210,9 @@ async def _engine_context(app: web.Application) -> AsyncIterator[None]:
     app[STORE], app[ENGINE] = store, engine
     try:
         await engine.start()
-        async with running_watchers(app[WATCH_FOLDERS], engine, store) as watchers:
+        async with running_watchers(
+            app[WATCH_FOLDERS], engine, store, poll=app[CONFIG].watch_poll
+        ) as watchers:
             app[WATCHERS] = watchers
             yield
     finally:

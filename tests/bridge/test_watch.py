@@ -325,7 +325,9 @@ async def test_a_pair_moved_back_from_failed_is_retried_and_numbered_results_nev
     assert emulator.state.stats.requests_created == 3
 
 
+@pytest.mark.parametrize("poll", [False, True], ids=["events", "polling"])
 async def test_a_vanishing_folder_goes_offline_and_resumes_when_it_returns(
+    poll: bool,
     tmp_path: Path,
     make_watcher: WatchFactory,
     emulator: RunningEmulator,
@@ -336,8 +338,9 @@ async def test_a_vanishing_folder_goes_offline_and_resumes_when_it_returns(
     share = tmp_path / "share"
     in_dir, out_dir = share / "in", tmp_path / "out"
     in_dir.mkdir(parents=True)
-    watcher = await make_watcher(in_dir, out_dir, rescan=0.2)
+    watcher = await make_watcher(in_dir, out_dir, rescan=0.2, poll=poll)
     await async_wait_until(lambda: watcher.status()["online"], message="online")
+    assert watcher.status()["polling"] is poll
 
     share.rename(tmp_path / "unmounted")
     await async_wait_until(lambda: not watcher.status()["online"], message="offline")
@@ -349,7 +352,9 @@ async def test_a_vanishing_folder_goes_offline_and_resumes_when_it_returns(
     await async_wait_until(lambda: (out_dir / "back.lipsync.mp4").exists(), message="result")
 
 
-def start_watch_process(in_dir: Path, out_dir: Path, data_dir: Path, api_base: str):
+def start_watch_process(
+    in_dir: Path, out_dir: Path, data_dir: Path, api_base: str, *options: str
+) -> subprocess.Popen[bytes]:
     """`python -m bridge watch IN --out OUT` as a real process, the way a studio runs it."""
     env = {
         **os.environ,
@@ -361,7 +366,7 @@ def start_watch_process(in_dir: Path, out_dir: Path, data_dir: Path, api_base: s
     for name in ("CHAMELAION_BRIDGE_URL", "CHAMELAION_BEARER_TOKEN", "CHAMELAION_BRIDGE_DATA"):
         env.pop(name, None)
     command = [sys.executable, "-m", "bridge", "watch", str(in_dir), "--out", str(out_dir)]
-    command += ["--data-dir", str(data_dir), "--port", "0"]
+    command += ["--data-dir", str(data_dir), "--port", "0", *options]
     return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -391,7 +396,8 @@ async def test_a_watcher_killed_mid_batch_resumes_without_submitting_any_pair_tw
         await asyncio.to_thread(first.wait, 10)
         assert len(names(in_dir / "done")) < 2 * count, "the kill came too late to test a thing"
 
-        second = start_watch_process(in_dir, out_dir, data_dir, emulator.base_url)
+        # The restarted watcher polls, as it would on a network share.
+        second = start_watch_process(in_dir, out_dir, data_dir, emulator.base_url, "--poll")
         await async_wait_until(
             lambda: len(names(in_dir / "done")) == 2 * count, timeout=90, message="all pairs"
         )
