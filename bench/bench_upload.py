@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import queue
+import resource
 import select
 import shutil
 import signal
@@ -336,7 +337,7 @@ class Run:
     bytes: int
     seconds: float
     emulator_cpu_seconds: float
-    bridge_cpu_seconds: float | None = None
+    client_cpu_seconds: float = 0.0  # curl's or the bridge process's
     # Bridge only: POST answered 201 (inputs checked, job stored), upload began (uploading).
     accepted_seconds: float | None = None
     upload_started_seconds: float | None = None
@@ -370,9 +371,11 @@ def curl_upload(
         emulator.base_url + "/v1/lipsync/generate-with-media",
     ]
     cpu = cpu_seconds(emulator.pid)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0 or '"request_id"' not in done.stdout:
         raise RuntimeError(f"curl upload failed: {done.stderr.strip() or done.stdout.strip()}")
     return Run(
@@ -382,6 +385,7 @@ def curl_upload(
         video.stat().st_size + audio.stat().st_size,
         seconds,
         emulator_cpu_seconds=cpu_seconds(emulator.pid) - cpu,
+        client_cpu_seconds=after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime,
     )
 
 
@@ -414,7 +418,7 @@ def bridge_upload(
                 video.stat().st_size + audio.stat().st_size,
                 seen["submitted"] - started,
                 emulator_cpu_seconds=cpu_seconds(emulator.pid) - emulator_cpu,
-                bridge_cpu_seconds=cpu_seconds(bridge.pid) - cpu,
+                client_cpu_seconds=cpu_seconds(bridge.pid) - cpu,
                 bridge_idle_rss_mb=idle / MB,
                 bridge_peak_rss_mb=status_bytes(bridge.pid, "VmHWM") / MB,
                 peak_since="submit" if reset else "process start",
@@ -466,6 +470,10 @@ def summarize(args: argparse.Namespace, runs: list[Run]) -> dict[str, Any]:
             "bridge_overhead_before_upload_s_median": round(
                 statistics.median(r.upload_started_seconds or 0 for r in of["bridge"]), 3
             ),
+            "cpu_seconds_per_gib_median": {
+                c: round(statistics.median(r.client_cpu_seconds for r in of[c]) * 1024 / size, 2)
+                for c in CLIENTS
+            },
             "bridge_peak_rss_mb": round(max(r.bridge_peak_rss_mb or 0 for r in of["bridge"]), 1),
             "bridge_idle_rss_mb": round(max(r.bridge_idle_rss_mb or 0 for r in of["bridge"]), 1),
         }
@@ -501,7 +509,7 @@ def summarize(args: argparse.Namespace, runs: list[Run]) -> dict[str, Any]:
 CLIENTS = ("curl", "bridge")
 HEADER = (
     f"{'size':>9} {'client':<7} {'seconds':>8} {'MB/s':>7} {'to 201 s':>9} {'to upload s':>12} "
-    f"{'peak RSS MB':>12} {'idle RSS MB':>12} {'bridge CPU s':>13} {'emul. CPU s':>12}"
+    f"{'peak RSS MB':>12} {'idle RSS MB':>12} {'client CPU s':>13} {'emul. CPU s':>12}"
 )
 
 
@@ -513,7 +521,7 @@ def _row(run: Run) -> str:
         f"{run.size_mib:>5} MiB {run.client:<7} {run.seconds:>8.2f} {run.mb_per_s:>7.1f} "
         f"{num(run.accepted_seconds, 9, 3)} {num(run.upload_started_seconds, 12, 3)} "
         f"{num(run.bridge_peak_rss_mb, 12)} {num(run.bridge_idle_rss_mb, 12)} "
-        f"{num(run.bridge_cpu_seconds, 13)} {num(run.emulator_cpu_seconds, 12)}"
+        f"{num(run.client_cpu_seconds, 13, 2)} {num(run.emulator_cpu_seconds, 12, 2)}"
     )
 
 
