@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Creates (or refreshes) the project's virtual environment in .venv with Python 3.11.
-# Idempotent: reinstalls only when pyproject.toml changed. Sourced by demo.sh and test.sh.
+# Creates (or refreshes) a Python 3.11 virtual environment with this repo installed in dev
+# mode. Idempotent: reinstalls only when pyproject.toml, this script or the extras change.
+# Usage: scripts/bootstrap.sh [VENV_DIR] [EXTRA_PIP_REQUIREMENT...]   (default: .venv)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-venv="$root/.venv"
+venv="${1:-$root/.venv}"
+shift $(( $# > 0 ? 1 : 0 ))
+extras=("$@")
 
 find_python() {
   for candidate in python3.11 python3; do
@@ -24,12 +27,19 @@ if ! "$py" -c 'import venv, ensurepip' 2>/dev/null; then
   apt-get update -qq && apt-get install -y -qq python3.11-venv >/dev/null
 fi
 
-stamp="$venv/.installed-$(sha256sum "$root/pyproject.toml" | cut -c1-16)"
+fingerprint="$( (cat "$root/pyproject.toml" "$0"; printf '%s\n' "${extras[@]+"${extras[@]}"}") \
+  | sha256sum | cut -c1-16)"
+stamp="$venv/.installed-$fingerprint"
 if [ ! -f "$stamp" ]; then
-  echo "Setting up $venv (first run takes a minute)..." >&2
+  echo "Setting up $venv (the first run downloads packages; a minute or so)..." >&2
   "$py" -m venv "$venv"
-  "$venv/bin/python" -m pip install -q --upgrade pip
-  "$venv/bin/python" -m pip install -q -e "$root[dev]"
+  log="$venv/install.log"
+  pip_quietly() {  # pip's chatter goes to a log that is shown only when it fails
+    "$venv/bin/python" -m pip install -q "$@" >>"$log" 2>&1 || { cat "$log" >&2; exit 1; }
+  }
+  pip_quietly --upgrade pip
+  if [ ${#extras[@]} -gt 0 ]; then pip_quietly "${extras[@]}"; fi
+  pip_quietly -e "$root[dev]"
   rm -f "$venv"/.installed-*
   touch "$stamp"
 fi
