@@ -89,6 +89,7 @@ class _Tracked:
     status: str = "settling"  # settling, waiting, submitting, running, finishing
     job_id: str | None = None
     said: str = ""  # the last state logged, so each change is logged once
+    not_before: float = 0.0  # a probe failed: do not look again before this moment
 
     @property
     def busy(self) -> bool:
@@ -255,7 +256,7 @@ class WatchFolder:
                 tracked = self._tracked[stem] = _Tracked(pair.signature, now)
             tracked.signature, tracked.since, tracked.status = pair.signature, now, "settling"
             return True
-        if now - tracked.since < self.settle:
+        if now - tracked.since < self.settle or now < tracked.not_before:
             return True
         problem = pair.problem()
         if problem is not None:
@@ -291,6 +292,9 @@ class WatchFolder:
             self._said_offline = ""
             log.info("watch folder %s is online", self.in_dir)
             await asyncio.to_thread(self._restart_observer)
+            for job in list(self._latest.values()):  # outcomes that could not be filed offline
+                if job.is_final and job.id not in self._handled:
+                    self._spawn(self._finish(job))
         elif not online:
             self.online = False
             reason = exc.strerror if exc and exc.strerror else str(exc)
@@ -332,10 +336,11 @@ class WatchFolder:
                 spec = self._spec(stem, pair)
                 job = await self.engine.submit(spec)
             except MediaError as exc:
-                if time.monotonic() - tracked.since < self.give_up:
-                    tracked.status = "settling"  # maybe still being written: look again
+                now = time.monotonic()
+                if now - tracked.since < self.give_up:
+                    # Maybe still being written: look again after another settle period.
+                    tracked.status, tracked.not_before = "settling", now + self.settle
                     self._say(stem, f"not ready yet ({exc})")
-                    self.wake()
                     return
                 await self._refuse(stem, pair, str(exc))
                 return
@@ -402,7 +407,11 @@ class WatchFolder:
             self._latest[stem_of(job)] = job
 
     async def _finish(self, job: Job) -> None:
-        """Write the outcome files, move the inputs out of the way, remember it is handled."""
+        """Write the outcome files, then move the inputs away, then remember it is handled.
+
+        In that order, inputs in done/ or failed/ always have their record beside them, and
+        a watcher killed halfway redoes the (idempotent) rest on restart.
+        """
         if job.id in self._finishing:
             return
         self._finishing.add(job.id)
@@ -413,69 +422,59 @@ class WatchFolder:
                 if tracked is not None:
                     tracked.status = "finishing"
                 if job.state == State.COMPLETED and job.output_path:
-                    moved = await asyncio.to_thread(self._move_inputs, stem, job, DONE_DIR)
-                    record = self._record(stem, job, moved)
+                    record = self._record(stem, job, DONE_DIR)
                     await asyncio.to_thread(_write_json, _record_path(job.output_path), record)
+                    await asyncio.to_thread(self._move_inputs, stem, job, DONE_DIR)
                     self.counts["done"] += 1
                     self._say(stem, f"done: {job.output_path}")
                 else:
                     reason = job.error or "The job was canceled before it finished."
-                    moved = await asyncio.to_thread(self._move_inputs, stem, job, FAILED_DIR)
-                    await asyncio.to_thread(
-                        self._write_error, stem, reason, moved, self._record(stem, job, moved)
-                    )
+                    record = self._record(stem, job, FAILED_DIR)
+                    await asyncio.to_thread(self._write_error, stem, reason, record)
+                    await asyncio.to_thread(self._move_inputs, stem, job, FAILED_DIR)
                     self.counts["failed"] += 1
                     self._say(stem, f"failed: {reason}")
                 self._ledger.mark(job.id)
                 self._handled.add(job.id)
                 self._tracked.pop(stem, None)
+        except OSError as exc:
+            # Typically the folder went offline: filed when it is back (see _set_online).
+            log.warning("watch %s: cannot file the outcome of %s yet (%s)", self.in_dir, stem, exc)
         finally:
             self._finishing.discard(job.id)
 
     async def _refuse(self, stem: str, pair: Pair, reason: str) -> None:
         """A pair that never became a job: straight to failed/ with the reason."""
         async with self._lock:
-            moved = await asyncio.to_thread(self._move, pair.members, FAILED_DIR)
-            await asyncio.to_thread(
-                self._write_error,
-                stem,
-                reason,
-                moved,
-                {"stem": stem, "inputs": [str(p) for p in pair.members]},
-            )
+            details = {"inputs": [str(p) for p in pair.members]}
+            await asyncio.to_thread(self._write_error, stem, reason, details)
+            await asyncio.to_thread(self._move, pair.members, FAILED_DIR)
             self.counts["failed"] += 1
             self._tracked.pop(stem, None)
             self._say(stem, f"failed: {reason}")
 
-    def _move_inputs(self, stem: str, job: Job, where: str) -> list[str]:
+    def _move_inputs(self, stem: str, job: Job, where: str) -> None:
         folder = self.in_dir / stem
         if folder.is_dir():
             members = [folder]
         else:
             names = (job.video_path, job.audio_path, str(self.in_dir / f"{stem}.json"))
             members = [Path(p) for p in names if p]
-        return self._move([p for p in members if p.exists()], where)
+        self._move([p for p in members if p.exists()], where)
 
-    def _move(self, members: Sequence[Path], where: str) -> list[str]:
+    def _move(self, members: Sequence[Path], where: str) -> None:
         """Move files (or a pair's sub-folder) into done/ or failed/, never over another."""
         target = self.in_dir / where
         target.mkdir(exist_ok=True)
-        moved = []
         for path in members:
             for candidate in numbered_names(target / path.name):
                 if candidate.exists():
                     continue
-                try:
+                with contextlib.suppress(FileNotFoundError):  # moved before a crash
                     os.rename(path, candidate)
-                except FileNotFoundError:
-                    break  # already moved (a restart after a crash mid-move)
-                moved.append(str(candidate))
                 break
-        return moved
 
-    def _write_error(
-        self, stem: str, reason: str, moved: list[str], details: dict[str, Any]
-    ) -> None:
+    def _write_error(self, stem: str, reason: str, details: dict[str, Any]) -> None:
         folder = self.in_dir / FAILED_DIR
         folder.mkdir(exist_ok=True)
         text = (
@@ -485,10 +484,16 @@ class WatchFolder:
         write_atomic(folder / f"{stem}.error.txt", text)
         _write_json(
             folder / f"{stem}.error.json",
-            {**details, "stem": stem, "error": reason, "moved_to": moved, "failed_at": now_iso()},
+            {
+                **details,
+                "stem": stem,
+                "error": reason,
+                "inputs_moved_to": str(folder),
+                "failed_at": now_iso(),
+            },
         )
 
-    def _record(self, stem: str, job: Job, moved: list[str]) -> dict[str, Any]:
+    def _record(self, stem: str, job: Job, where: str) -> dict[str, Any]:
         tracked = self._tracked.get(stem)
         return {
             "stem": stem,
@@ -500,7 +505,7 @@ class WatchFolder:
             "inputs": {
                 "video": job.video_path or job.video_url,
                 "audio": job.audio_path or job.audio_url,
-                "moved_to": moved,
+                "moved_to": str(self.in_dir / where),
             },
             "options": {
                 "disable_active_speaker_detection": job.disable_active_speaker_detection,

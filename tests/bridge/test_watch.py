@@ -417,3 +417,36 @@ async def test_a_watcher_killed_mid_batch_resumes_without_submitting_any_pair_tw
     jobs = store.list_by_origin(f"watch:{in_dir}")
     store.close()
     assert [job.state for job in jobs] == ["completed"] * count
+
+
+async def test_an_outcome_reached_while_the_folder_is_offline_is_filed_when_it_returns(
+    tmp_path: Path,
+    make_watcher: WatchFactory,
+    emulator: RunningEmulator,
+    sample_pair: tuple[Path, Path],
+) -> None:
+    emulator.state.config.queued_seconds = 1.0  # room to unmount the share mid-job
+    share = tmp_path / "share"
+    in_dir, out_dir = share / "in", tmp_path / "out"
+    in_dir.mkdir(parents=True)
+    watcher = await make_watcher(in_dir, out_dir, rescan=0.2)
+    drop(sample_pair, in_dir, "late")
+    await async_wait_until(
+        lambda: [
+            job
+            for job in watcher.store.list_by_origin(watcher.origin)
+            if job.state in ("submitted", "processing")
+        ],
+        message="the upload to be done",
+    )
+
+    share.rename(tmp_path / "unmounted")
+    await async_wait_until(lambda: (out_dir / "late.lipsync.mp4").exists(), message="result")
+    await async_wait_until(lambda: not watcher.status()["online"], message="offline")
+    assert watcher.status()["done"] == 0
+
+    (tmp_path / "unmounted").rename(share)
+    await async_wait_until(lambda: watcher.status()["done"] == 1, message="filed")
+    assert names(in_dir / "done") == {"late.mp4", "late.wav"}
+    assert (out_dir / "late.lipsync.json").exists()
+    assert emulator.state.stats.requests_created == 1
