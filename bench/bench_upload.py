@@ -2,7 +2,8 @@
 
 Measures, in one run on one emulator:
 - throughput of `POST /v1/jobs` on a real `chamelaion-bridge serve` process, from the POST
-  until the job is `submitted` (the emulator has accepted the whole multipart upload),
+  until the job is seen `submitted` (the emulator has accepted the whole multipart upload;
+  the job is polled every 20 ms, as clients do, so that is the timing's resolution),
   against `curl -F video=@… -F audio=@…` sending the same files to the same emulator's
   generate-with-media endpoint; target: bridge/curl >= 0.9 at the big size;
 - the bridge process's peak RSS over that same span (VmHWM, reset just before the POST via
@@ -20,11 +21,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import http.client
 import json
 import os
 import platform
-import queue
 import resource
 import select
 import shutil
@@ -35,7 +34,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -43,7 +41,6 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from bridge import discovery, media
 from bridge.client import BridgeClient
@@ -53,6 +50,7 @@ MB = 1_000_000
 MIB = 1 << 20
 START_TIMEOUT = 60.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+FOLLOW_EVERY = 0.02  # job polling period while timing a bridge upload (its resolution)
 # The emulator in a process of its own; argv: port queued_seconds processing_seconds storage.
 EMULATOR_CODE = """
 import sys
@@ -210,53 +208,20 @@ class Bridge:
         return "\n".join(path.read_text().splitlines()[-lines:]) if path.exists() else ""
 
 
-class JobEvents:
-    """The bridge's SSE stream, connected before anything is submitted so nothing is missed."""
-
-    def __init__(self, bridge: Bridge) -> None:
-        parts = urlsplit(bridge.url)
-        self._conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=None)
-        self._conn.request(
-            "GET",
-            "/v1/events",
-            headers={"Authorization": f"Bearer {bridge.token}", "Accept": "text/event-stream"},
-        )
-        self._response = self._conn.getresponse()
-        if self._response.status != 200 or not self._response.readline().startswith(b":"):
-            raise RuntimeError(f"the bridge refused its event stream ({self._response.status})")
-        self._events: queue.Queue[tuple[float, dict[str, Any]] | None] = queue.Queue()
-        self.last: dict[str, Any] = {}
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        # Ends when the bridge stops or close() hangs up, whatever http.client raises then.
-        with contextlib.suppress(Exception):
-            for raw in self._response:
-                if raw.startswith(b"data:"):
-                    self._events.put((time.perf_counter(), json.loads(raw[5:])))
-        self._events.put(None)
-
-    def follow(self, job_id: str, until: set[str], timeout: float) -> dict[str, float]:
-        """When `job_id` first entered each state, up to one of `until` (perf_counter times)."""
-        deadline = time.monotonic() + timeout
-        seen: dict[str, float] = {}
-        while True:
-            item = self._events.get(timeout=max(0.0, deadline - time.monotonic()))
-            if item is None:
-                raise RuntimeError("the bridge closed its event stream")
-            arrived, job = item
-            if job["id"] != job_id:
-                continue
-            seen.setdefault(job["state"], arrived)
-            if job["state"] in until:
-                self.last = job
-                return seen
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            if self._conn.sock is not None:
-                self._conn.sock.shutdown(socket.SHUT_RDWR)
-        self._conn.close()
+def follow_job(
+    client: BridgeClient, job_id: str, until: set[str], timeout: float
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """When the job was first seen in each state, polling as the add-on and the CLI do."""
+    deadline = time.monotonic() + timeout
+    seen: dict[str, float] = {}
+    while True:
+        job = client.get_job(job_id)
+        seen.setdefault(job["state"], time.perf_counter())
+        if job["state"] in until:
+            return seen, job
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the job is still {job['state']} after {timeout:.0f}s")
+        time.sleep(FOLLOW_EVERY)
 
 
 @contextlib.contextmanager
@@ -394,7 +359,6 @@ def bridge_upload(
 ) -> Run:
     """A fresh bridge process; POST /v1/jobs until the job is `submitted`, watching its RSS."""
     with Bridge(folder / f"bridge-{n}", emulator.base_url) as bridge:
-        events = JobEvents(bridge)
         try:
             idle = status_bytes(bridge.pid, "VmRSS")
             reset = reset_peak_rss(bridge.pid)
@@ -408,9 +372,9 @@ def bridge_upload(
                 }
             )
             accepted = time.perf_counter()
-            seen = events.follow(job["id"], {"submitted", "failed"}, timeout=600)
-            if "submitted" not in seen:
-                raise RuntimeError(f"the bridge upload failed: {events.last['error']}")
+            seen, job = follow_job(bridge.client, job["id"], {"submitted", "failed"}, 600)
+            if job["state"] != "submitted":
+                raise RuntimeError(f"the bridge upload failed: {job['error']}")
             return Run(
                 "bridge",
                 round_no,
@@ -427,8 +391,6 @@ def bridge_upload(
             )
         except Exception as exc:
             raise RuntimeError(f"{exc}\nbridge log:\n{bridge.log_tail()}") from exc
-        finally:
-            events.close()
 
 
 def measure(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
@@ -467,6 +429,13 @@ def summarize(args: argparse.Namespace, runs: list[Run]) -> dict[str, Any]:
             "bridge_mb_per_s_best": round(max(rates["bridge"]), 1),
             "ratio_median": round(statistics.median(ratios), 3),
             "ratio_of_bests": round(max(rates["bridge"]) / max(rates["curl"]), 3),
+            "bridge_upload_phase_mb_per_s_median": round(
+                statistics.median(
+                    r.bytes / MB / (r.seconds - (r.upload_started_seconds or 0))
+                    for r in of["bridge"]
+                ),
+                1,
+            ),
             "bridge_overhead_before_upload_s_median": round(
                 statistics.median(r.upload_started_seconds or 0 for r in of["bridge"]), 3
             ),
