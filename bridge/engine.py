@@ -159,6 +159,12 @@ class Engine:
             return  # canceled meanwhile
         except BridgeError as exc:
             self._fail(job_id, str(exc))
+        except OSError as exc:  # an input vanished or became unreadable (e.g. a lost share)
+            self._fail(
+                job_id,
+                f"An input file could not be read ({exc.strerror or exc}: {exc.filename}); "
+                "put it back and retry the job.",
+            )
         except Exception:
             log.exception("job %s: unexpected error while submitting", job_id)
             self._fail(

@@ -274,3 +274,22 @@ def test_emulator_key_constant_matches_the_emulator_default() -> None:
     from bridge.emulator import EmulatorConfig
 
     assert EMULATOR_KEY in EmulatorConfig().api_keys
+
+
+async def test_input_that_vanishes_before_upload_fails_with_a_sentence(
+    make_engine: EngineFactory,
+    emulator: RunningEmulator,
+    sample_pair: tuple[Path, Path],
+    tmp_path: Path,
+) -> None:
+    video = tmp_path / "shot.mp4"
+    video.write_bytes(sample_pair[0].read_bytes())
+    emulator.state.add_fault("generate-with-media", "429", count=1, retry_after=0.5)
+    engine = await make_engine()
+    job = await engine.submit(JobSpec(video_path=str(video), audio_path=str(sample_pair[1])))
+    await async_wait_until(lambda: emulator.state.stats.calls["generate-with-media"] == 1)
+    video.unlink()
+    done = await wait_final(engine, job.id)
+    assert done.state == State.FAILED
+    assert "shot.mp4" in done.error
+    assert "does not exist" in done.error or "could not be read" in done.error
