@@ -57,7 +57,8 @@ class _ProgressReader:
         self._fh, self._total, self._report = fh, total, report
 
     def read(self, size: int = -1) -> bytes:
-        data = self._fh.read(size if size and size > 0 else CHUNK)
+        # httpx asks for 64 KiB at a time; 1 MiB reads cost a tenth of the Python calls.
+        data = self._fh.read(max(size, CHUNK))
         if data:
             self._report(len(data))
         return data
