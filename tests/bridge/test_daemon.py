@@ -54,7 +54,7 @@ def test_busy_default_port_falls_back_to_an_ephemeral_one(tmp_path: Path) -> Non
     try:
         blocker = wait_until(hold_default_port, timeout=5)
     except AssertionError:
-        blocker = socket.socket()  # another program holds 7878 for good: just as busy
+        pytest.skip("another program holds port 7878 and may let it go mid-test")
     try:
         with serving(tmp_path) as (_, info):
             assert info["port"] != discovery.DEFAULT_PORT
