@@ -49,9 +49,7 @@ EngineFactory = Callable[..., Awaitable[Engine]]
 
 
 @pytest.fixture
-async def make_engine(
-    tmp_path: Path, emulator: RunningEmulator
-) -> AsyncIterator[EngineFactory]:
+async def make_engine(tmp_path: Path, emulator: RunningEmulator) -> AsyncIterator[EngineFactory]:
     """Start engines on a shared data folder (a second one models a restarted bridge)."""
     engines: list[tuple[Engine, Store]] = []
 
