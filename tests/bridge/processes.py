@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge import discovery
+from bridge.client import BridgeClient, BridgeUnavailable
 from tests.helpers import wait_until
 
 BRIDGE = [sys.executable, "-m", "bridge"]
@@ -76,3 +77,51 @@ def serving(
         yield process, info
     finally:
         stop(process)
+
+
+class BridgeProcess:
+    """A bridge on one data folder that a test can SIGKILL and start again, like a crash."""
+
+    def __init__(self, data_dir: Path, api_base: str, api_key: str | None = "emulator-key"):
+        self.data_dir = data_dir
+        extra = {"CHAMELAION_BASE_URL": api_base, "CHAMELAION_POLL_INTERVAL": "0.1"}
+        if api_key:
+            extra["CHAMELAION_API_KEY"] = api_key
+        self.env = cli_env(**extra)
+        self.process: subprocess.Popen[str] | None = None
+
+    def start(self) -> BridgeClient:
+        """Start `serve` and return a client once this very process answers its health."""
+        self.process = subprocess.Popen(
+            [*BRIDGE, "serve", "--data-dir", str(self.data_dir), "--port", "0"],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        process = self.process
+
+        def healthy() -> BridgeClient | None:
+            info = published(self.data_dir, process)
+            if info is None:
+                return None
+            client = BridgeClient(url=info["url"], data_dir=self.data_dir)
+            try:
+                client.health()
+            except BridgeUnavailable:
+                return None
+            return client
+
+        return wait_until(healthy, timeout=30, message="the bridge to answer")
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup runs, exactly like a crash or a power cut."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop(self.process)
+            if self.process.stderr is not None:
+                self.process.stderr.close()

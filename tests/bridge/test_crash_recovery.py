@@ -12,7 +12,7 @@ import pytest
 from bridge import media
 from bridge.client import BridgeClient
 from bridge.emulator import RunningEmulator
-from tests.bridge.bridge_process import BridgeProcess
+from tests.bridge.processes import BridgeProcess
 from tests.helpers import async_wait_until
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bridge.emulator import EmulatorConfig, start_emulator
-from tests.bridge.bridge_process import BridgeProcess
+from tests.bridge.processes import BridgeProcess
 from tests.helpers import async_wait_until
 
 SECRET = "sk-live-7f3a9c2e-never-show-me"

@@ -87,7 +87,8 @@ async def test_a_dropped_pair_becomes_one_result_with_its_record(
     drop(sample_pair, in_dir, "ep42")
 
     await async_wait_until(
-        lambda: {"ep42.mp4", "ep42.wav"} <= names(in_dir / "done"), message="inputs in done/"
+        lambda: {"ep42.mp4", "ep42.wav"} <= names(in_dir / "done") and watcher.status()["done"],
+        message="inputs in done/",
     )
 
     assert names(out_dir) == {"ep42.lipsync.mp4", "ep42.lipsync.json"}
@@ -208,9 +209,11 @@ async def test_a_text_file_named_like_a_video_fails_with_a_reason(
     shutil.copyfile(sample_pair[1], in_dir / "fake.wav")
 
     failed = in_dir / "failed"
-    await async_wait_until(lambda: (failed / "fake.error.json").exists(), message="error files")
-
-    assert {"fake.mp4", "fake.wav", "fake.error.txt", "fake.error.json"} == names(failed)
+    expected = {"fake.mp4", "fake.wav", "fake.error.txt", "fake.error.json"}
+    # The error record is written first, then the inputs move: wait for the whole outcome.
+    await async_wait_until(
+        lambda: failed.is_dir() and names(failed) == expected, message="the pair in failed/"
+    )
     text = (failed / "fake.error.txt").read_text()
     assert "fake.mp4" in text and "move them back" in text and text.count("\n") == 1
     assert json.loads((failed / "fake.error.json").read_text())["error"] in text
@@ -292,7 +295,7 @@ async def test_results_inside_the_watch_folder_are_never_ingested(
     (out_dir / "first.wav").write_bytes(sample_pair[1].read_bytes())  # a stray file in OUT
 
     drop(sample_pair, in_dir, "second")
-    await async_wait_until(lambda: (out_dir / "second.lipsync.json").exists(), message="second")
+    await async_wait_until(lambda: "second.wav" in names(in_dir / "done"), message="second")
 
     assert len(watcher.store.list_by_origin(watcher.origin)) == 2
     assert emulator.state.stats.requests_created == 2
@@ -311,15 +314,17 @@ async def test_a_pair_moved_back_from_failed_is_retried_and_numbered_results_nev
     emulator.state.fail_next(1, "no face found")
     drop(sample_pair, in_dir, "shot")
     failed = in_dir / "failed"
-    await async_wait_until(lambda: (failed / "shot.error.txt").exists(), message="failure")
+    await async_wait_until(
+        lambda: {"shot.mp4", "shot.wav", "shot.error.txt"} <= names(failed), message="failure"
+    )
     assert "no face found" in (failed / "shot.error.txt").read_text()
 
     for name in ("shot.mp4", "shot.wav"):
         (failed / name).rename(in_dir / name)
-    await async_wait_until(lambda: (out_dir / "shot.lipsync.json").exists(), message="retry")
+    await async_wait_until(lambda: "shot.wav" in names(in_dir / "done"), message="retry")
 
     drop(sample_pair, in_dir, "shot")
-    await async_wait_until(lambda: (out_dir / "shot.lipsync-2.json").exists(), message="again")
+    await async_wait_until(lambda: len(names(in_dir / "done")) == 4, message="again")
     assert names(out_dir) >= {"shot.lipsync.mp4", "shot.lipsync-2.mp4"}
     assert names(in_dir / "done") == {"shot.mp4", "shot.wav", "shot-2.mp4", "shot-2.wav"}
     assert emulator.state.stats.requests_created == 3
