@@ -185,9 +185,9 @@ class JobSpec:
         return self
 
 
-@dataclass
-class Job:
-    """A job as stored and as shown in the local API's JSON."""
+@dataclass(kw_only=True)
+class Job(JobSpec):
+    """A job as stored and as shown in the local API's JSON: the request plus its progress."""
 
     id: str
     reference_id: str
@@ -198,16 +198,6 @@ class Job:
     error: str | None = None
     created_at: str = field(default_factory=now_iso)
     updated_at: str = field(default_factory=now_iso)
-    video_path: str | None = None
-    video_url: str | None = None
-    audio_path: str | None = None
-    audio_url: str | None = None
-    disable_active_speaker_detection: bool = False
-    model: str | None = None
-    output_dir: str | None = None
-    output_name: str | None = None
-    video_range: VideoRange | None = None
-    origin: str = "api"
     remote_status: str | None = None
     attempts: int = 0
     submit_started: bool = False
@@ -218,7 +208,21 @@ class Job:
         return self.state in FINAL_STATES
 
     def to_json(self) -> dict[str, Any]:
+        """The pinned fields first (id, reference_id, state, ...), then the inputs."""
         data = asdict(self)
         data["state"] = str(self.state)
         data.pop("submit_started")
-        return data
+        return {name: data.pop(name) for name in PINNED_JSON_FIELDS} | data
+
+
+PINNED_JSON_FIELDS = (
+    "id",
+    "reference_id",
+    "state",
+    "progress",
+    "request_id",
+    "output_path",
+    "error",
+    "created_at",
+    "updated_at",
+)
