@@ -188,8 +188,9 @@ async def test_a_slow_writer_is_never_submitted_half_written(
             await asyncio.sleep(0.1)  # the writer's pace (shorter than the settle time)
             assert watcher.store.list_by_origin(watcher.origin) == []
 
-    await async_wait_until(lambda: (out_dir / "slow.lipsync.mp4").exists(), message="result")
+    await async_wait_until(lambda: "slow.mp4" in names(in_dir / "done"), message="inputs filed")
 
+    assert (out_dir / "slow.lipsync.mp4").exists()
     (job,) = watcher.store.list_by_origin(watcher.origin)
     assert job.state == "completed"
     assert (in_dir / "done" / "slow.mp4").read_bytes() == data
@@ -267,7 +268,7 @@ async def test_a_sidecar_with_urls_submits_by_url_with_its_options(
     }
     (in_dir / "remote.json").write_text(json.dumps(sidecar))
 
-    await async_wait_until(lambda: (out_dir / "remote.lipsync.json").exists(), message="record")
+    await async_wait_until(lambda: "remote.json" in names(in_dir / "done"), message="filed")
 
     record = json.loads((out_dir / "remote.lipsync.json").read_text())
     assert record["reference_id"] == "remote-take-7"
