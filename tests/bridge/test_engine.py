@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
 from aiohttp import web
 
 from bridge import media
+from bridge.config import BridgeConfig
 from bridge.emulator import RunningEmulator
 from bridge.errors import DuplicateReferenceError, InputError
 from bridge.jobs import JobSpec, State
+from bridge.remote import RemoteAPI
 from tests.bridge.conftest import EMULATOR_KEY, EngineFactory, wait_final
 from tests.helpers import async_wait_until
 
@@ -293,3 +297,71 @@ async def test_input_that_vanishes_before_upload_fails_with_a_sentence(
     assert done.state == State.FAILED
     assert "shot.mp4" in done.error
     assert "does not exist" in done.error or "could not be read" in done.error
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A real, tiny file system (tmpfs, 8 KiB): writing a result there runs out of space."""
+    folder = tmp_path / "full"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tiny tmpfs needs root")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8k", "tmpfs", str(folder)])
+    if mounted.returncode != 0:
+        pytest.skip("this machine does not allow mounting a tmpfs")
+    yield folder
+    if os.path.ismount(folder):
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+async def test_full_disk_fails_readably_leaves_no_partial_file_and_retry_costs_nothing(
+    make_engine: EngineFactory,
+    emulator: RunningEmulator,
+    sample_pair: tuple[Path, Path],
+    full_disk: Path,
+) -> None:
+    engine = await make_engine()
+    job = await engine.submit(spec_for(sample_pair, output_dir=str(full_disk)))
+    done = await wait_final(engine, job.id)
+    assert done.state == State.FAILED
+    assert done.error == (
+        f"The disk holding {full_disk} is full; free some space and retry the job."
+    )
+    assert list(full_disk.iterdir()) == []
+
+    subprocess.run(["umount", str(full_disk)], check=True)  # the editor frees space
+    engine.retry(job.id)
+    done = await wait_final(engine, job.id)
+    assert done.state == State.COMPLETED, done.error
+    assert Path(done.output_path).parent == full_disk
+    assert emulator.state.stats.requests_created == 1
+
+
+@pytest.mark.parametrize(
+    ("variable", "header"),
+    [("CHAMELAION_API_KEY", "x-api-key"), ("CHAMELAION_BEARER_TOKEN", "Authorization")],
+)
+async def test_both_documented_key_variables_send_their_header_form(
+    variable: str, header: str, monkeypatch: pytest.MonkeyPatch, aiohttp_server, tmp_path: Path
+) -> None:
+    seen: list[dict[str, str]] = []
+
+    async def me(request: web.Request) -> web.Response:
+        seen.append(dict(request.headers))
+        return web.json_response({"name": "studio key"})
+
+    app = web.Application()
+    app.router.add_get("/api/v1/users/me", me)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    for name in ("CHAMELAION_API_KEY", "CHAMELAION_BEARER_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, "k-123")
+    monkeypatch.setenv("CHAMELAION_BASE_URL", str(server.make_url("/api")))
+    config = BridgeConfig.from_env(tmp_path)
+    remote = RemoteAPI(config.api_base, config.api_key, auth=config.api_auth)
+    try:
+        assert await remote.check_key() == "studio key"
+    finally:
+        await remote.close()
+    expected = "k-123" if header == "x-api-key" else "Bearer k-123"
+    assert seen[0][header] == expected
