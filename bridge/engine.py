@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge import media
+from bridge.aio import wait_event
 from bridge.backoff import Backoff
 from bridge.config import BridgeConfig
 from bridge.errors import (
@@ -290,8 +291,7 @@ class Engine:
             await self._sleep_or_wake(interval)
 
     async def _sleep_or_wake(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._poll_wake.wait(), seconds)
+        await wait_event(self._poll_wake, seconds)
 
     async def _poll_once(self, remote: RemoteAPI, jobs: list[Job]) -> bool:
         """Update every polled job; list pages when cheaper than one GET per job."""

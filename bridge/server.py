@@ -185,7 +185,8 @@ async def events(request: web.Request) -> web.StreamResponse:
         await response.write(b": connected\n\n")
         while True:
             try:
-                item = await asyncio.wait_for(queue.get(), HEARTBEAT_SECONDS)
+                async with asyncio.timeout(HEARTBEAT_SECONDS):  # not wait_for: see bridge.aio
+                    item = await queue.get()
             except TimeoutError:
                 await response.write(b": heartbeat\n\n")
                 continue

@@ -30,6 +30,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
+from bridge.aio import wait_event
 from bridge.discovery import write_atomic
 from bridge.engine import Engine
 from bridge.errors import InputError, MediaError
@@ -224,8 +225,7 @@ class WatchFolder:
                 log.exception("watch %s: scan failed", self.in_dir)
                 pending = False
             timeout = self.settle / 2 if pending else self.rescan
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            await wait_event(self._wake, timeout)
             self._wake.clear()
             await asyncio.sleep(MIN_SCAN_GAP)  # let a burst of events become one scan
 
