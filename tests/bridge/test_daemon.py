@@ -40,14 +40,12 @@ def test_serve_publishes_itself_and_a_second_serve_points_to_it(tmp_path: Path) 
 
 
 def hold_default_port() -> socket.socket | None:
-    sock = socket.socket()
+    """Listen on 7878 the way another program would (SO_REUSEADDR, as the bridge binds), so
+    connections of an earlier bridge lingering in TIME_WAIT do not make the port look taken."""
     try:
-        sock.bind(("127.0.0.1", discovery.DEFAULT_PORT))
+        return socket.create_server(("127.0.0.1", discovery.DEFAULT_PORT))
     except OSError:
-        sock.close()
         return None
-    sock.listen()
-    return sock
 
 
 def test_busy_default_port_falls_back_to_an_ephemeral_one(tmp_path: Path) -> None:
