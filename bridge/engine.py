@@ -56,6 +56,8 @@ class Engine:
         self.remote: RemoteAPI | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._output_urls: dict[str, str] = {}
+        # Input checks done at submit, reused once when the job is prepared for upload.
+        self._checked: dict[str, tuple[media.MediaInfo, media.MediaInfo]] = {}
         self._poll_wake = asyncio.Event()
         self._poller: asyncio.Task[None] | None = None
         self._upload_slots = asyncio.Semaphore(max(1, config.upload_concurrency))
@@ -105,12 +107,15 @@ class Engine:
                 "No Chamelaion API key is set; set CHAMELAION_API_KEY (or enter it in the "
                 "add-on preferences), or try 'chamelaion-bridge demo' to run offline."
             )
+        checked = None
         if spec.video_path and spec.audio_path:
-            await asyncio.to_thread(
+            checked = await asyncio.to_thread(
                 media.check_inputs, Path(spec.video_path), Path(spec.audio_path)
             )
         self._check_output_dir(Path(spec.output_dir) if spec.output_dir else None)
         job = self.store.create(spec)
+        if checked is not None:
+            self._checked[job.id] = checked
         self._spawn(job.id, self._submission(job.id))
         return job
 
@@ -255,10 +260,13 @@ class Engine:
             if job.video_range
             else None
         )
+        video_info, audio_info = self._checked.pop(job.id, (None, None))
         video = await asyncio.to_thread(
-            media.prepare_video, Path(job.video_path), workdir, video_range
+            media.prepare_video, Path(job.video_path), workdir, video_range, video_info
         )
-        audio = await asyncio.to_thread(media.prepare_audio, Path(job.audio_path), workdir)
+        audio = await asyncio.to_thread(
+            media.prepare_audio, Path(job.audio_path), workdir, audio_info
+        )
         return video, audio
 
     # ----- polling ---------------------------------------------------------------------
@@ -474,6 +482,7 @@ class Engine:
         self._output_urls.pop(job_id, None)
 
     def _clean_work(self, job_id: str) -> None:
+        self._checked.pop(job_id, None)
         shutil.rmtree(self.config.work_dir / job_id, ignore_errors=True)
 
     def _require_remote(self) -> RemoteAPI:

@@ -266,15 +266,20 @@ def _reaches_its_end(container: InputContainer, stream: VideoStream) -> bool:
 
 
 def prepare_video(
-    path: Path, workdir: Path, video_range: tuple[float, float] | None = None
+    path: Path,
+    workdir: Path,
+    video_range: tuple[float, float] | None = None,
+    checked: MediaInfo | None = None,
 ) -> Path:
     """Return the file to upload: an MP4 as it is, anything else (or a range) as H.264 MP4.
 
     `video_range` is (start_seconds, duration_seconds); the cut holds exactly the frames
     round(start * fps) up to but excluding round(start * fps) + round(duration * fps).
+    `checked` is check_video_input's answer when the caller has just had it: checking again
+    costs a decode, a noticeable share of a fast upload.
     """
     path = Path(path)
-    info = check_video_input(path)
+    info = checked or check_video_input(path)
     if video_range is None and _is_uploadable_mp4(info):
         return path
     if not info.fps:
@@ -297,10 +302,13 @@ def prepare_video(
     return out
 
 
-def prepare_audio(path: Path, workdir: Path) -> Path:
-    """Return the file to upload: a WAV or MP3 as it is, any other audio as 16-bit PCM WAV."""
+def prepare_audio(path: Path, workdir: Path, checked: MediaInfo | None = None) -> Path:
+    """Return the file to upload: a WAV or MP3 as it is, any other audio as 16-bit PCM WAV.
+
+    `checked` is check_audio_input's answer when the caller has just had it.
+    """
     path = Path(path)
-    info = check_audio_input(path)
+    info = checked or check_audio_input(path)
     demuxer = UPLOADABLE_AUDIO.get(path.suffix.lower())
     if demuxer is not None and demuxer in info.format_name.split(","):
         return path
