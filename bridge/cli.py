@@ -16,7 +16,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
@@ -186,8 +186,17 @@ class Progress:
             self.stream.flush()
 
 
-def follow(client: BridgeClient, job: dict[str, Any], progress: Progress | None) -> dict[str, Any]:
-    """Poll the job until it is final, showing progress on the way."""
+def follow(
+    client: BridgeClient,
+    job: dict[str, Any],
+    progress: Progress | None,
+    reconnect: Callable[[], BridgeClient] | None = None,
+) -> dict[str, Any]:
+    """Poll the job until it is final, showing progress on the way.
+
+    With `reconnect`, a bridge that dies meanwhile (a crash, a kill) is found or started
+    again: the job lives in the data folder's store and resumes where it stood.
+    """
     try:
         while True:
             if progress:
@@ -195,7 +204,12 @@ def follow(client: BridgeClient, job: dict[str, Any], progress: Progress | None)
             if job["state"] in FINAL_STATES:
                 return job
             time.sleep(POLL_SECONDS)
-            job = client.get_job(job["id"])
+            try:
+                job = client.get_job(job["id"])
+            except BridgeUnavailable:
+                if reconnect is None:
+                    raise
+                client = reconnect()
     finally:
         if progress:
             progress.done()
@@ -259,7 +273,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 f"'chamelaion-bridge status {job['reference_id']}'."
             )
         return 0
-    job = follow(client, job, Progress(sys.stderr, bar=True) if sys.stderr.isatty() else None)
+    progress = Progress(sys.stderr, bar=True) if sys.stderr.isatty() else None
+    job = follow(client, job, progress, reconnect=lambda: connect(args, start=True))
     if args.json:
         _print_json(job)
     elif job["state"] == "completed":

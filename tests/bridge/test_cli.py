@@ -207,3 +207,46 @@ def test_watch_turns_a_dropped_pair_into_a_result_and_health_shows_the_folder(
         assert re.search(r"ep42\S*\s+completed", listing), listing
     finally:
         assert stop(process) == 0
+
+
+def test_submit_wait_outlives_a_bridge_killed_mid_job(
+    tmp_path: Path,
+    sample_pair: tuple[Path, Path],
+    api_env: dict[str, str],
+    emulator: RunningEmulator,
+) -> None:
+    folder = tmp_path / "data"
+    video, audio = sample_pair
+    command = [*BRIDGE, "submit", str(video), str(audio), "--wait", "--json"]
+    command += ["--reference-id", "survivor", "--data-dir", str(folder)]
+    emulator.state.config.processing_seconds = 2.0
+    env = {**api_env, "CHAMELAION_POLL_INTERVAL": "0.1"}
+    submit = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    first = wait_until(lambda: discovery.read_discovery(folder), message="a bridge")
+    try:
+        client = BridgeClient(first["url"], data_dir=folder)
+
+        def processing() -> bool:
+            jobs = client.list_jobs(keys=["survivor"])
+            return bool(jobs) and jobs[0]["state"] == "processing"
+
+        wait_until(processing, message="the job to be processing")
+        os.kill(first["pid"], signal.SIGKILL)
+
+        out, err = submit.communicate(timeout=60)
+        second = discovery.read_discovery(folder)
+        assert submit.returncode == 0, err
+        job = json.loads(out)
+        assert job["state"] == "completed" and Path(job["output_path"]).is_file()
+        assert second is not None and second["pid"] != first["pid"]
+        assert emulator.state.stats.generate_by_reference_id["survivor"] == 1
+    finally:
+        emulator.state.config.processing_seconds = 1.0
+        if submit.poll() is None:
+            submit.kill()
+        left = discovery.read_discovery(folder)
+        if left and left["pid"] != first["pid"]:
+            os.kill(left["pid"], signal.SIGTERM)
+            wait_until(lambda: not (folder / discovery.DISCOVERY_FILE).exists())
