@@ -79,6 +79,10 @@ class EmulatorConfig:
     storage_dir: Path | None = None
     process_media: bool = True
     max_list_limit: int = 100
+    # Stricter than documented, as another implementation may be: a limit above the maximum
+    # is refused (400) instead of clamped, and result files need the API key.
+    reject_large_limit: bool = False
+    outputs_need_auth: bool = False
 
 
 @dataclass
@@ -592,10 +596,13 @@ def _query_int(request: web.Request, name: str, default: int, minimum: int) -> i
 async def list_requests(request: web.Request) -> web.Response:
     state = request.config_dict[STATE]
     try:
-        limit = min(_query_int(request, "limit", 20, 1), state.config.max_list_limit)
+        limit = _query_int(request, "limit", 20, 1)
         offset = _query_int(request, "offset", 0, 0)
     except _BadRequest as exc:
         return _error(400, str(exc))
+    if limit > state.config.max_list_limit and state.config.reject_large_limit:
+        return _error(400, f"limit must be at most {state.config.max_list_limit}")
+    limit = min(limit, state.config.max_list_limit)
     reference_id = request.query.get("reference_id")
     matching = [
         r for r in state.requests.values() if reference_id is None or r.reference_id == reference_id
@@ -613,6 +620,10 @@ async def output(request: web.Request) -> web.StreamResponse:
     record = state.requests.get(request.match_info["id"])
     if record is None or record.output_url is None or record.output_path is None:
         return _error(404, "file not found")
+    if state.config.outputs_need_auth:
+        problem = _auth_problem(request, state.config.api_keys)
+        if problem:
+            return _error(401, problem)
     state.stats.downloads += 1
     if FAULT not in request:  # only "drop-midway" reaches this handler
         return web.FileResponse(record.output_path)

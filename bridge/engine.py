@@ -16,7 +16,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from bridge.errors import (
 )
 from bridge.files import is_published, link_into_place, numbered_names, safe_filename
 from bridge.jobs import FINAL_STATES, Job, JobSpec, State
-from bridge.remote import RemoteAPI, RemoteRequest
+from bridge.remote import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, RemoteAPI, RemoteRequest
 from bridge.store import IllegalTransition, Store
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class Engine:
         self._upload_slots = asyncio.Semaphore(max(1, config.upload_concurrency))
         self._download_slots = asyncio.Semaphore(2)
         self._list_total: int | None = None
-        self._list_limit = 100
+        self._list_limit = MAX_LIST_LIMIT  # 0: the API refuses listing; poll per request
         self._unsubscribe = store.subscribe(_log_change)
         self._closed = False
 
@@ -305,16 +305,10 @@ class Engine:
         """Update every polled job; list pages when cheaper than one GET per job."""
         wanted = {job.request_id: job for job in jobs if job.request_id}
         seen: dict[str, RemoteRequest] = {}
-        pages = math.ceil(self._list_total / self._list_limit) if self._list_total else 1
-        if len(wanted) > 1 and pages < len(wanted):
-            offset = 0
-            while len(seen) < len(wanted):
-                items, total, limit = await remote.list_page(offset=offset, limit=self._list_limit)
-                self._list_total, self._list_limit = total, max(1, limit)
-                seen.update({r.id: r for r in items if r.id in wanted})
-                offset += len(items)
-                if not items or offset >= total:
-                    break
+        if self._list_limit and len(wanted) > 1:
+            pages = math.ceil(self._list_total / self._list_limit) if self._list_total else 1
+            if pages < len(wanted):
+                seen = await self._listed(remote, wanted.keys())
         for request_id in wanted.keys() - seen.keys():
             found = await remote.retrieve(request_id)
             if found is not None:
@@ -323,6 +317,30 @@ class Engine:
         for request_id, remote_request in seen.items():
             changed |= await self._apply_remote(remote, wanted[request_id], remote_request)
         return changed
+
+    async def _listed(self, remote: RemoteAPI, wanted: Iterable[str]) -> dict[str, RemoteRequest]:
+        """The wanted requests found by paging through the list (in whatever order it has).
+
+        An API that refuses our page size (its maximum is undocumented) gets the documented
+        default next time; one that refuses listing altogether is polled per request.
+        """
+        wanted = set(wanted)
+        seen: dict[str, RemoteRequest] = {}
+        offset = 0
+        try:
+            while len(seen) < len(wanted):
+                items, total, limit = await remote.list_page(offset=offset, limit=self._list_limit)
+                self._list_total, self._list_limit = total, max(1, limit)
+                seen.update({r.id: r for r in items if r.id in wanted})
+                offset += len(items)
+                if not items or offset >= total:
+                    break
+        except RemoteError as exc:
+            if exc.retryable or isinstance(exc, AuthError):
+                raise
+            self._list_limit = DEFAULT_LIST_LIMIT if self._list_limit > DEFAULT_LIST_LIMIT else 0
+            log.warning("listing requests failed (%s); polling per request for now", exc)
+        return seen
 
     async def _apply_remote(self, remote: RemoteAPI, job: Job, request: RemoteRequest) -> bool:
         try:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import chamelaion
@@ -24,7 +25,8 @@ from bridge.errors import AuthError, NotFoundError, QuotaError, RemoteError
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 CHUNK = 1 << 20
-MAX_LIST_LIMIT = 100
+MAX_LIST_LIMIT = 100  # what we ask for; the API's real maximum is undocumented
+DEFAULT_LIST_LIMIT = 20  # the documented default
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,7 @@ class RemoteAPI:
 
     def __init__(self, base_url: str, api_key: Secret, *, auth: str = "x-api-key") -> None:
         self.base_url = base_url.rstrip("/")
+        self._api_key, self._auth = api_key, auth
         credentials = {"bearer_token": api_key.value} if auth == "bearer" else {}
         if auth != "bearer":
             credentials["api_key"] = api_key.value
@@ -227,21 +230,40 @@ class RemoteAPI:
             return None
 
     async def list_page(
-        self, *, offset: int = 0, limit: int = MAX_LIST_LIMIT, reference_id: str | None = None
+        self,
+        *,
+        offset: int = 0,
+        limit: int | None = MAX_LIST_LIMIT,
+        reference_id: str | None = None,
     ) -> tuple[list[RemoteRequest], int, int]:
-        """One page: (requests, total matching, the limit the API applied)."""
-        kwargs: dict[str, Any] = {"limit": limit, "offset": offset}
+        """One page: (requests, total matching, the limit the API applied).
+
+        `limit=None` leaves it to the API's documented default (20).
+        """
+        kwargs: dict[str, Any] = {"offset": offset}
+        if limit is not None:
+            kwargs["limit"] = limit
         if reference_id:
             kwargs["reference_id"] = reference_id
         page = await self._call(self._sdk.lipsync.requests.list(**kwargs))
-        applied = page.pagination.limit or limit
+        applied = page.pagination.limit or limit or DEFAULT_LIST_LIMIT
         return [_from_sdk(r) for r in page.data], page.pagination.total, applied
 
     async def find_by_reference_id(self, reference_id: str) -> RemoteRequest | None:
         """The request the API holds under this reference_id (newest if several)."""
-        items, _total, _limit = await self.list_page(reference_id=reference_id)
+        items, _total, _limit = await self.list_page(reference_id=reference_id, limit=None)
         matches = [r for r in items if r.reference_id == reference_id]
         return max(matches, key=lambda r: r.created_at or "") if matches else None
+
+    def _download_headers(self, url: str) -> dict[str, str]:
+        """The key goes along only to the API's own host, never to a storage host that an
+        output URL may name (a signed URL carries its own permission)."""
+        same_origin = urlsplit(url)[:2] == urlsplit(self.base_url)[:2]
+        if not same_origin or not self._api_key:
+            return {}
+        if self._auth == "bearer":
+            return {"Authorization": f"Bearer {self._api_key.value}"}
+        return {"x-api-key": self._api_key.value or ""}
 
     async def download(self, url: str, dest: Path, progress: Progress | None = None) -> int:
         """Stream `url` into `dest` (truncated first); returns the bytes written.
@@ -255,7 +277,7 @@ class RemoteAPI:
             )
         written = 0
         try:
-            async with self._session.get(url) as response:
+            async with self._session.get(url, headers=self._download_headers(url)) as response:
                 if response.status in (403, 404, 410):
                     raise NotFoundError(
                         f"The result file is no longer available (HTTP {response.status}).",

@@ -365,3 +365,21 @@ async def test_both_documented_key_variables_send_their_header_form(
         await remote.close()
     expected = "k-123" if header == "x-api-key" else "Bearer k-123"
     assert seen[0][header] == expected
+
+
+async def test_an_api_stricter_than_documented_still_gets_every_job_done(
+    make_engine: EngineFactory, emulator: RunningEmulator, sample_pair: tuple[Path, Path]
+) -> None:
+    """Another implementation of the API may refuse our page size of 100 and want the key
+    on its own result URLs: the bridge falls back to the documented default and sends it."""
+    emulator.state.config.max_list_limit = 20
+    emulator.state.config.reject_large_limit = True
+    emulator.state.config.outputs_need_auth = True
+    emulator.state.config.processing_seconds = 1.0
+    engine = await make_engine()
+    jobs = [await engine.submit(spec_for(sample_pair)) for _ in range(4)]
+    for job in jobs:
+        done = await wait_final(engine, job.id)
+        assert done.state == State.COMPLETED, done.error
+    assert emulator.state.stats.downloads == 4
+    assert emulator.state.stats.calls["list"] >= 2  # the refused page, then default-sized ones
