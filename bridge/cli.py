@@ -25,6 +25,7 @@ import bridge
 from bridge import discovery
 from bridge.client import BridgeClient, BridgeRequestError, BridgeUnavailable
 from bridge.errors import BridgeError, InputError
+from bridge.jobs import PINNED_JSON_FIELDS
 
 EXIT_JOB_FAILED = 1
 EXIT_USAGE = 2
@@ -344,18 +345,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(job)
         return 0
-    fields = (
-        "reference_id",
-        "id",
-        "state",
-        "progress",
-        "request_id",
-        "output_path",
-        "error",
-        "created_at",
-        "updated_at",
-    )
-    for name in fields:
+    for name in PINNED_JSON_FIELDS:
         value = _progress_text(job) if name == "progress" else job.get(name)
         if value not in (None, ""):
             print(f"{name + ':':<14}{value}")

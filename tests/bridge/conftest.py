@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from bridge import media
 from bridge.config import BridgeConfig, Secret
@@ -23,6 +24,16 @@ def sample_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A 1 s sample video (with its own sound) and a dubbed WAV; tests must not modify them."""
     folder = tmp_path_factory.mktemp("media")
     return media.make_sample_media(folder, seconds=1.0, fps=25, size=(160, 120))
+
+
+@pytest.fixture
+async def sample_urls(sample_pair: tuple[Path, Path], aiohttp_server) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    """The sample pair served over HTTP on 127.0.0.1, for URL-mode jobs."""
+    app = web.Application()
+    app.router.add_static("/media", sample_pair[0].parent)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    video, audio = (str(server.make_url(f"/media/{p.name}")) for p in sample_pair)
+    return video, audio
 
 
 @pytest.fixture

@@ -49,21 +49,10 @@ async def test_upload_job_delivers_a_playable_result_and_leaves_inputs_untouched
 
 
 async def test_url_inputs_are_submitted_without_upload(
-    make_engine: EngineFactory,
-    emulator: RunningEmulator,
-    sample_pair: tuple[Path, Path],
-    aiohttp_server,
+    make_engine: EngineFactory, emulator: RunningEmulator, sample_urls: tuple[str, str]
 ) -> None:
-    app = web.Application()
-    app.router.add_static("/media", sample_pair[0].parent)
-    server = await aiohttp_server(app, host="127.0.0.1")
     engine = await make_engine()
-    job = await engine.submit(
-        JobSpec(
-            video_url=str(server.make_url(f"/media/{sample_pair[0].name}")),
-            audio_url=str(server.make_url(f"/media/{sample_pair[1].name}")),
-        )
-    )
+    job = await engine.submit(JobSpec(video_url=sample_urls[0], audio_url=sample_urls[1]))
     done = await wait_final(engine, job.id)
     assert done.state == State.COMPLETED, done.error
     assert emulator.state.stats.calls["generate"] == 1

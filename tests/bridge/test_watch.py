@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 
 from bridge import media
 from bridge.emulator import EmulatorConfig, RunningEmulator, start_emulator
@@ -251,18 +250,14 @@ async def test_a_sidecar_with_urls_submits_by_url_with_its_options(
     tmp_path: Path,
     make_watcher: WatchFactory,
     emulator: RunningEmulator,
-    sample_pair: tuple[Path, Path],
-    aiohttp_server,
+    sample_urls: tuple[str, str],
 ) -> None:
-    app = web.Application()
-    app.router.add_static("/media", sample_pair[0].parent)
-    server = await aiohttp_server(app, host="127.0.0.1")
     in_dir, out_dir = tmp_path / "in", tmp_path / "out"
     in_dir.mkdir()
     watcher = await make_watcher(in_dir, out_dir)
     sidecar = {
-        "video_url": str(server.make_url(f"/media/{sample_pair[0].name}")),
-        "audio_url": str(server.make_url(f"/media/{sample_pair[1].name}")),
+        "video_url": sample_urls[0],
+        "audio_url": sample_urls[1],
         "reference_id": "remote-take-7",
         "disable_active_speaker_detection": True,
     }
