@@ -68,6 +68,8 @@ async def run(pairs: int, settle: float, work: Path) -> dict[str, object]:
         "CHAMELAION_API_KEY": "emulator-key",
         "CHAMELAION_POLL_INTERVAL": "0.5",
         "CHAMELAION_WATCH_SETTLE": str(settle),
+        # The emulator has no rate limit: measure the watcher, not the API's 60 a minute.
+        "CHAMELAION_GENERATE_PER_MINUTE": "0",
     }
     for name in ("CHAMELAION_BRIDGE_URL", "CHAMELAION_BEARER_TOKEN", "CHAMELAION_BRIDGE_DATA"):
         env.pop(name, None)

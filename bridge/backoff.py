@@ -1,8 +1,12 @@
-"""Jittered exponential backoff that honours the server's Retry-After."""
+"""Pacing calls to the API: jittered exponential backoff that honours Retry-After, and a
+sliding window that keeps generate calls under the documented rate limit."""
 
 from __future__ import annotations
 
+import asyncio
 import random
+import time
+from collections import deque
 from dataclasses import dataclass
 
 
@@ -27,3 +31,25 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempt = 0
+
+
+class RateWindow:
+    """At most `limit` calls started in any `period` seconds (0: no limit).
+
+    The API allows 60 generate calls a minute; a 429 for an upload arrives only after its
+    whole body was sent, so pacing ahead saves re-sending gigabytes.
+    """
+
+    def __init__(self, limit: int, period: float = 60.0) -> None:
+        self.limit, self.period = limit, period
+        self._starts: deque[float] = deque()
+
+    async def acquire(self) -> None:
+        while self.limit:
+            now = time.monotonic()
+            while self._starts and now - self._starts[0] >= self.period:
+                self._starts.popleft()
+            if len(self._starts) < self.limit:
+                self._starts.append(now)
+                return
+            await asyncio.sleep(self.period - (now - self._starts[0]))

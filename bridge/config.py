@@ -35,6 +35,7 @@ class BridgeConfig:
     host: str = "127.0.0.1"
     port: int = discovery.DEFAULT_PORT
     upload_concurrency: int = 2
+    generate_per_minute: int = 60  # the API's documented limit; 0 lifts it (emulator runs)
     poll_interval: float = 2.0
     max_poll_interval: float = 30.0
     watch_poll: bool = False  # watch folders by polling (network shares that send no events)
@@ -71,5 +72,8 @@ class BridgeConfig:
             # Tuning knob (tests, impatient demos): the first poll interval and 15x as the cap.
             values["poll_interval"] = float(poll)
             values["max_poll_interval"] = float(poll) * 15
+        rate = os.environ.get("CHAMELAION_GENERATE_PER_MINUTE")
+        if rate:
+            values["generate_per_minute"] = int(rate)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

@@ -22,7 +22,7 @@ from typing import Any
 
 from bridge import media
 from bridge.aio import wait_event
-from bridge.backoff import Backoff
+from bridge.backoff import Backoff, RateWindow
 from bridge.config import BridgeConfig
 from bridge.errors import (
     AuthError,
@@ -62,6 +62,7 @@ class Engine:
         self._poller: asyncio.Task[None] | None = None
         self._upload_slots = asyncio.Semaphore(max(1, config.upload_concurrency))
         self._download_slots = asyncio.Semaphore(2)
+        self._generate_window = RateWindow(config.generate_per_minute)
         self._list_total: int | None = None
         self._list_limit = MAX_LIST_LIMIT  # 0: the API refuses listing; poll per request
         self._unsubscribe = store.subscribe(_log_change)
@@ -192,6 +193,7 @@ class Engine:
                     self._accepted(job, found.id)
                     return
             video, audio = await self._prepared_inputs(job)
+            await self._generate_window.acquire()
             job = self.store.update(
                 job.id,
                 state=State.UPLOADING,

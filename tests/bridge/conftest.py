@@ -53,6 +53,7 @@ def bridge_config(data_dir: Path, base_url: str, key: str | None = EMULATOR_KEY)
         api_key=Secret(key),
         poll_interval=0.05,
         max_poll_interval=0.3,
+        generate_per_minute=0,  # the emulator has no rate limit; 200-pair batches run at once
     )
 
 
