@@ -115,23 +115,28 @@ class Worker:
     def _serve(self, request: Request) -> Result:
         call = self._call_for(request)
         try:
-            return Result(request, value=call(self._client()))
+            return self._attempt(request, call)
         except BridgeUnavailable as exc:
             if not (self.settings.auto_start and request.kind != "health"):
                 return Result(request, error=str(exc), unavailable=True)
-            problem = self.launcher.ensure_running(self.settings, self._client, self._stop)
-            if problem:
-                return Result(request, error=problem, unavailable=True)
-        except BridgeRequestError as exc:
-            return Result(request, error=str(exc), status=exc.status)
-        except BridgeError as exc:
-            return Result(request, error=str(exc))
+        problem = self.launcher.ensure_running(self.settings, self._client, self._stop)
+        if problem:
+            return Result(request, error=problem, unavailable=True)
         try:
-            return Result(request, value=call(self._client()))
+            return self._attempt(request, call)
         except BridgeUnavailable as exc:
             return Result(request, error=str(exc), unavailable=True)
+
+    def _attempt(self, request: Request, call: Callable[[BridgeClient], Any]) -> Result:
+        """One call; an unreachable bridge propagates, any other failure is the answer."""
+        try:
+            return Result(request, value=call(self._client()))
         except BridgeRequestError as exc:
             return Result(request, error=str(exc), status=exc.status)
+        except BridgeUnavailable:
+            raise
+        except BridgeError as exc:
+            return Result(request, error=str(exc))
 
     @staticmethod
     def _call_for(request: Request) -> Callable[[BridgeClient], Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -146,13 +147,12 @@ def test_reopened_file_gets_the_result_of_a_job_still_running(
         base=emulator.running.base_url,
         blend=str(blend),
     )
-    env = {"BLENDER_USER_RESOURCES": USER_RESOURCES}
     done = subprocess.run(
         [sys.executable, "-c", script],
         capture_output=True,
         text=True,
         timeout=120,
-        env={**__import__("os").environ, **env},
+        env={**os.environ, "BLENDER_USER_RESOURCES": USER_RESOURCES},
     )
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     assert lines, done.stdout + done.stderr
