@@ -7,8 +7,10 @@ against the real bridge (started by the add-on) and the emulator on loopback.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -26,9 +28,9 @@ import bpy  # noqa: E402
 
 import build_addon  # noqa: E402
 from bridge import media  # noqa: E402
+from bridge.emulator import EmulatorConfig, emulator_in_background  # noqa: E402
 from tests.addon.conftest import (  # noqa: E402
     ADDON,
-    EmulatorThread,
     configure,
     shot,
     sync_until,
@@ -49,9 +51,10 @@ def main() -> int:
         filepath=str(zip_path), repo="user_default", enable_on_install=True
     )
     addon_utils.enable(ADDON, default_set=True)
-    emulator = EmulatorThread(work / "emulator")
-    emulator.running.state.config.processing_seconds = 3600.0  # nothing finishes
-    configure(work / "bridge", emulator.running.base_url)
+    background = contextlib.ExitStack()
+    nothing_finishes = EmulatorConfig(processing_seconds=3600.0, storage_dir=work / "emulator")
+    emulator = background.enter_context(emulator_in_background(nothing_finishes))
+    configure(work / "bridge", emulator.base_url)
     sync = sys.modules[f"{ADDON}.sync"]
     try:
         bpy.ops.wm.read_homefile(use_empty=True)
@@ -87,7 +90,8 @@ def main() -> int:
             launcher.process.terminate()
             launcher.process.wait(timeout=10)
         sync.stop_worker()
-        emulator.close()
+        background.close()
+        shutil.rmtree(work, ignore_errors=True)
     figures = {
         "blender": bpy.app.version_string,
         "lipsync_ms": summary(lipsync),

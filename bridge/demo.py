@@ -7,40 +7,20 @@ starts its own bridge on its own data folder (`<data dir>/demo/bridge`) and stop
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 from bridge import media
 from bridge.cli import EXIT_JOB_FAILED, CliError, Progress, follow, spawn_bridge
 from bridge.client import BridgeClient
-from bridge.emulator import RunningEmulator, start_emulator
+from bridge.emulator import emulator_in_background
 from bridge.jobs import new_reference_id
 
 EMULATOR_KEY = "emulator-key"
-
-
-@contextlib.contextmanager
-def emulator_in_background() -> Iterator[RunningEmulator]:
-    """The emulator on an ephemeral loopback port, served by a loop on its own thread."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="emulator", daemon=True)
-    thread.start()
-    try:
-        emulator = asyncio.run_coroutine_threadsafe(start_emulator(), loop).result(timeout=30)
-        try:
-            yield emulator
-        finally:
-            asyncio.run_coroutine_threadsafe(emulator.close(), loop).result(timeout=30)
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        loop.close()
 
 
 @contextlib.contextmanager

@@ -20,9 +20,10 @@ import logging
 import shutil
 import signal
 import tempfile
+import threading
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -750,6 +751,27 @@ async def start_emulator(
         raise
     bound_port = runner.addresses[0][1]
     return RunningEmulator(url=f"http://{host}:{bound_port}", app=app, runner=runner)
+
+
+@contextlib.contextmanager
+def emulator_in_background(
+    config: EmulatorConfig | None = None,
+) -> Iterator[RunningEmulator]:
+    """The emulator on an ephemeral loopback port, served by a loop on its own thread, for
+    callers that block (the demo, Blender's main thread, subprocess-driving tests)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="emulator", daemon=True)
+    thread.start()
+    try:
+        emulator = asyncio.run_coroutine_threadsafe(start_emulator(config), loop).result(timeout=30)
+        try:
+            yield emulator
+        finally:
+            asyncio.run_coroutine_threadsafe(emulator.close(), loop).result(timeout=30)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
 
 
 def run_emulator(

@@ -3,10 +3,8 @@ makes, a real bridge started by the add-on, and the emulator on loopback."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,31 +25,12 @@ except ImportError:  # the plain .venv has no Blender: these tests run in .venv-
     collect_ignore_glob = ["test_*.py"]
 
 from bridge import media  # noqa: E402
-from bridge.emulator import EmulatorConfig, RunningEmulator, start_emulator  # noqa: E402
+from bridge.emulator import EmulatorConfig, RunningEmulator, emulator_in_background  # noqa: E402
 from tests.helpers import wait_until  # noqa: E402
 
 ADDON = "bl_ext.user_default.chamelaion_lipsync"
 EMULATOR_KEY = "emulator-key"
 FPS = 24
-
-
-class EmulatorThread:
-    """The emulator on its own event loop thread, so Blender's main thread stays free."""
-
-    def __init__(self, storage: Path) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        config = EmulatorConfig(queued_seconds=0.05, processing_seconds=0.3, storage_dir=storage)
-        self.running: RunningEmulator = self.call(start_emulator(config))
-
-    def call(self, coroutine: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=30)
-
-    def close(self) -> None:
-        self.call(self.running.close())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=5)
 
 
 @pytest.fixture(scope="session")
@@ -62,10 +41,11 @@ def addon_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorThread]:
-    running = EmulatorThread(tmp_path_factory.mktemp("emulator"))
-    yield running
-    running.close()
+def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningEmulator]:
+    storage = tmp_path_factory.mktemp("emulator")
+    config = EmulatorConfig(queued_seconds=0.05, processing_seconds=0.3, storage_dir=storage)
+    with emulator_in_background(config) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")
@@ -74,7 +54,7 @@ def bridge_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def addon(addon_zip: Path, emulator: EmulatorThread, bridge_data: Path) -> Iterator[Any]:
+def addon(addon_zip: Path, emulator: RunningEmulator, bridge_data: Path) -> Iterator[Any]:
     """The extension installed from the zip and enabled, pointed at the emulator."""
     import addon_utils
 
@@ -84,7 +64,7 @@ def addon(addon_zip: Path, emulator: EmulatorThread, bridge_data: Path) -> Itera
     assert result == {"FINISHED"}
     module = addon_utils.enable(ADDON, default_set=True)
     assert module is not None
-    configure(bridge_data, emulator.running.base_url)
+    configure(bridge_data, emulator.base_url)
     yield module
     sync = __import__(f"{ADDON}.sync", fromlist=["sync"])
     launcher = sync.worker().launcher

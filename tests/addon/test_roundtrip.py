@@ -74,7 +74,7 @@ def test_two_takes_land_on_the_next_free_channels(
 def test_failed_remote_job_shows_the_api_message(
     fresh: Any, clip: Path, dub: Path, emulator: Any
 ) -> None:
-    emulator.running.state.fail_next(1, "video URL is not accessible")
+    emulator.state.fail_next(1, "video URL is not accessible")
     shot(fresh, clip, dub)
     bpy.ops.sequencer.chamelaion_lipsync()
     job = last_job(fresh)
@@ -90,7 +90,7 @@ def test_bridge_down_gives_a_readable_error(
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    configure(tmp_path, emulator.running.base_url, auto_start=False, url=f"http://127.0.0.1:{port}")
+    configure(tmp_path, emulator.base_url, auto_start=False, url=f"http://127.0.0.1:{port}")
     try:
         shot(fresh, clip, dub)
         assert bpy.ops.sequencer.chamelaion_lipsync() == {"FINISHED"}
@@ -99,7 +99,7 @@ def test_bridge_down_gives_a_readable_error(
             sync_until(lambda: job.state == "failed", message="the error")
         assert job.state == "failed" and f"127.0.0.1:{port} is not answering" in job.error
     finally:
-        configure(bridge_data, emulator.running.base_url)
+        configure(bridge_data, emulator.base_url)
 
 
 REOPEN = """
@@ -125,7 +125,7 @@ print("RESULT " + json.dumps({{"start": take.frame_final_start,
 def test_reopened_file_gets_the_result_of_a_job_still_running(
     fresh: Any, clip: Path, dub: Path, tmp_path: Path, emulator: Any, bridge_data: Path
 ) -> None:
-    config = emulator.running.state.config
+    config = emulator.state.config
     config.processing_seconds = 3.0
     try:
         blend = tmp_path / "reopen.blend"
@@ -144,7 +144,7 @@ def test_reopened_file_gets_the_result_of_a_job_still_running(
         root=str(ROOT),
         addon=ADDON,
         data=str(bridge_data),
-        base=emulator.running.base_url,
+        base=emulator.base_url,
         blend=str(blend),
     )
     done = subprocess.run(

@@ -16,8 +16,7 @@ import pytest
 
 from bridge import daemon, discovery, media
 from bridge.client import BridgeClient
-from bridge.demo import emulator_in_background
-from bridge.emulator import RunningEmulator
+from bridge.emulator import RunningEmulator, emulator_in_background
 from tests.bridge.processes import (
     BRIDGE,
     cli_env,
