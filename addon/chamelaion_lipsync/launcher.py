@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -48,6 +50,7 @@ class Launcher:
 
     def __init__(self) -> None:
         self.process: subprocess.Popen[bytes] | None = None
+        self.serving: Path | None = None  # the data folder of the child we started
         self.started_at = float("-inf")
         self._lock = threading.Lock()
 
@@ -75,9 +78,33 @@ class Launcher:
         log = settings.data_dir / discovery.LOG_FILE
         return f"The Chamelaion bridge did not answer within {HEALTH_DEADLINE:.0f} s; see {log}."
 
+    def restart(
+        self,
+        settings: Settings,
+        client: Callable[[], BridgeClient],
+        stop: threading.Event,
+    ) -> str | None:
+        """Stop the data folder's bridge and start ours, so that an API key entered after
+        that bridge started reaches it. Safe at any time: jobs live in the bridge's store
+        and resume where they stood."""
+        info = discovery.read_discovery(settings.data_dir)
+        pid = info.get("pid") if info else None
+        if isinstance(pid, int):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + HEALTH_DEADLINE
+            while discovery.read_discovery(settings.data_dir) and time.monotonic() < deadline:
+                if stop.wait(0.1):
+                    return None
+        with self._lock:
+            self.started_at = float("-inf")
+        return self.ensure_running(settings, client, stop)
+
     def _spawn_if_due(self, settings: Settings) -> str | None:
         running = self.process is not None and self.process.poll() is None
-        if running or time.monotonic() - self.started_at < SPAWN_INTERVAL:
+        if running and self.serving == settings.data_dir:
+            return None
+        if time.monotonic() - self.started_at < SPAWN_INTERVAL:
             return None
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         log_path = settings.data_dir / discovery.LOG_FILE
@@ -98,9 +125,12 @@ class Launcher:
                     **extra,
                 )
         except OSError as exc:
-            return f"Could not start the Chamelaion bridge ({exc.strerror or exc}); check the "
-            "bridge command in the add-on preferences."
+            return (
+                f"Could not start the Chamelaion bridge ({exc.strerror or exc}); check the "
+                "bridge command in the add-on preferences."
+            )
         self.started_at = time.monotonic()
+        self.serving = settings.data_dir
         return None
 
     @staticmethod

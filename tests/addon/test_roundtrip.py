@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -13,6 +15,8 @@ from typing import Any
 import bpy
 import pytest
 
+from bridge import discovery
+from bridge.client import BridgeClient
 from tests.addon.conftest import (
     ADDON,
     USER_RESOURCES,
@@ -22,6 +26,7 @@ from tests.addon.conftest import (
     strips,
     sync_until,
 )
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.blender
 ROOT = Path(__file__).resolve().parents[2]
@@ -158,3 +163,36 @@ def test_reopened_file_gets_the_result_of_a_job_still_running(
     assert lines, done.stdout + done.stderr
     take = json.loads(lines[0][len("RESULT ") :])
     assert take == {"start": 10, "duration": 44, "channel": 2, "reference_id": reference_id}
+
+
+def test_a_key_entered_after_the_bridge_started_reaches_it(
+    fresh: Any, clip: Path, dub: Path, bridge_data: Path, emulator: Any, tmp_path: Path
+) -> None:
+    data = tmp_path / "keyless"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHAMELAION_")}
+    env["CHAMELAION_BASE_URL"] = emulator.base_url
+    keyless = subprocess.Popen(
+        [sys.executable, "-m", "bridge", "serve", "--data-dir", str(data), "--port", "0"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_until(lambda: discovery.read_discovery(data), message="the keyless bridge")
+    configure(data, emulator.base_url)  # the editor has since entered the key
+    try:
+        shot(fresh, clip, dub)
+        assert bpy.ops.sequencer.chamelaion_lipsync() == {"FINISHED"}
+        job = last_job(fresh)
+        assert sync_until(lambda: take_of(fresh, job.reference_id), message="the take")
+        assert keyless.wait(timeout=20) is not None  # stopped gracefully, jobs kept
+        info = discovery.read_discovery(data)
+        assert info["pid"] != keyless.pid
+        assert BridgeClient(info["url"], data_dir=data).health()["api_key_configured"]
+    finally:
+        configure(bridge_data, emulator.base_url)
+        running = discovery.read_discovery(data) or {}
+        for pid in {keyless.pid, running.get("pid")} - {None}:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        keyless.wait(timeout=20)
+        wait_until(lambda: not discovery.read_discovery(data), message="the bridge to stop")
