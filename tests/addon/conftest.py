@@ -3,7 +3,9 @@ makes, a real bridge started by the add-on, and the emulator on loopback."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +26,7 @@ except ImportError:  # the plain .venv has no Blender: these tests run in .venv-
     bpy = None
     collect_ignore_glob = ["test_*.py"]
 
-from bridge import media  # noqa: E402
+from bridge import discovery, media  # noqa: E402
 from bridge.emulator import EmulatorConfig, RunningEmulator, emulator_in_background  # noqa: E402
 from tests.helpers import wait_until  # noqa: E402
 
@@ -67,11 +69,13 @@ def addon(addon_zip: Path, emulator: RunningEmulator, bridge_data: Path) -> Iter
     configure(bridge_data, emulator.base_url)
     yield module
     sync = __import__(f"{ADDON}.sync", fromlist=["sync"])
-    launcher = sync.worker().launcher
-    if launcher.process is not None and launcher.process.poll() is None:
-        launcher.process.terminate()
-        launcher.process.wait(timeout=10)
     sync.stop_worker()
+    # The bridge outlives Blender on purpose (it may have jobs); the tests' one must not.
+    info = discovery.read_discovery(bridge_data)
+    if info:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(info["pid"], signal.SIGTERM)
+        wait_until(lambda: not discovery.read_discovery(bridge_data), message="bridge to stop")
 
 
 def configure(data_dir: Path, base_url: str, auto_start: bool = True, url: str = "") -> None:
