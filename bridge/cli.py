@@ -163,23 +163,29 @@ class Progress:
     """Shows a job moving: a redrawn bar on a terminal, or one line per state change."""
 
     def __init__(self, stream: TextIO, *, bar: bool) -> None:
-        self.stream, self.bar, self.last = stream, bar, ""
+        self.stream, self.bar, self.last, self.last_note = stream, bar, "", ""
 
     def show(self, job: dict[str, Any]) -> None:
-        state = job["state"]
+        state, note = job["state"], job.get("note") or ""
         if self.bar:
             fraction = min(max(float(job.get("progress") or 0.0), 0.0), 1.0)
-            if state in TRANSFER_STATES:
+            if note:
+                detail = note
+            elif state in TRANSFER_STATES:
                 filled = round(fraction * 30)
                 detail = f"[{'#' * filled}{'.' * (30 - filled)}] {fraction:4.0%}"
             else:
                 detail = "waiting for Chamelaion" if state in ("submitted", "processing") else ""
-            self.stream.write(f"\r{job['reference_id']}  {state:<11} {detail}".ljust(78))
+            line = f"{job['reference_id']}  {state:<11} {detail}"
+            self.stream.write(f"\r{line[:120]}".ljust(121))
             self.stream.flush()
-        elif state != self.last:
-            self.stream.write(f"{job['reference_id']}: {state}\n")
+        else:
+            if state != self.last:
+                self.stream.write(f"{job['reference_id']}: {state}\n")
+            if note and note != self.last_note:
+                self.stream.write(f"{job['reference_id']}: {note}\n")
             self.stream.flush()
-        self.last = state
+        self.last, self.last_note = state, note
 
     def done(self) -> None:
         if self.bar and self.last:
@@ -326,7 +332,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             job["state"],
             _progress_text(job),
             _age(job["created_at"]),
-            job.get("error") or job.get("output_path") or "",
+            job.get("error") or job.get("note") or job.get("output_path") or "",
         )
         for job in jobs
     ]
@@ -345,7 +351,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(job)
         return 0
-    for name in PINNED_JSON_FIELDS:
+    for name in (*PINNED_JSON_FIELDS, "note"):
         value = _progress_text(job) if name == "progress" else job.get(name)
         if value not in (None, ""):
             print(f"{name + ':':<14}{value}")

@@ -216,6 +216,7 @@ class Engine:
                         ) from None
                 delay = backoff.next_delay(exc.retry_after)
                 log.warning("job %s: %s (next try in %.1fs)", job.reference_id, exc, delay)
+                self.store.update(job.id, note=f"{exc} Next try in {delay:.0f} s.")
                 await asyncio.sleep(delay)
                 continue
             self._accepted(job, request_id)
@@ -246,6 +247,7 @@ class Engine:
             state=State.SUBMITTED,
             request_id=request_id,
             progress=0.0,
+            note=None,
             expect={State.QUEUED, State.UPLOADING},
         )
         self._clean_work(job.id)
@@ -497,7 +499,7 @@ class Engine:
 
     def _fail(self, job_id: str, message: str, **changes: Any) -> None:
         with contextlib.suppress(IllegalTransition):
-            self.store.update(job_id, state=State.FAILED, error=message, **changes)
+            self.store.update(job_id, state=State.FAILED, error=message, note=None, **changes)
         self._clean_work(job_id)
         self._output_urls.pop(job_id, None)
 

@@ -196,6 +196,8 @@ class Job(JobSpec):
     request_id: str | None = None
     output_path: str | None = None
     error: str | None = None
+    # Why an unfinished job is waiting, e.g. on a 429; cleared once it moves on.
+    note: str | None = None
     created_at: str = field(default_factory=now_iso)
     updated_at: str = field(default_factory=now_iso)
     remote_status: str | None = None

@@ -29,6 +29,7 @@ class ChamelaionJob(bpy.types.PropertyGroup):
     state: StringProperty(default="sending")
     progress: FloatProperty(min=0.0, max=1.0, subtype="FACTOR")
     error: StringProperty()
+    note: StringProperty()  # why a running job waits (e.g. the API is rate-limiting)
     warning: StringProperty()
     created: StringProperty(description="Seconds since the epoch, as text (floats are 32-bit)")
     finished: StringProperty()

@@ -75,6 +75,7 @@ def update_job(job: Any, data: dict[str, Any], news: list[str]) -> None:
     job.state = data.get("state") or job.state
     job.progress = float(data.get("progress") or 0.0)
     job.error = data.get("error") or ""
+    job.note = data.get("note") or ""
     job.output_path = data.get("output_path") or ""
     if job.is_final and not job.finished:
         job.finished = repr(time.time())

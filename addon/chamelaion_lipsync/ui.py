@@ -59,6 +59,8 @@ class SEQUENCER_PT_chamelaion(bpy.types.Panel):
             for text in (job.error, job.warning):
                 if text:
                     box.label(text=text, icon="ERROR")
+            if job.note and not job.is_final:
+                box.label(text=job.note, icon="INFO")
             actions = box.row(align=True)
             if not job.is_final:
                 actions.operator("sequencer.chamelaion_cancel", text="Cancel").index = index

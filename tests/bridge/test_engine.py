@@ -81,12 +81,14 @@ async def test_rate_limit_forever_makes_the_job_wait_not_fail_or_hammer(
 
     still = engine.store.get(job.id)
     assert still.state == State.UPLOADING and still.error is None
+    assert "rate-limiting" in still.note  # why it waits, for the panel and `jobs`
     # Retry-After of 0.3 s: three tries take at least 0.6 s, so this is no hammering.
     assert emulator.state.stats.calls["generate-with-media"] <= 4
 
     emulator.state.faults.remove(rule)
     done = await wait_final(engine, job.id)
     assert done.state == State.COMPLETED, done.error
+    assert done.note is None
     assert emulator.state.stats.requests_created == 1
 
 
