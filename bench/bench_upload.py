@@ -27,7 +27,6 @@ import platform
 import resource
 import select
 import shutil
-import signal
 import socket
 import statistics
 import struct
@@ -43,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge import discovery, media
+from bridge.cli import CliError, spawn_bridge, stop_process
 from bridge.client import BridgeClient
 
 API_KEY = "emulator-key"
@@ -71,17 +71,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def stop_process(proc: subprocess.Popen[Any]) -> None:
-    """SIGTERM (a clean shutdown), then SIGKILL if it has not exited within 15 s."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -166,28 +155,14 @@ class Bridge:
         self.token = ""
 
     def __enter__(self) -> Bridge:
+        """Started the way `chamelaion-bridge submit` starts one (detached, logging)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("CHAMELAION_")}
         env |= {"CHAMELAION_BASE_URL": self.api_base, "CHAMELAION_API_KEY": API_KEY}
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bridge", "serve", "--port", "0"]
-            + ["--data-dir", str(self.data_dir)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=(self.data_dir / "stderr.log").open("wb"),
-        )
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            info = discovery.read_discovery(self.data_dir) or {}
-            if info.get("pid") == self.proc.pid:
-                break
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                stop_process(self.proc)
-                log = (self.data_dir / "stderr.log").read_text()
-                raise RuntimeError(f"the bridge did not start: {log.strip()}")
-            time.sleep(0.05)
+        try:
+            self.proc, info = spawn_bridge(self.data_dir, env=env, port=0)
+        except CliError as exc:
+            raise RuntimeError(f"the bridge did not start: {exc}") from None
         self.url, self.token = info["url"], discovery.read_token(self.data_dir) or ""
-        self.client.health()
         return self
 
     def __exit__(self, *exc: object) -> None:

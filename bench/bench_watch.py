@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from bridge import media  # noqa: E402
 from bridge.emulator import EmulatorConfig, start_emulator  # noqa: E402
+from tests.bridge.processes import start_watch_process  # noqa: E402
 
 TARGET_RSS_MB = 150
 
@@ -62,23 +62,13 @@ async def run(pairs: int, settle: float, work: Path) -> dict[str, object]:
             process_media=False,
         )
     )
-    env = {
-        **os.environ,
-        "CHAMELAION_BASE_URL": emulator.base_url,
-        "CHAMELAION_API_KEY": "emulator-key",
-        "CHAMELAION_POLL_INTERVAL": "0.5",
-        "CHAMELAION_WATCH_SETTLE": str(settle),
-        # The emulator has no rate limit: measure the watcher, not the API's 60 a minute.
-        "CHAMELAION_GENERATE_PER_MINUTE": "0",
-    }
-    for name in ("CHAMELAION_BRIDGE_URL", "CHAMELAION_BEARER_TOKEN", "CHAMELAION_BRIDGE_DATA"):
-        env.pop(name, None)
-    command = [sys.executable, "-m", "bridge", "watch", str(in_dir), "--out", str(out_dir)]
-    command += ["--data-dir", str(work / "data"), "--port", "0"]
-    proc = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+    data_dir = work / "data"
+    proc = start_watch_process(
+        in_dir, out_dir, data_dir, emulator.base_url, poll_interval=0.5, settle=settle
+    )
     stats = emulator.state.stats
     try:
-        while not (work / "data" / "bridge.json").exists():
+        while not (data_dir / "bridge.json").exists():
             if proc.poll() is not None:
                 raise SystemExit(f"the watcher exited with status {proc.returncode}")
             await asyncio.sleep(0.05)

@@ -131,6 +131,19 @@ def spawn_bridge(
     )
 
 
+def stop_process(process: subprocess.Popen[Any], timeout: float = 15.0) -> int:
+    """SIGTERM (the bridge's clean shutdown), SIGKILL only if that takes too long; the
+    exit status."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
 def _last_line(path: Path) -> str:
     try:
         lines = path.read_text(encoding="utf-8", errors="replace").strip().splitlines()

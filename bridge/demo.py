@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 from bridge import media
-from bridge.cli import EXIT_JOB_FAILED, CliError, Progress, follow, spawn_bridge
+from bridge.cli import EXIT_JOB_FAILED, CliError, Progress, follow, spawn_bridge, stop_process
 from bridge.client import BridgeClient
 from bridge.emulator import emulator_in_background
 from bridge.jobs import new_reference_id
@@ -36,12 +35,7 @@ def demo_bridge(folder: Path, env: dict[str, str]) -> Iterator[BridgeClient]:
             )
         yield BridgeClient(info["url"], data_dir=folder)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 def run_demo(data_dir: Path) -> int:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge import discovery
+from bridge.cli import stop_process
 from bridge.client import BridgeClient, BridgeUnavailable
 from tests.helpers import wait_until
 
@@ -42,14 +43,7 @@ def one_sentence(stderr: str) -> str:
 
 def stop(process: subprocess.Popen[Any]) -> int:
     """SIGTERM, then the exit status (SIGKILL only if it does not stop in time)."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    return process.returncode
+    return stop_process(process)
 
 
 def published(folder: Path, process: subprocess.Popen[Any]) -> dict[str, Any] | None:
@@ -125,3 +119,28 @@ class BridgeProcess:
             stop(self.process)
             if self.process.stderr is not None:
                 self.process.stderr.close()
+
+
+def start_watch_process(
+    in_dir: Path,
+    out_dir: Path,
+    data_dir: Path,
+    api_base: str,
+    *options: str,
+    poll_interval: float = 0.1,
+    settle: float = 0.3,
+) -> subprocess.Popen[str]:
+    """`python -m bridge watch IN --out OUT` as a real process, the way a studio runs it
+    (against the emulator, which has no rate limit: generate calls are not paced)."""
+    env = cli_env(
+        CHAMELAION_BASE_URL=api_base,
+        CHAMELAION_API_KEY="emulator-key",
+        CHAMELAION_POLL_INTERVAL=str(poll_interval),
+        CHAMELAION_WATCH_SETTLE=str(settle),
+        CHAMELAION_GENERATE_PER_MINUTE="0",
+    )
+    command = [*BRIDGE, "watch", str(in_dir), "--out", str(out_dir)]
+    command += ["--data-dir", str(data_dir), "--port", "0", *options]
+    return subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True
+    )

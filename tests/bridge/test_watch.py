@@ -8,8 +8,6 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -20,7 +18,8 @@ from bridge.emulator import EmulatorConfig, RunningEmulator, start_emulator
 from bridge.store import Store
 from bridge.watch import WatchFolder
 from bridge.watch_pairing import is_ignored_name, scan
-from tests.bridge.conftest import EMULATOR_KEY, EngineFactory
+from tests.bridge.conftest import EngineFactory
+from tests.bridge.processes import start_watch_process
 from tests.helpers import async_wait_until
 
 WatchFactory = Callable[..., Awaitable[WatchFolder]]
@@ -48,6 +47,7 @@ async def make_watcher(make_engine: EngineFactory) -> AsyncIterator[WatchFactory
     engines = []
 
     async def factory(in_dir: Path, out_dir: Path, **options: object) -> WatchFolder:
+        in_dir.mkdir(parents=True, exist_ok=True)
         if not engines:
             engines.append(await make_engine())
         settings = {"settle": 0.3, "give_up": 1.0, "rescan": 1.0, **options}
@@ -81,7 +81,6 @@ async def test_a_dropped_pair_becomes_one_result_with_its_record(
     sample_pair: tuple[Path, Path],
 ) -> None:
     in_dir, out_dir = tmp_path / "in", tmp_path / "out"
-    in_dir.mkdir()
     watcher = await make_watcher(in_dir, out_dir)
     drop(sample_pair, in_dir, "ep42")
 
@@ -153,7 +152,6 @@ async def test_many_pairs_dropped_at_once_give_one_result_and_one_submission_eac
     staging = tmp_path / "staging"
     for i in range(count):
         drop(sample_pair, staging, f"ep{i:03d}")
-    in_dir.mkdir()
     await make_watcher(in_dir, out_dir)
     for item in staging.iterdir():  # renames: the whole batch lands within milliseconds
         item.rename(in_dir / item.name)
@@ -175,7 +173,6 @@ async def test_a_slow_writer_is_never_submitted_half_written(
     sample_pair: tuple[Path, Path],
 ) -> None:
     in_dir, out_dir = tmp_path / "in", tmp_path / "out"
-    in_dir.mkdir()
     watcher = await make_watcher(in_dir, out_dir)
     shutil.copyfile(sample_pair[1], in_dir / "slow.wav")
     data = sample_pair[0].read_bytes()
@@ -203,7 +200,6 @@ async def test_a_text_file_named_like_a_video_fails_with_a_reason(
     sample_pair: tuple[Path, Path],
 ) -> None:
     in_dir, out_dir = tmp_path / "in", tmp_path / "out"
-    in_dir.mkdir()
     await make_watcher(in_dir, out_dir)
     (in_dir / "fake.mp4").write_text("this is a shot list, not a video\n")
     shutil.copyfile(sample_pair[1], in_dir / "fake.wav")
@@ -230,7 +226,6 @@ async def test_one_half_waits_for_the_other(
 ) -> None:
     caplog.set_level(logging.INFO, logger="bridge.watch")
     in_dir, out_dir = tmp_path / "in", tmp_path / "out"
-    in_dir.mkdir()
     watcher = await make_watcher(in_dir, out_dir)
     shutil.copyfile(sample_pair[0], in_dir / "half.mp4")
 
@@ -253,7 +248,6 @@ async def test_a_sidecar_with_urls_submits_by_url_with_its_options(
     sample_urls: tuple[str, str],
 ) -> None:
     in_dir, out_dir = tmp_path / "in", tmp_path / "out"
-    in_dir.mkdir()
     watcher = await make_watcher(in_dir, out_dir)
     sidecar = {
         "video_url": sample_urls[0],
@@ -284,7 +278,6 @@ async def test_results_inside_the_watch_folder_are_never_ingested(
 ) -> None:
     in_dir = tmp_path / "in"
     out_dir = in_dir / "results"
-    in_dir.mkdir()
     watcher = await make_watcher(in_dir, out_dir)
     drop(sample_pair, in_dir, "first")
     await async_wait_until(lambda: (out_dir / "first.lipsync.json").exists(), message="first")
@@ -305,7 +298,6 @@ async def test_a_pair_moved_back_from_failed_is_retried_and_numbered_results_nev
     sample_pair: tuple[Path, Path],
 ) -> None:
     in_dir, out_dir = tmp_path / "in", tmp_path / "out"
-    in_dir.mkdir()
     await make_watcher(in_dir, out_dir)
     emulator.state.fail_next(1, "no face found")
     drop(sample_pair, in_dir, "shot")
@@ -351,24 +343,6 @@ async def test_a_vanishing_folder_goes_offline_and_resumes_when_it_returns(
     await async_wait_until(lambda: watcher.status()["online"], message="back online")
     drop(sample_pair, in_dir, "back")
     await async_wait_until(lambda: (out_dir / "back.lipsync.mp4").exists(), message="result")
-
-
-def start_watch_process(
-    in_dir: Path, out_dir: Path, data_dir: Path, api_base: str, *options: str
-) -> subprocess.Popen[bytes]:
-    """`python -m bridge watch IN --out OUT` as a real process, the way a studio runs it."""
-    env = {
-        **os.environ,
-        "CHAMELAION_BASE_URL": api_base,
-        "CHAMELAION_API_KEY": EMULATOR_KEY,
-        "CHAMELAION_POLL_INTERVAL": "0.1",
-        "CHAMELAION_WATCH_SETTLE": "0.3",
-    }
-    for name in ("CHAMELAION_BRIDGE_URL", "CHAMELAION_BEARER_TOKEN", "CHAMELAION_BRIDGE_DATA"):
-        env.pop(name, None)
-    command = [sys.executable, "-m", "bridge", "watch", str(in_dir), "--out", str(out_dir)]
-    command += ["--data-dir", str(data_dir), "--port", "0", *options]
-    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 async def test_a_watcher_killed_mid_batch_resumes_without_submitting_any_pair_twice(
