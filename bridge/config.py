@@ -38,6 +38,8 @@ class BridgeConfig:
     generate_per_minute: int = 60  # the API's documented limit; 0 lifts it (emulator runs)
     poll_interval: float = 2.0
     max_poll_interval: float = 30.0
+    # A request the API answers "not found" for this long is taken as forgotten by the API.
+    forget_after: float = 60.0
     watch_poll: bool = False  # watch folders by polling (network shares that send no events)
 
     @property

@@ -4,23 +4,27 @@ Rules this module exists to keep (design.md): a generate call is made only after
 recorded as `uploading` with its reference_id, and after any doubt (a crash, a dropped
 connection, a 5xx) the API is asked for that reference_id before anything is sent again,
 so nothing is paid twice. A request the API is still running is never failed locally.
+
+Every call to the API goes through one Gateway (bridge.gateway): a transient failure only
+delays a job, and only a definite answer fails it. No loop dies of an exception: a job's
+driver and the poller log it, show it in health and in the job's note, and go on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
-import math
 import os
 import re
 import shutil
 import time
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from bridge import media
+from bridge import media, preparing
 from bridge.aio import wait_event
 from bridge.backoff import Backoff, RateWindow
 from bridge.config import BridgeConfig
@@ -29,22 +33,45 @@ from bridge.errors import (
     BridgeError,
     DuplicateReferenceError,
     InputError,
+    LocalProblem,
     NotFoundError,
     RemoteError,
+    StoreError,
 )
-from bridge.files import is_published, link_into_place, numbered_names, safe_filename
+from bridge.files import (
+    has_other_names,
+    is_published,
+    link_into_place,
+    numbered_names,
+    open_exclusive,
+    part_path,
+    safe_filename,
+)
+from bridge.gateway import API_PROBLEM, Gateway, Note
 from bridge.jobs import FINAL_STATES, Job, JobSpec, State
+from bridge.problems import Problems, clock
 from bridge.remote import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, RemoteAPI, RemoteRequest
 from bridge.store import IllegalTransition, Store
 
 log = logging.getLogger(__name__)
 
-# A 429 is waited out for as long as it lasts; ambiguous failures (5xx, drops) are not.
-MAX_SUBMIT_ATTEMPTS = 8
-MAX_DOWNLOAD_ATTEMPTS = 6
 PROGRESS_STEP = 0.01
 PROGRESS_SECONDS = 0.25
+PREPARE_NOTE_SECONDS = 1.0
+PREPARE_CONCURRENCY = 2
 POLLED_STATES = (str(State.SUBMITTED), str(State.PROCESSING))
+DRIVEN_STATES = frozenset({State.QUEUED, State.UPLOADING, State.DOWNLOADING})
+# Remote outcomes after which a retry needs a new request (and is charged again).
+RESUBMIT_AFTER = frozenset({"failed", "forgotten"})
+# A result that stays unplayable, or whose link stays "not found", after this many fresh
+# downloads is a definite failure (retrying later downloads again at no charge).
+DOWNLOAD_GIVE_UP = 4
+ACTIVE = frozenset(State) - FINAL_STATES
+POLLED = frozenset({State.SUBMITTED, State.PROCESSING})
+
+
+class _InputsChanged(Exception):
+    """An input changed after it was prepared: check and prepare it again before paying."""
 
 
 class Engine:
@@ -54,12 +81,17 @@ class Engine:
         self.config = config
         self.store = store
         self.remote: RemoteAPI | None = None
+        self.problems = Problems()
+        self.gateway = Gateway(self.problems)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._output_urls: dict[str, str] = {}
         # Input checks done at submit, reused once when the job is prepared for upload.
-        self._checked: dict[str, tuple[media.MediaInfo, media.MediaInfo]] = {}
+        self._checked: dict[str, preparing.Checked] = {}
+        # Jobs whose request the API answers "not found": since when (monotonic, clock).
+        self._missing_since: dict[str, tuple[float, str]] = {}
         self._poll_wake = asyncio.Event()
         self._poller: asyncio.Task[None] | None = None
+        self._prepare_slots = asyncio.Semaphore(PREPARE_CONCURRENCY)
         self._upload_slots = asyncio.Semaphore(max(1, config.upload_concurrency))
         self._download_slots = asyncio.Semaphore(2)
         self._generate_window = RateWindow(config.generate_per_minute)
@@ -79,10 +111,8 @@ class Engine:
                 self.config.api_base, self.config.api_key, auth=self.config.api_auth
             )
         for job in self.store.active():
-            if job.state in (State.QUEUED, State.UPLOADING):
-                self._spawn(job.id, self._submission(job.id))
-            elif job.state == State.DOWNLOADING:
-                self._spawn(job.id, self._download(job.id))
+            if job.state in DRIVEN_STATES:
+                self._drive(job.id)
         self._poller = asyncio.create_task(self._poll_loop(), name="chamelaion-poller")
 
     async def close(self) -> None:
@@ -111,22 +141,22 @@ class Engine:
         checked = None
         if spec.video_path and spec.audio_path:
             checked = await asyncio.to_thread(
-                media.check_inputs, Path(spec.video_path), Path(spec.audio_path)
+                preparing.check, Path(spec.video_path), Path(spec.audio_path)
             )
         self._check_output_dir(Path(spec.output_dir) if spec.output_dir else None)
         job = self.store.create(spec)
         if checked is not None:
             self._checked[job.id] = checked
-        self._spawn(job.id, self._submission(job.id))
+        self._drive(job.id)
         return job
 
     def cancel(self, key: str) -> Job:
+        """Stop a job; what was prepared for it stays, so a retry does not convert again."""
         job = self._find(key)
-        job = self.store.update(job.id, state=State.CANCELED, progress=0.0)
+        job = self.store.update(job.id, state=State.CANCELED, progress=0.0, note=None)
         task = self._tasks.pop(job.id, None)
         if task is not None:
             task.cancel()
-        self._clean_work(job.id)
         return job
 
     def retry(self, key: str) -> Job:
@@ -137,14 +167,17 @@ class Engine:
                 f"Job {job.reference_id} is {job.state}; "
                 "only failed or canceled jobs can be retried."
             )
-        if job.request_id and job.remote_status != "failed":
+        if job.request_id and job.remote_status not in RESUBMIT_AFTER:
             # The API has (or had) a good request: poll and download it again, no new charge.
-            job = self.store.update(job.id, state=State.SUBMITTED, error=None, progress=0.0)
+            job = self.store.update(
+                job.id, state=State.SUBMITTED, error=None, progress=0.0, remote_status=None
+            )
             self._poll_wake.set()
             return job
         changes: dict[str, Any] = {"error": None, "progress": 0.0}
         if job.request_id:
-            # That request failed remotely: a new one needs a reference_id the API never saw.
+            # That request failed or was forgotten remotely: a new one needs a reference_id
+            # the API never saw.
             changes |= {
                 "reference_id": self._next_reference_id(job),
                 "previous_reference_ids": [*job.previous_reference_ids, job.reference_id],
@@ -153,79 +186,113 @@ class Engine:
                 "submit_started": False,
             }
         job = self._update_with_fresh_reference(job, changes)
-        self._spawn(job.id, self._submission(job.id))
+        self._drive(job.id)
         return job
+
+    # ----- driving one job ---------------------------------------------------------------
+
+    def _drive(self, job_id: str) -> None:
+        """Run the job's local steps (prepare, upload, download) in a task of its own."""
+        self._spawn(job_id, self._run_job(job_id))
+
+    async def _run_job(self, job_id: str) -> None:
+        """Take a job through its local steps until the poller owns it or it is final.
+
+        A definite answer fails the job. Anything else (a full disk, an unwritable store, a
+        bug) is logged, shown in health and the job's note, and the step is run again from
+        what the store says, as after a restart.
+        """
+        trouble = Backoff(cap=60.0)
+        while True:
+            try:
+                job = self._get(job_id)
+                if job.state not in DRIVEN_STATES:
+                    return
+                if job.state == State.DOWNLOADING:
+                    async with self._download_slots:
+                        await self._download(job)
+                else:
+                    await self._submit(job)
+                return
+            except IllegalTransition:
+                return  # canceled or moved on meanwhile; whoever did that took it over
+            except Exception as exc:
+                problem: Exception = exc
+                if _is_definite(exc):
+                    try:
+                        self._fail(job_id, str(exc))
+                        return
+                    except StoreError as store_problem:
+                        problem = store_problem
+                await self._wait_out(job_id, problem, trouble)
+
+    async def _wait_out(self, job_id: str, exc: Exception, backoff: Backoff) -> None:
+        delay = backoff.next_delay()
+        if isinstance(exc, LocalProblem):
+            sentence = str(exc)
+            source = "store" if isinstance(exc, StoreError) else "files"
+            log.warning("job %s: %s", job_id, sentence)
+        else:
+            log.error("job %s: unexpected error", job_id, exc_info=exc)
+            sentence = (
+                f"The bridge hit an unexpected error ({type(exc).__name__}); "
+                "details are in bridge.log."
+            )
+            source = "unexpected"
+        since = self.problems.report(source, sentence)
+        self._note(
+            job_id,
+            f"{sentence} The job waits (since {since}); next try in {max(1, round(delay))} s.",
+        )
+        await asyncio.sleep(delay)
+        self.problems.clear(source)
 
     # ----- submission ------------------------------------------------------------------
 
-    async def _submission(self, job_id: str) -> None:
-        try:
-            async with self._upload_slots:
-                await self._submit_until_accepted(job_id)
-        except IllegalTransition:
-            return  # canceled meanwhile
-        except BridgeError as exc:
-            self._fail(job_id, str(exc))
-        except OSError as exc:  # an input vanished or became unreadable (e.g. a lost share)
-            self._fail(
-                job_id,
-                f"An input file could not be read ({exc.strerror or exc}: {exc.filename}); "
-                "put it back and retry the job.",
-            )
-        except Exception:
-            log.exception("job %s: unexpected error while submitting", job_id)
-            self._fail(
-                job_id, "The bridge hit an unexpected error while submitting; see bridge.log."
-            )
-
-    async def _submit_until_accepted(self, job_id: str) -> None:
-        remote = self._require_remote()
-        backoff = Backoff()
-        ambiguous_failures = 0
+    async def _submit(self, job: Job) -> None:
+        """Prepare the inputs (once), then send the job until the API has accepted it."""
         while True:
-            job = self._get(job_id)
-            if job.state not in (State.QUEUED, State.UPLOADING):
-                return
-            if job.submit_started:
-                found = await remote.find_by_reference_id(job.reference_id)
-                if found is not None:
-                    log.info("job %s: adopting request %s", job.reference_id, found.id)
-                    self._accepted(job, found.id)
-                    return
-            video, audio = await self._prepared_inputs(job)
-            await self._generate_window.acquire()
-            job = self.store.update(
-                job.id,
-                state=State.UPLOADING,
-                submit_started=True,
-                progress=0.0,
-                attempts=job.attempts + 1,
-                expect={State.QUEUED, State.UPLOADING},
-            )
+            prepared = await self._prepared(job)
             try:
-                request_id = await self._send(remote, job, video, audio)
-            except RemoteError as exc:
-                if not exc.retryable:
-                    raise
-                if exc.status != 429:
-                    ambiguous_failures += 1
-                    if ambiguous_failures >= MAX_SUBMIT_ATTEMPTS:
-                        raise RemoteError(
-                            f"Gave up submitting after {ambiguous_failures} attempts ({exc}); "
-                            "retry the job when the API is reachable again."
-                        ) from None
-                delay = backoff.next_delay(exc.retry_after)
-                log.warning("job %s: %s (next try in %.1fs)", job.reference_id, exc, delay)
-                self.store.update(job.id, note=f"{exc} Next try in {delay:.0f} s.")
-                await asyncio.sleep(delay)
+                async with self._upload_slots:
+                    request_id = await self.gateway.call(
+                        lambda prepared=prepared: self._submit_attempt(job.id, prepared),
+                        doing="submit the job",
+                        note=self._noter(job.id),
+                    )
+            except _InputsChanged:
+                log.info("job %s: an input changed since it was checked", job.reference_id)
                 continue
-            self._accepted(job, request_id)
+            self._accepted(job.id, request_id)
             return
 
-    async def _send(
-        self, remote: RemoteAPI, job: Job, video: Path | None, audio: Path | None
-    ) -> str:
-        if video is None or audio is None:
+    async def _submit_attempt(self, job_id: str, prepared: preparing.Prepared | None) -> str:
+        """One try: adopt what the API already holds under the reference_id, else send."""
+        remote = self._require_remote()
+        job = self._get(job_id)
+        if job.state not in (State.QUEUED, State.UPLOADING):
+            raise IllegalTransition(f"Job {job.reference_id} is {job.state} now.")
+        if job.submit_started:
+            found = await remote.find_by_reference_id(job.reference_id)
+            if found is not None:
+                log.info("job %s: adopting request %s", job.reference_id, found.id)
+                return found.id
+        if prepared is not None and not await asyncio.to_thread(prepared.still_valid):
+            raise _InputsChanged
+        await self._generate_window.acquire()
+        job = self.store.update(
+            job.id,
+            state=State.UPLOADING,
+            submit_started=True,
+            progress=0.0,
+            note=None,
+            attempts=job.attempts + 1,
+            expect={State.QUEUED, State.UPLOADING},
+        )
+        return await self._send(remote, job, prepared)
+
+    async def _send(self, remote: RemoteAPI, job: Job, prepared: preparing.Prepared | None) -> str:
+        if prepared is None:
             return await remote.generate_from_urls(
                 job.video_url or "",
                 job.audio_url or "",
@@ -233,74 +300,123 @@ class Engine:
                 disable_asd=job.disable_active_speaker_detection,
             )
         return await remote.generate_with_media(
-            video,
-            audio,
+            prepared.video,
+            prepared.audio,
             reference_id=job.reference_id,
             disable_asd=job.disable_active_speaker_detection,
             model=job.model,
             progress=self._progress_reporter(job.id, State.UPLOADING),
         )
 
-    def _accepted(self, job: Job, request_id: str) -> None:
+    def _accepted(self, job_id: str, request_id: str) -> None:
         self.store.update(
-            job.id,
+            job_id,
             state=State.SUBMITTED,
             request_id=request_id,
             progress=0.0,
             note=None,
             expect={State.QUEUED, State.UPLOADING},
         )
-        self._clean_work(job.id)
+        self._clean_work(job_id)
         self._poll_wake.set()
 
-    async def _prepared_inputs(self, job: Job) -> tuple[Path | None, Path | None]:
-        """The files to upload: the inputs as they are, or converted/cut copies in work/."""
+    async def _prepared(self, job: Job) -> preparing.Prepared | None:
+        """The files to upload (None for URL jobs): kept from before, or prepared now,
+        outside the upload slots so a long conversion holds up no other job's upload."""
         if not job.video_path or not job.audio_path:
-            return None, None
+            return None
         workdir = self.config.work_dir / job.id
-        workdir.mkdir(parents=True, exist_ok=True)
+        prepared = await asyncio.to_thread(preparing.load, workdir)
+        if prepared is not None:
+            return prepared
         video_range = (
             (job.video_range.start_seconds, job.video_range.duration_seconds)
             if job.video_range
             else None
         )
-        video_info, audio_info = self._checked.pop(job.id, (None, None))
-        video = await asyncio.to_thread(
-            media.prepare_video, Path(job.video_path), workdir, video_range, video_info
-        )
-        audio = await asyncio.to_thread(
-            media.prepare_audio, Path(job.audio_path), workdir, audio_info
-        )
-        return video, audio
+        async with self._prepare_slots:
+            prepared = await asyncio.to_thread(
+                preparing.prepare,
+                Path(job.video_path),
+                Path(job.audio_path),
+                workdir,
+                video_range,
+                self._checked.pop(job.id, None),
+                self._preparing_reporter(job.id),
+            )
+        return prepared
+
+    def _preparing_reporter(self, job_id: str) -> Callable[[float], None]:
+        """Shows a conversion's progress in the job's note, at most once a second.
+
+        Runs on the converting thread; raising there (the job was canceled) stops the work.
+        """
+        last = {"at": -PREPARE_NOTE_SECONDS, "percent": -1}
+
+        def report(fraction: float) -> None:
+            percent, now = int(fraction * 100), time.monotonic()
+            if percent == last["percent"] or now - last["at"] < PREPARE_NOTE_SECONDS:
+                return
+            last.update(at=now, percent=percent)
+            note = f"Preparing the video for upload: converting, {percent} % done."
+            with contextlib.suppress(StoreError):
+                self.store.update(job_id, note=note, expect={State.QUEUED, State.UPLOADING})
+
+        return report
 
     # ----- polling ---------------------------------------------------------------------
 
     async def _poll_loop(self) -> None:
+        """Poll every submitted job until it is final; no failure ends this loop."""
         interval = self.config.poll_interval
-        errors = Backoff(base=self.config.poll_interval, cap=60.0)
+        trouble = Backoff(base=self.config.poll_interval, cap=60.0)
         while True:
-            jobs = self.store.list(states=POLLED_STATES)
-            if not jobs or self.remote is None:
-                self._poll_wake.clear()
-                await self._poll_wake.wait()
-                interval = self.config.poll_interval
-                continue
-            self._poll_wake.clear()
+            jobs: list[Job] = []
             try:
+                jobs = self.store.list(states=POLLED_STATES)
+                if not jobs or self.remote is None:
+                    self._poll_wake.clear()
+                    await self._poll_wake.wait()
+                    interval = self.config.poll_interval
+                    continue
+                self._poll_wake.clear()
                 changed = await self._poll_once(self.remote, jobs)
-                errors.reset()
-            except RemoteError as exc:
-                delay = errors.next_delay(exc.retry_after)
-                level = logging.ERROR if isinstance(exc, AuthError) else logging.WARNING
-                log.log(level, "polling: %s (next poll in %.1fs)", exc, delay)
-                await self._sleep_or_wake(delay)
+            except Exception as exc:
+                await self._sleep_or_wake(self._poll_trouble(exc, jobs, trouble))
                 continue
+            if trouble.attempt:
+                trouble.reset()
+                self.gateway.recovered()
+                self.problems.clear("poller")
             interval = (
                 self.config.poll_interval
                 if changed
                 else min(interval * 1.5, self.config.max_poll_interval)
             )
             await self._sleep_or_wake(interval)
+
+    def _poll_trouble(self, exc: Exception, jobs: list[Job], backoff: Backoff) -> float:
+        """Say why polling waits (health, and each polled job's note); the delay to wait."""
+        if isinstance(exc, RemoteError):
+            since = self.problems.report(API_PROBLEM, str(exc))
+            delay = backoff.next_delay(exc.retry_after)
+            level = logging.ERROR if isinstance(exc, AuthError) else logging.WARNING
+            log.log(level, "polling: %s (next poll in %.1f s)", exc, delay)
+            note = f"Waiting to hear from the Chamelaion API: {exc} (since {since})"
+            for job in jobs:
+                self._note(job.id, note)
+            return delay
+        if isinstance(exc, LocalProblem):
+            log.warning("polling: %s", exc)
+            self.problems.report("poller", str(exc))
+        else:
+            log.error("polling failed", exc_info=exc)
+            self.problems.report(
+                "poller",
+                f"Checking on running jobs failed ({type(exc).__name__}); it is tried again, "
+                "details are in bridge.log.",
+            )
+        return backoff.next_delay()
 
     async def _sleep_or_wake(self, seconds: float) -> None:
         await wait_event(self._poll_wake, seconds)
@@ -310,15 +426,18 @@ class Engine:
         wanted = {job.request_id: job for job in jobs if job.request_id}
         seen: dict[str, RemoteRequest] = {}
         if self._list_limit and len(wanted) > 1:
-            pages = math.ceil(self._list_total / self._list_limit) if self._list_total else 1
+            pages = -(-self._list_total // self._list_limit) if self._list_total else 1
             if pages < len(wanted):
                 seen = await self._listed(remote, wanted.keys())
+        changed = False
         for request_id in wanted.keys() - seen.keys():
             found = await remote.retrieve(request_id)
-            if found is not None:
+            if found is None:
+                changed |= self._missing(wanted[request_id])
+            else:
                 seen[request_id] = found
-        changed = False
         for request_id, remote_request in seen.items():
+            self._missing_since.pop(wanted[request_id].id, None)
             changed |= await self._apply_remote(remote, wanted[request_id], remote_request)
         return changed
 
@@ -346,6 +465,27 @@ class Engine:
             log.warning("listing requests failed (%s); polling per request for now", exc)
         return seen
 
+    def _missing(self, job: Job) -> bool:
+        """The API answers "not found" for a request it accepted: forgotten after a while."""
+        first, since = self._missing_since.setdefault(job.id, (time.monotonic(), clock()))
+        if time.monotonic() - first < self.config.forget_after:
+            self._note(
+                job.id,
+                f"The Chamelaion API does not find request {job.request_id} (since {since}); "
+                f"the job fails if it stays missing for {self.config.forget_after:.0f} s.",
+            )
+            return False
+        log.warning("job %s: the API no longer knows request %s", job.reference_id, job.request_id)
+        self._fail(
+            job.id,
+            f"The Chamelaion API no longer knows request {job.request_id} (it has answered "
+            f"'not found' since {since}); retry the job to send it again as a new request, "
+            "which is charged again.",
+            remote_status="forgotten",
+        )
+        self._missing_since.pop(job.id, None)
+        return True
+
     async def _apply_remote(self, remote: RemoteAPI, job: Job, request: RemoteRequest) -> bool:
         try:
             if request.status == "completed":
@@ -365,9 +505,10 @@ class Engine:
                     state=State.DOWNLOADING,
                     remote_status=request.status,
                     progress=0.0,
+                    note=None,
                     expect={State.SUBMITTED, State.PROCESSING},
                 )
-                self._spawn(job.id, self._download(job.id))
+                self._drive(job.id)
                 return True
             if request.status == "failed":
                 reason = request.error_message or "no reason given"
@@ -378,6 +519,8 @@ class Engine:
                 )
                 return True
             if job.remote_status == request.status:
+                if job.note is not None:  # it waited on something that is over now
+                    self.store.update(job.id, note=None, expect=POLLED)
                 return False
             state = State.SUBMITTED if request.status == "queued" else State.PROCESSING
             if job.state == State.PROCESSING:
@@ -386,7 +529,8 @@ class Engine:
                 job.id,
                 state=state,
                 remote_status=request.status,
-                expect={State.SUBMITTED, State.PROCESSING},
+                note=None,
+                expect=POLLED,
             )
             return True
         except IllegalTransition:
@@ -394,77 +538,101 @@ class Engine:
 
     # ----- download --------------------------------------------------------------------
 
-    async def _download(self, job_id: str) -> None:
-        try:
-            async with self._download_slots:
-                await self._download_and_publish(job_id)
-        except IllegalTransition:
-            return
-        except BridgeError as exc:
-            self._fail(job_id, str(exc))
-        except Exception:
-            log.exception("job %s: unexpected error while downloading", job_id)
-            self._fail(
-                job_id, "The bridge hit an unexpected error while downloading; see bridge.log."
-            )
-
-    async def _download_and_publish(self, job_id: str) -> None:
-        remote = self._require_remote()
-        job = self._get(job_id)
+    async def _download(self, job: Job) -> None:
+        """Fetch the result into a fresh temporary file beside its destination, then publish
+        it whole under a name no other file has."""
         folder = Path(job.output_dir) if job.output_dir else self.config.output_dir
-        tmp = folder / f".{job.id}.part"
-        if job.output_path and is_published(tmp, Path(job.output_path)):
-            self._completed(job, tmp)
+        if (
+            job.part_path
+            and job.output_path
+            and is_published(Path(job.part_path), Path(job.output_path))
+        ):
+            self._completed(job, Path(job.part_path))
             return
+        if job.part_path:  # left by a download that a crash or an error interrupted
+            Path(job.part_path).unlink(missing_ok=True)
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise InputError(_folder_problem(folder, exc)) from None
-        backoff = Backoff()
-        for attempt in range(1, MAX_DOWNLOAD_ATTEMPTS + 1):
-            url = self._output_urls.get(job.id) or await self._fresh_output_url(remote, job)
-            try:
-                await remote.download(url, tmp, self._progress_reporter(job.id, State.DOWNLOADING))
-                if await asyncio.to_thread(media.is_playable_video, tmp):
-                    break
-                problem: RemoteError = RemoteError("The result file is not a playable video.")
-            except NotFoundError as exc:
-                self._output_urls.pop(job.id, None)  # expired link: ask for a fresh one
-                problem = exc
-            except RemoteError as exc:
-                if not exc.retryable:
-                    raise
-                problem = exc
-            except OSError as exc:
-                tmp.unlink(missing_ok=True)
-                raise InputError(_folder_problem(folder, exc)) from None
-            tmp.unlink(missing_ok=True)
-            if attempt == MAX_DOWNLOAD_ATTEMPTS:
-                raise RemoteError(
-                    f"The result could not be downloaded after {attempt} attempts ({problem}); "
-                    "retry the job to download it again (no new charge)."
-                )
-            await asyncio.sleep(backoff.next_delay(problem.retry_after))
-        name = safe_filename(job.output_name or f"{job.reference_id}.mp4")
-        for candidate in numbered_names(folder / name):
-            job = self.store.update(job.id, output_path=str(candidate), expect={State.DOWNLOADING})
-            if link_into_place(tmp, candidate):
-                break
-        self._completed(job, tmp)
+            raise _folder_error(folder, exc) from None
+        part = part_path(folder, job.reference_id)
+        job = self.store.update(job.id, part_path=str(part), expect={State.DOWNLOADING})
+        try:
+            with _opened(part, folder) as fh:
+                if not await self._fetch_playable(job, fh, part):
+                    part.unlink(missing_ok=True)
+                    return
+            self._publish(job, part, folder)
+        except BaseException:
+            if not has_other_names(part):  # published but not yet recorded: keep for a resume
+                part.unlink(missing_ok=True)
+            raise
 
-    async def _fresh_output_url(self, remote: RemoteAPI, job: Job) -> str:
-        request = await remote.retrieve(job.request_id or job.reference_id)
+    async def _fetch_playable(self, job: Job, fh: IO[bytes], part: Path) -> bool:
+        """Download until the file plays; False when the API no longer offers a result (the
+        poller then decides, which fails the job if the API has forgotten it)."""
+        remote = self._require_remote()
+        misses = Backoff(cap=30.0)
+        problem = ""
+        while misses.attempt < DOWNLOAD_GIVE_UP:
+            url = self._output_urls.get(job.id) or await self._fresh_output_url(remote, job)
+            if url is None:
+                return False
+            try:
+                await self.gateway.call(
+                    lambda url=url: remote.download(
+                        url, fh, self._progress_reporter(job.id, State.DOWNLOADING)
+                    ),
+                    doing="download the result",
+                    note=self._noter(job.id),
+                )
+                if await asyncio.to_thread(media.is_playable_video, part):
+                    return True
+                problem = "the file that arrives is not a playable video"
+            except NotFoundError as exc:  # an expired link: ask for a fresh one
+                problem = str(exc)
+            self._output_urls.pop(job.id, None)
+            log.warning("job %s: %s; fetching a fresh link", job.reference_id, problem)
+            await asyncio.sleep(misses.next_delay())
+        raise RemoteError(
+            f"The result could not be downloaded ({problem}, {DOWNLOAD_GIVE_UP} times from "
+            "fresh links); retry the job later to download it again (no new charge), or contact "
+            f"Chamelaion support with request {job.request_id}."
+        )
+
+    async def _fresh_output_url(self, remote: RemoteAPI, job: Job) -> str | None:
+        request = await self.gateway.call(
+            lambda: remote.retrieve(job.request_id or job.reference_id),
+            doing="ask for the result's download link",
+            note=self._noter(job.id),
+        )
         if request is None or not request.output_url:
-            raise RemoteError(
-                "The Chamelaion API no longer offers this job's result for download; "
-                f"contact Chamelaion support with request {job.request_id}."
+            self.store.update(
+                job.id, state=State.PROCESSING, remote_status=None, expect={State.DOWNLOADING}
             )
+            self._poll_wake.set()
+            return None
         self._output_urls[job.id] = request.output_url
         return request.output_url
 
-    def _completed(self, job: Job, tmp: Path) -> None:
-        self.store.update(job.id, state=State.COMPLETED, progress=1.0, error=None)
-        tmp.unlink(missing_ok=True)
+    def _publish(self, job: Job, part: Path, folder: Path) -> None:
+        name = safe_filename(job.output_name or f"{job.reference_id}.mp4")
+        try:
+            for candidate in numbered_names(folder / name):
+                job = self.store.update(
+                    job.id, output_path=str(candidate), expect={State.DOWNLOADING}
+                )
+                if link_into_place(part, candidate):
+                    break
+        except OSError as exc:
+            raise _folder_error(folder, exc) from None
+        self._completed(job, part)
+
+    def _completed(self, job: Job, part: Path) -> None:
+        self.store.update(
+            job.id, state=State.COMPLETED, progress=1.0, error=None, note=None, part_path=None
+        )
+        part.unlink(missing_ok=True)
         self._output_urls.pop(job.id, None)
 
     # ----- helpers ---------------------------------------------------------------------
@@ -481,6 +649,7 @@ class Engine:
 
         Both, not either: each write is a SQLite commit plus an event to every subscriber,
         and on a fast link "either" meant a hundred of them per upload on the hot path.
+        Progress is best effort: a store that cannot be written must not stop a transfer.
         """
         last = {"fraction": -1.0, "at": 0.0}
 
@@ -492,15 +661,26 @@ class Engine:
             ):
                 return
             last.update(fraction=fraction, at=now)
-            with contextlib.suppress(IllegalTransition):
+            with contextlib.suppress(BridgeError):
                 self.store.update(job_id, progress=round(fraction, 4), expect={state})
 
         return report
 
+    def _note(self, job_id: str, note: str | None) -> None:
+        """Say why an unfinished job waits (best effort: the store may be what is wrong)."""
+        with contextlib.suppress(BridgeError):
+            job = self.store.get(job_id)
+            if job is not None and not job.is_final and job.note != note:
+                self.store.update(job_id, note=note, expect=ACTIVE)
+
+    def _noter(self, job_id: str) -> Note:
+        return lambda note: self._note(job_id, note)
+
     def _fail(self, job_id: str, message: str, **changes: Any) -> None:
+        """Fail a job for a definite reason; what was prepared stays for a retry."""
         with contextlib.suppress(IllegalTransition):
             self.store.update(job_id, state=State.FAILED, error=message, note=None, **changes)
-        self._clean_work(job_id)
+        self._checked.pop(job_id, None)
         self._output_urls.pop(job_id, None)
 
     def _clean_work(self, job_id: str) -> None:
@@ -555,6 +735,38 @@ class Engine:
 
 class JobNotFound(InputError):
     """No job has that id or reference_id (the local API answers 404)."""
+
+
+def _is_definite(exc: Exception) -> bool:
+    """Whether a failure is the answer (bad input, a refused key, the API's verdict) rather
+    than something that waiting can fix."""
+    if isinstance(exc, RemoteError):
+        return not exc.retryable
+    return isinstance(exc, InputError)
+
+
+def _folder_error(folder: Path, exc: OSError) -> BridgeError:
+    """A folder that is full or away only makes a job wait; one that refuses us fails it."""
+    if isinstance(exc, PermissionError) or exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return InputError(_folder_problem(folder, exc))
+    if exc.errno == errno.ENOSPC:
+        return LocalProblem(
+            f"The disk holding {folder} is full; free some space and the job goes on by itself."
+        )
+    return LocalProblem(
+        f"The output folder {folder} cannot be written right now ({exc.strerror or exc}); "
+        "the job goes on once it can."
+    )
+
+
+@contextlib.contextmanager
+def _opened(part: Path, folder: Path) -> Iterator[IO[bytes]]:
+    """The temporary file, created exclusively; write errors become a folder problem."""
+    try:
+        with open_exclusive(part) as fh:
+            yield fh
+    except OSError as exc:
+        raise _folder_error(folder, exc) from None
 
 
 def _folder_problem(folder: Path, exc: OSError) -> str:

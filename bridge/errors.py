@@ -50,3 +50,23 @@ class QuotaError(RemoteError):
 
 class NotFoundError(RemoteError):
     """The API has no such request."""
+
+
+class LocalProblem(BridgeError):
+    """Something on this machine stops a job for now (a full disk, a folder that went away).
+
+    Not a verdict on any job: whoever hits it waits and tries again, and jobs go on once
+    the cause is gone.
+    """
+
+
+class StoreError(LocalProblem):
+    """The job store cannot be read or written right now (e.g. its disk is full)."""
+
+    def __init__(self, message: str, *, disk_full: bool = False) -> None:
+        super().__init__(message)
+        self.disk_full = disk_full
+
+
+class DamagedJobError(BridgeError):
+    """One job's record in the store cannot be read; the other jobs are unaffected."""

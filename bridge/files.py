@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 _UNSAFE = re.compile(r'[<>:"/\\|?*\x00-\x1f]')
 _WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL"} | {
@@ -32,6 +34,22 @@ def numbered_names(dest: Path) -> Iterator[Path]:
         n += 1
 
 
+def part_path(folder: Path, stem: str) -> Path:
+    """An unpredictable temporary name in `folder`, hidden, for a file still being written."""
+    return folder / f".{safe_filename(stem)[:60]}.{secrets.token_hex(8)}.part"
+
+
+def open_exclusive(path: Path) -> IO[bytes]:
+    """Create `path` and open it for writing; FileExistsError if anything is there already.
+
+    Exclusive and without following links, so nothing someone else planted under that name
+    (a symlink to a file of theirs or ours) is ever written through.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(path, flags | getattr(os, "O_BINARY", 0), 0o666)
+    return os.fdopen(fd, "wb")
+
+
 def link_into_place(tmp: Path, dest: Path) -> bool:
     """Atomically publish `tmp` as `dest` unless `dest` exists; True if it was published.
 
@@ -40,7 +58,7 @@ def link_into_place(tmp: Path, dest: Path) -> bool:
     which is how a restarted bridge tells that the publish already happened.
     """
     try:
-        os.link(tmp, dest)
+        os.link(tmp, dest, follow_symlinks=False)
     except FileExistsError:
         return False
     except OSError:
@@ -55,9 +73,17 @@ def link_into_place(tmp: Path, dest: Path) -> bool:
     return True
 
 
-def is_published(tmp: Path, dest: Path) -> bool:
-    """Whether `dest` is already the published copy of `tmp` (same file on disk)."""
+def has_other_names(path: Path) -> bool:
+    """Whether a file has been hard-linked elsewhere (published) besides `path`."""
     try:
-        return os.path.samefile(tmp, dest)
+        return os.lstat(path).st_nlink > 1
+    except OSError:
+        return False
+
+
+def is_published(tmp: Path, dest: Path) -> bool:
+    """Whether `dest` is already the published copy of `tmp` (same file on disk, no links)."""
+    try:
+        return os.path.samestat(os.lstat(tmp), os.lstat(dest))
     except OSError:
         return False

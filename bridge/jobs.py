@@ -203,6 +203,8 @@ class Job(JobSpec):
     remote_status: str | None = None
     attempts: int = 0
     submit_started: bool = False
+    # The temporary file a download writes, recorded before it is created (crash recovery).
+    part_path: str | None = None
     previous_reference_ids: list[str] = field(default_factory=list)
 
     @property
@@ -214,6 +216,7 @@ class Job(JobSpec):
         data = asdict(self)
         data["state"] = str(self.state)
         data.pop("submit_started")
+        data.pop("part_path")
         return {name: data.pop(name) for name in PINNED_JSON_FIELDS} | data
 
 

@@ -11,7 +11,7 @@ import math
 import os
 import uuid
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
@@ -270,13 +270,15 @@ def prepare_video(
     workdir: Path,
     video_range: tuple[float, float] | None = None,
     checked: MediaInfo | None = None,
+    progress: Callable[[float], None] | None = None,
 ) -> Path:
     """Return the file to upload: an MP4 as it is, anything else (or a range) as H.264 MP4.
 
     `video_range` is (start_seconds, duration_seconds); the cut holds exactly the frames
     round(start * fps) up to but excluding round(start * fps) + round(duration * fps).
     `checked` is check_video_input's answer when the caller has just had it: checking again
-    costs a decode, a noticeable share of a fast upload.
+    costs a decode, a noticeable share of a fast upload. `progress(fraction)` hears how far
+    a conversion is (it can take minutes for a large MOV).
     """
     path = Path(path)
     info = checked or check_video_input(path)
@@ -298,7 +300,7 @@ def prepare_video(
             )
     suffix = f".f{first}-{first + count}" if count is not None else ""
     out = Path(workdir) / f"{path.stem}{suffix}.upload.mp4"
-    _write_mp4(path, path, out, first=first, count=count, copy_video=False)
+    _write_mp4(path, path, out, first=first, count=count, copy_video=False, progress=progress)
     return out
 
 
@@ -368,6 +370,7 @@ def _write_mp4(
     first: int,
     count: int | None,
     copy_video: bool,
+    progress: Callable[[float], None] | None = None,
 ) -> None:
     """Write an MP4 of video frames [first, first+count) of one file plus the matching audio.
 
@@ -388,8 +391,8 @@ def _write_mp4(
             ostream = _add_h264_stream(output, vstream, fps)
             video_packets = _encoded_video_packets(vin, vstream, ostream, fps, first, count)
         packet_streams = [video_packets]
+        span = _video_duration(vin, vstream) if count is None else float(count / fps)
         if astream is not None:
-            span = _video_duration(vin, vstream) if count is None else float(count / fps)
             offset = float(first / fps)
             if audio_path == video_path:
                 # The same file: audio is aligned to the video stream's start, not its own.
@@ -399,9 +402,11 @@ def _write_mp4(
             )
             packet_streams.append(_audio_packets(ain, astream, ostream_audio, offset, span))
         wrote_video = False
-        for _, packet in heapq.merge(*packet_streams, key=lambda item: item[0]):
+        for at, packet in heapq.merge(*packet_streams, key=lambda item: item[0]):
             wrote_video = wrote_video or packet.stream is ostream
             output.mux(packet)
+            if progress is not None and span > 0 and math.isfinite(span):
+                progress(min(max(at / span, 0.0), 1.0))
         if not wrote_video:
             raise MediaError(
                 f"The range to send from {video_path} starts after the end of the video; "

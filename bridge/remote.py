@@ -109,7 +109,7 @@ def translate_error(exc: Exception) -> RemoteError:
             )
         if status == 429:
             return RemoteError(
-                "The Chamelaion API is rate-limiting us (429); the job waits and tries again.",
+                "The Chamelaion API is rate-limiting us (HTTP 429).",
                 status=status,
                 retryable=True,
                 retry_after=_retry_after(exc.response.headers),
@@ -121,8 +121,7 @@ def translate_error(exc: Exception) -> RemoteError:
                 else "no detail"
             )
             return RemoteError(
-                f"The Chamelaion API had a server error (HTTP {status}: {detail}); "
-                "the job tries again shortly.",
+                f"The Chamelaion API had a server error (HTTP {status}: {detail}).",
                 status=status,
                 retryable=True,
                 retry_after=_retry_after(exc.response.headers),
@@ -134,15 +133,21 @@ def translate_error(exc: Exception) -> RemoteError:
     if isinstance(exc, chamelaion.APIResponseValidationError):
         return RemoteError(
             "The Chamelaion API sent an answer that is not valid JSON (often a proxy or gateway "
-            "page); the job tries again shortly.",
+            "page).",
             retryable=True,
         )
+    if isinstance(exc, chamelaion.APITimeoutError | TimeoutError):
+        return RemoteError("The Chamelaion API did not answer in time.", retryable=True)
     if isinstance(exc, chamelaion.APIConnectionError | aiohttp.ClientError | OSError):
         return RemoteError(
-            "The connection to the Chamelaion API failed; the job tries again shortly.",
+            "The Chamelaion API could not be reached (the connection was refused or dropped).",
             retryable=True,
         )
-    return RemoteError(f"Unexpected error talking to the Chamelaion API: {type(exc).__name__}.")
+    log.error("unexpected error talking to the Chamelaion API", exc_info=exc)
+    return RemoteError(
+        f"Unexpected error talking to the Chamelaion API ({type(exc).__name__}); "
+        "details are in bridge.log."
+    )
 
 
 class RemoteAPI:
@@ -265,9 +270,10 @@ class RemoteAPI:
             return {"Authorization": f"Bearer {self._api_key.value}"}
         return {"x-api-key": self._api_key.value or ""}
 
-    async def download(self, url: str, dest: Path, progress: Progress | None = None) -> int:
-        """Stream `url` into `dest` (truncated first); returns the bytes written.
+    async def download(self, url: str, dest: IO[bytes], progress: Progress | None = None) -> int:
+        """Stream `url` into the open file `dest` (emptied first); returns the bytes written.
 
+        The caller opens the file, so it decides how (exclusively, never through a link).
         Raises RemoteError(retryable) on drops and short bodies, NotFoundError on 403/404/410
         (an expired signed URL: the engine fetches a fresh one).
         """
@@ -285,30 +291,28 @@ class RemoteAPI:
                     )
                 if response.status != 200:
                     raise RemoteError(
-                        f"Downloading the result failed (HTTP {response.status}); "
-                        "the job tries again shortly.",
+                        f"Downloading the result failed (HTTP {response.status}).",
                         status=response.status,
                         retryable=response.status == 429 or response.status >= 500,
                         retry_after=_retry_after(response.headers),
                     )
                 expected = response.content_length
-                with dest.open("wb") as fh:
-                    async for chunk in response.content.iter_chunked(CHUNK):
-                        fh.write(chunk)
-                        written += len(chunk)
-                        if progress and expected:
-                            progress(written, expected)
-                    fh.flush()
-                    os.fsync(fh.fileno())
+                dest.seek(0)
+                dest.truncate()
+                async for chunk in response.content.iter_chunked(CHUNK):
+                    dest.write(chunk)
+                    written += len(chunk)
+                    if progress and expected:
+                        progress(written, expected)
+                dest.flush()
+                os.fsync(dest.fileno())
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise RemoteError(
-                "The download of the result was interrupted; the job tries again shortly.",
-                retryable=True,
+                "The download of the result was interrupted.", retryable=True
             ) from exc
         if expected is not None and written != expected:
             raise RemoteError(
-                f"The download of the result stopped early ({written} of {expected} bytes); "
-                "the job tries again shortly.",
+                f"The download of the result stopped early ({written} of {expected} bytes).",
                 retryable=True,
             )
         return written

@@ -21,7 +21,7 @@ from aiohttp import web
 import bridge
 from bridge.config import BridgeConfig
 from bridge.engine import Engine
-from bridge.errors import DuplicateReferenceError, InputError
+from bridge.errors import DamagedJobError, DuplicateReferenceError, InputError, StoreError
 from bridge.jobs import Job, JobSpec, State
 from bridge.store import IllegalTransition, Store
 from bridge.watch import running_watchers
@@ -87,6 +87,10 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         )
     except web.HTTPException as exc:
         return error_response(exc.status, f"The bridge refused the request: {exc.reason}.")
+    except StoreError as exc:
+        return error_response(507 if exc.disk_full else 503, str(exc))
+    except DamagedJobError as exc:
+        return error_response(500, str(exc))
     except Exception:
         log.exception("Unexpected error on %s %s", request.method, request.path)
         return error_response(500, "The bridge hit an unexpected error; details are in bridge.log.")
@@ -101,6 +105,8 @@ async def health(request: web.Request) -> web.Response:
         "api_key_configured": bool(config.api_key),
         # The real service never runs on this machine: a loopback API is an emulator.
         "emulator": is_loopback_host(urlsplit(config.api_base).netloc),
+        # What stops jobs from making progress right now (an outage, a full disk), if anything.
+        "problems": request.app[ENGINE].problems.sentences(),
     }
     if request.app[WATCHERS]:
         body["watch"] = [watcher.status() for watcher in request.app[WATCHERS]]
@@ -130,8 +136,10 @@ async def list_jobs(request: web.Request) -> web.Response:
             400, f"Unknown state {unknown[0]!r}; use one of {', '.join(s.value for s in State)}."
         )
     keys = request.query.getall("reference_id", [])
-    jobs = request.app[STORE].list(states=states, keys=keys)
-    return web.json_response({"jobs": [job.to_json() for job in jobs]})
+    jobs, damaged = request.app[STORE].listing(states=states, keys=keys)
+    return web.json_response(
+        {"jobs": [job.to_json() for job in jobs], "damaged": [d.to_json() for d in damaged]}
+    )
 
 
 def _find(request: web.Request) -> Job | web.Response:

@@ -13,11 +13,11 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from bridge.errors import DuplicateReferenceError, InputError
+from bridge.errors import DamagedJobError, DuplicateReferenceError, InputError, StoreError
 from bridge.jobs import (
     ACTIVE_STATES,
     Job,
@@ -62,6 +62,30 @@ def _job_from_row(data: str) -> Job:
     return Job(**raw)
 
 
+@dataclass(frozen=True)
+class DamagedJob:
+    """A row whose record cannot be read: listed as such so that it hides no other job."""
+
+    id: str
+    reference_id: str
+    error: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"id": self.id, "reference_id": self.reference_id, "error": self.error}
+
+
+def _damaged(job_id: str, reference_id: str, exc: Exception) -> DamagedJob:
+    return DamagedJob(
+        job_id,
+        reference_id,
+        f"The record of job {reference_id} in the job store cannot be read "
+        f"({type(exc).__name__}); the other jobs are unaffected.",
+    )
+
+
+_ROW_ERRORS = (ValueError, TypeError, KeyError, AttributeError)
+
+
 class Store:
     """Thread-safe access to the job table; listeners hear every committed change."""
 
@@ -70,11 +94,29 @@ class Store:
         self.path = path
         self._lock = threading.RLock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(SCHEMA)
+        with self._sqlite():
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.executescript(SCHEMA)
         self._listeners: list[Listener] = []
+
+    @contextmanager
+    def _sqlite(self) -> Iterator[None]:
+        """Turn SQLite's failures (a full disk, an unreadable file) into one sentence."""
+        try:
+            yield
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.Error as exc:
+            reason = str(exc)
+            full = "full" in reason
+            advice = "free some space" if full else "check the folder"
+            raise StoreError(
+                f"The bridge cannot use its job store in {self.path.parent} ({reason}); "
+                f"{advice}, and jobs go on by themselves.",
+                disk_full=full,
+            ) from exc
 
     def close(self) -> None:
         with self._lock:
@@ -87,14 +129,30 @@ class Store:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
+        with self._lock, self._sqlite():
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
+
+    def _rows(self, query: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock, self._sqlite():
+            return self._db.execute(query, args).fetchall()
+
+    @staticmethod
+    def _jobs(rows: list[tuple[Any, ...]]) -> tuple[list[Job], list[DamagedJob]]:
+        """The readable jobs of `rows` (id, reference_id, data), and the damaged ones."""
+        jobs, damaged = [], []
+        for job_id, reference_id, data in rows:
+            try:
+                jobs.append(_job_from_row(data))
+            except _ROW_ERRORS as exc:
+                damaged.append(_damaged(job_id, reference_id, exc))
+        return jobs, damaged
 
     def _notify(self, job: Job) -> None:
         for listener in list(self._listeners):
@@ -138,16 +196,28 @@ class Store:
         return job
 
     def get(self, key: str) -> Job | None:
-        """A job by its id or its (current) reference_id."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT data FROM jobs WHERE id = ? OR reference_id = ?", (key, key)
-            ).fetchone()
-        return _job_from_row(row[0]) if row else None
+        """A job by its id or its (current) reference_id; DamagedJobError if unreadable."""
+        rows = self._rows(
+            "SELECT id, reference_id, data FROM jobs WHERE id = ? OR reference_id = ?", (key, key)
+        )
+        if not rows:
+            return None
+        job_id, reference_id, data = rows[0]
+        try:
+            return _job_from_row(data)
+        except _ROW_ERRORS as exc:
+            raise DamagedJobError(_damaged(job_id, reference_id, exc).error) from None
 
     def list(self, *, states: Sequence[str] = (), keys: Sequence[str] = ()) -> list[Job]:
-        """Jobs in any of `states`, and whose id or reference_id is one of `keys`, if given."""
-        query, args = "SELECT data FROM jobs WHERE 1=1", []
+        """Jobs in any of `states`, and whose id or reference_id is one of `keys`, if given;
+        damaged records are left out."""
+        return self.listing(states=states, keys=keys)[0]
+
+    def listing(
+        self, *, states: Sequence[str] = (), keys: Sequence[str] = ()
+    ) -> tuple[list[Job], list[DamagedJob]]:
+        """Like `list`, plus the records that match but cannot be read."""
+        query, args = "SELECT id, reference_id, data FROM jobs WHERE 1=1", []
         if states:
             query += f" AND state IN ({','.join('?' * len(states))})"
             args += list(states)
@@ -155,19 +225,16 @@ class Store:
             marks = ",".join("?" * len(keys))
             query += f" AND (id IN ({marks}) OR reference_id IN ({marks}))"
             args += list(keys) * 2
-        with self._lock:
-            rows = self._db.execute(query + " ORDER BY created_at, id", args).fetchall()
-        return [_job_from_row(r[0]) for r in rows]
+        return self._jobs(self._rows(query + " ORDER BY created_at, id", args))
 
     def list_by_origin(self, origin: str) -> list[Job]:
         """Jobs started by one source (e.g. "watch:<folder>"), oldest first."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT data FROM jobs WHERE json_extract(data, '$.origin') = ? "
-                "ORDER BY created_at, id",
-                (origin,),
-            ).fetchall()
-        return [_job_from_row(r[0]) for r in rows]
+        rows = self._rows(
+            "SELECT id, reference_id, data FROM jobs WHERE json_valid(data) "
+            "AND json_extract(data, '$.origin') = ? ORDER BY created_at, id",
+            (origin,),
+        )
+        return self._jobs(rows)[0]
 
     def active(self) -> list[Job]:
         return self.list(states=[str(s) for s in ACTIVE_STATES])
@@ -189,7 +256,10 @@ class Store:
             row = db.execute("SELECT data FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 raise InputError(f"There is no job {job_id!r}.")
-            job = _job_from_row(row[0])
+            try:
+                job = _job_from_row(row[0])
+            except _ROW_ERRORS as exc:
+                raise DamagedJobError(_damaged(job_id, job_id, exc).error) from None
             if expect is not None and job.state not in expect:
                 raise IllegalTransition(
                     f"Job {job.reference_id} is {job.state}, so it cannot be changed that way."

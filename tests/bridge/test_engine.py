@@ -305,7 +305,7 @@ def full_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
         subprocess.run(["umount", str(folder)], check=True)
 
 
-async def test_full_disk_fails_readably_leaves_no_partial_file_and_retry_costs_nothing(
+async def test_a_full_output_disk_makes_the_job_wait_then_finish_by_itself(
     make_engine: EngineFactory,
     emulator: RunningEmulator,
     sample_pair: tuple[Path, Path],
@@ -313,18 +313,22 @@ async def test_full_disk_fails_readably_leaves_no_partial_file_and_retry_costs_n
 ) -> None:
     engine = await make_engine()
     job = await engine.submit(spec_for(sample_pair, output_dir=str(full_disk)))
-    done = await wait_final(engine, job.id)
-    assert done.state == State.FAILED
-    assert done.error == (
-        f"The disk holding {full_disk} is full; free some space and retry the job."
-    )
-    assert list(full_disk.iterdir()) == []
+
+    def waiting_on_the_disk():  # type: ignore[no-untyped-def]
+        current = engine.store.get(job.id)
+        return current.note and f"The disk holding {full_disk} is full" in current.note
+
+    await async_wait_until(waiting_on_the_disk, timeout=30, message="a note about the disk")
+    current = engine.store.get(job.id)
+    assert current.state == State.DOWNLOADING and current.error is None
+    assert any("is full" in problem for problem in engine.problems.sentences())
+    await async_wait_until(lambda: list(full_disk.iterdir()) == [], message="no partial file")
 
     subprocess.run(["umount", str(full_disk)], check=True)  # the editor frees space
-    engine.retry(job.id)
-    done = await wait_final(engine, job.id)
+    done = await wait_final(engine, job.id, timeout=90)
     assert done.state == State.COMPLETED, done.error
-    assert Path(done.output_path).parent == full_disk
+    assert [p.name for p in full_disk.iterdir()] == [Path(done.output_path).name]
+    assert media.is_playable_video(Path(done.output_path))
     assert emulator.state.stats.requests_created == 1
 
 

@@ -1,0 +1,112 @@
+"""Preparing a job's inputs for upload, once per job: converted or cut copies in its work folder.
+
+Converting a large MOV (ProRes, MJPEG) can take minutes, so the result is kept, with a
+manifest, across retries and restarts of the bridge. It is reused only while the inputs are
+unchanged (size and mtime): an input edited after it was checked is checked again before
+anything is paid for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from bridge import media
+from bridge.discovery import write_atomic
+
+MANIFEST = "prepared.json"
+Signature = tuple[str, int, int]  # (path, size, mtime_ns)
+
+
+def signature(path: Path) -> Signature:
+    info = os.stat(path)
+    return (str(path), info.st_size, info.st_mtime_ns)
+
+
+def _current(paths: tuple[Signature, ...]) -> bool:
+    """Whether every file still has the size and mtime it had when it was looked at."""
+    try:
+        return all(signature(Path(sig[0])) == sig for sig in paths)
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True)
+class Checked:
+    """The submit-time check of both inputs, with the files' signatures at that moment."""
+
+    sources: tuple[Signature, Signature]
+    video: media.MediaInfo
+    audio: media.MediaInfo
+
+    def still_valid(self) -> bool:
+        return _current(self.sources)
+
+
+def check(video: Path, audio: Path) -> Checked:
+    """Check both inputs (a few packets each); the signatures are taken first, so an edit
+    made during the check shows as a change later."""
+    try:
+        sources = (signature(video), signature(audio))
+    except OSError:
+        media.check_inputs(video, audio)  # says in a sentence what is wrong with which file
+        raise
+    video_info, audio_info = media.check_inputs(video, audio)
+    return Checked(sources, video_info, audio_info)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The files to upload and the inputs they were made from."""
+
+    video: Path
+    audio: Path
+    sources: tuple[Signature, Signature]
+
+    def still_valid(self) -> bool:
+        """The inputs are unchanged and the prepared files are still there."""
+        return self.video.is_file() and self.audio.is_file() and _current(self.sources)
+
+
+def load(workdir: Path) -> Prepared | None:
+    """What an earlier run prepared for this job, if it can still be used as it is."""
+    try:
+        data = json.loads((workdir / MANIFEST).read_text(encoding="utf-8"))
+        prepared = Prepared(
+            Path(data["video"]),
+            Path(data["audio"]),
+            (tuple(data["sources"][0]), tuple(data["sources"][1])),  # type: ignore[arg-type]
+        )
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
+    return prepared if prepared.still_valid() else None
+
+
+def prepare(
+    video: Path,
+    audio: Path,
+    workdir: Path,
+    video_range: tuple[float, float] | None,
+    checked: Checked | None,
+    progress: Callable[[float], None] | None = None,
+) -> Prepared:
+    """Check (unless `checked` still holds), convert or cut what the API cannot take as it
+    is, and record the outcome in the work folder. Blocking: run it in a thread."""
+    if checked is None or not checked.still_valid():
+        checked = check(video, audio)
+    workdir.mkdir(parents=True, exist_ok=True)
+    prepared = Prepared(
+        media.prepare_video(video, workdir, video_range, checked.video, progress),
+        media.prepare_audio(audio, workdir, checked.audio),
+        checked.sources,
+    )
+    manifest = {
+        "video": str(prepared.video),
+        "audio": str(prepared.audio),
+        "sources": [list(sig) for sig in prepared.sources],
+    }
+    write_atomic(workdir / MANIFEST, json.dumps(manifest))
+    return prepared
