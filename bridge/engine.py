@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -23,7 +24,7 @@ from typing import Any
 from bridge import media
 from bridge.aio import wait_event
 from bridge.backoff import Backoff, RateWindow
-from bridge.config import BridgeConfig
+from bridge.config import BridgeConfig, Secret
 from bridge.errors import (
     AuthError,
     BridgeError,
@@ -155,6 +156,35 @@ class Engine:
         job = self._update_with_fresh_reference(job, changes)
         self._spawn(job.id, self._submission(job.id))
         return job
+
+    def set_api_key(self, api_key: Secret, auth: str) -> int:
+        """Use a new API key from now on, without a restart: unfinished jobs go on with it.
+
+        Jobs that failed on the old key then say that a retry works; returns how many. The
+        old client closes once the tasks that may still hold it are done, so a transfer
+        under a key that works is not cut off.
+        """
+        old, holders = self.remote, list(self._tasks.values())
+        self.config = dataclasses.replace(self.config, api_key=api_key, api_auth=auth)
+        self.remote = RemoteAPI(self.config.api_base, api_key, auth=auth)
+        if old is not None:
+
+            async def close_old() -> None:
+                try:
+                    await asyncio.gather(*holders, return_exceptions=True)
+                finally:
+                    await old.close()
+
+            self._spawn(f"old-remote-{id(old)}", close_old())
+        self._poll_wake.set()
+        touched = 0
+        for job in self.store.list(states=[str(State.FAILED)]):
+            error = job.error_with_new_key()
+            if error is not None:
+                with contextlib.suppress(IllegalTransition):
+                    self.store.update(job.id, error=error, expect={State.FAILED})
+                    touched += 1
+        return touched
 
     # ----- submission ------------------------------------------------------------------
 
