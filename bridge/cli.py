@@ -24,6 +24,7 @@ from typing import Any, NoReturn, TextIO
 import bridge
 from bridge import discovery
 from bridge.client import BridgeClient, BridgeRequestError, BridgeUnavailable
+from bridge.config import api_key_from_env
 from bridge.errors import BridgeError, InputError
 from bridge.jobs import PINNED_JSON_FIELDS
 
@@ -169,6 +170,23 @@ def connect(args: argparse.Namespace, *, start: bool = False) -> BridgeClient:
     return BridgeClient(info["url"], data_dir=folder)
 
 
+def hand_over_key(client: BridgeClient) -> BridgeClient:
+    """Give the running bridge the environment's API key when it has none or another one
+    (say, one the API refused): a fixed key needs no restart."""
+    api_key, auth = api_key_from_env()
+    if not api_key.value:
+        return client
+    answer = client.hand_over_key(api_key.value, auth)
+    if answer is not None:
+        variable = "CHAMELAION_API_KEY" if auth == "x-api-key" else "CHAMELAION_BEARER_TOKEN"
+        retryable = answer.get("jobs_updated") or 0
+        tail = (
+            f"; {retryable} job(s) that failed on its old key can be retried" if retryable else ""
+        )
+        print(f"The running bridge now uses the API key from {variable}{tail}.", file=sys.stderr)
+    return client
+
+
 # --- following a job ----------------------------------------------------------------------
 
 
@@ -282,7 +300,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         body["model"] = args.model
     if args.out:
         body["output_dir"] = os.path.abspath(os.path.expanduser(args.out))
-    client = connect(args, start=True)
+    client = hand_over_key(connect(args, start=True))
     job = client.create_job(body)
     if not args.wait:
         if args.json:
@@ -378,7 +396,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    job = connect(args).retry(args.id)
+    job = hand_over_key(connect(args)).retry(args.id)
     print(f"Job {job['reference_id']} is {job['state']} again.")
     return 0
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from bridge import discovery
 from bridge.errors import BridgeError
+from bridge.keys import key_fingerprint
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -98,6 +99,19 @@ class BridgeClient:
 
     def retry(self, key: str) -> dict[str, Any]:
         return self._request("POST", f"/v1/jobs/{urllib.parse.quote(key, safe='')}/retry")
+
+    def set_api_key(self, api_key: str, auth: str = "x-api-key") -> dict[str, Any]:
+        """Make the bridge use this API key from now on; jobs that failed on the old one
+        become retryable (the answer's `jobs_updated` counts them)."""
+        return self._request("PUT", "/v1/api-key", {"api_key": api_key, "auth": auth})
+
+    def hand_over_key(self, api_key: str, auth: str = "x-api-key") -> dict[str, Any] | None:
+        """Send our API key only when the bridge has none or another one (its health shows
+        the key's fingerprint); the bridge's answer when it was sent, else None."""
+        fingerprint = self.health().get("api_key_fingerprint")
+        if self.token and fingerprint == key_fingerprint(self.token, api_key):
+            return None
+        return self.set_api_key(api_key, auth)
 
     def events(self) -> Iterator[dict[str, Any]]:
         """Follow `GET /v1/events`: yields each job as it changes (blocks between events)."""

@@ -26,6 +26,14 @@ class Secret:
     __str__ = __repr__
 
 
+def api_key_from_env() -> tuple[Secret, str]:
+    """The user's key and how to send it: CHAMELAION_API_KEY (as x-api-key) wins over
+    CHAMELAION_BEARER_TOKEN (as Authorization: Bearer), the SDK's two variables."""
+    api_key = os.environ.get("CHAMELAION_API_KEY")
+    bearer = os.environ.get("CHAMELAION_BEARER_TOKEN")
+    return Secret(api_key or bearer or None), "x-api-key" if api_key or not bearer else "bearer"
+
+
 @dataclass(frozen=True)
 class BridgeConfig:
     data_dir: Path
@@ -61,13 +69,12 @@ class BridgeConfig:
         cls, data_dir: str | os.PathLike[str] | None = None, **overrides: object
     ) -> BridgeConfig:
         """Read the pinned environment variables; explicit overrides (flags) win."""
-        api_key = os.environ.get("CHAMELAION_API_KEY")
-        bearer = os.environ.get("CHAMELAION_BEARER_TOKEN")
+        api_key, api_auth = api_key_from_env()
         values: dict[str, object] = {
             "data_dir": discovery.data_dir(data_dir),
             "api_base": (os.environ.get("CHAMELAION_BASE_URL") or DEFAULT_API_BASE).rstrip("/"),
-            "api_key": Secret(api_key or bearer or None),
-            "api_auth": "x-api-key" if api_key or not bearer else "bearer",
+            "api_key": api_key,
+            "api_auth": api_auth,
         }
         poll = os.environ.get("CHAMELAION_POLL_INTERVAL")
         if poll:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -27,7 +28,7 @@ from typing import IO, Any
 from bridge import media, preparing
 from bridge.aio import wait_event
 from bridge.backoff import Backoff, RateWindow
-from bridge.config import BridgeConfig
+from bridge.config import BridgeConfig, Secret
 from bridge.errors import (
     AuthError,
     BridgeError,
@@ -188,6 +189,35 @@ class Engine:
         job = self._update_with_fresh_reference(job, changes)
         self._drive(job.id)
         return job
+
+    def set_api_key(self, api_key: Secret, auth: str) -> int:
+        """Use a new API key from now on, without a restart: unfinished jobs go on with it.
+
+        Jobs that failed on the old key then say that a retry works; returns how many. The
+        old client closes once the tasks that may still hold it are done, so a transfer
+        under a key that works is not cut off.
+        """
+        old, holders = self.remote, list(self._tasks.values())
+        self.config = dataclasses.replace(self.config, api_key=api_key, api_auth=auth)
+        self.remote = RemoteAPI(self.config.api_base, api_key, auth=auth)
+        if old is not None:
+
+            async def close_old() -> None:
+                try:
+                    await asyncio.gather(*holders, return_exceptions=True)
+                finally:
+                    await old.close()
+
+            self._spawn(f"old-remote-{id(old)}", close_old())
+        self._poll_wake.set()
+        touched = 0
+        for job in self.store.list(states=[str(State.FAILED)]):
+            error = job.error_with_new_key()
+            if error is not None:
+                with contextlib.suppress(IllegalTransition):
+                    self.store.update(job.id, error=error, expect={State.FAILED})
+                    touched += 1
+        return touched
 
     # ----- driving one job ---------------------------------------------------------------
 
@@ -690,7 +720,8 @@ class Engine:
     def _require_remote(self) -> RemoteAPI:
         if self.remote is None:
             raise InputError(
-                "No Chamelaion API key is set; set CHAMELAION_API_KEY and restart the bridge."
+                "No Chamelaion API key is set; set CHAMELAION_API_KEY or enter the key in the "
+                "add-on preferences, then retry the job."
             )
         return self.remote
 

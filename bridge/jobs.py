@@ -185,6 +185,17 @@ class JobSpec:
         return self
 
 
+# How a job's error reads when it failed for want of a working API key (the API's 401/403
+# in remote.py, no key at all in Engine._require_remote), and how it reads once a new key
+# is set. Matched on the sentence: the engine records no error kind yet.
+KEY_FAILURES = {
+    "refused the API key": "The Chamelaion API refused the previous API key; a new key has "
+    "been set since: retry the job.",
+    "No Chamelaion API key is set": "The bridge had no API key when this job ran; a key has "
+    "been set since: retry the job.",
+}
+
+
 @dataclass(kw_only=True)
 class Job(JobSpec):
     """A job as stored and as shown in the local API's JSON: the request plus its progress."""
@@ -210,6 +221,12 @@ class Job(JobSpec):
     @property
     def is_final(self) -> bool:
         return self.state in FINAL_STATES
+
+    def error_with_new_key(self) -> str | None:
+        """What this job's error says once a new API key is set, if it failed on the key."""
+        if self.state != State.FAILED:
+            return None
+        return next((new for old, new in KEY_FAILURES.items() if old in (self.error or "")), None)
 
     def to_json(self) -> dict[str, Any]:
         """The pinned fields first (id, reference_id, state, ...), then the inputs."""

@@ -11,6 +11,7 @@ import asyncio
 import hmac
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,11 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 import bridge
-from bridge.config import BridgeConfig
+from bridge.config import BridgeConfig, Secret
 from bridge.engine import Engine
 from bridge.errors import DamagedJobError, DuplicateReferenceError, InputError, StoreError
 from bridge.jobs import Job, JobSpec, State
+from bridge.keys import AUTH_SCHEMES, key_fingerprint
 from bridge.store import IllegalTransition, Store
 from bridge.watch import running_watchers
 
@@ -38,6 +40,7 @@ EVENT_QUEUES = web.AppKey("event_queues", set)
 
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
 HEARTBEAT_SECONDS = 15.0
+API_KEY_PATTERN = re.compile(r"[\x21-\x7e]{1,1024}")  # what an HTTP header can carry
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -96,13 +99,21 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error_response(500, "The bridge hit an unexpected error; details are in bridge.log.")
 
 
+def _fingerprint(request: web.Request) -> str | None:
+    """The engine's current key as only holders of the token can compare it."""
+    api_key = request.app[ENGINE].config.api_key
+    return key_fingerprint(request.app[TOKEN], api_key.value) if api_key.value else None
+
+
 async def health(request: web.Request) -> web.Response:
     config = request.app[CONFIG]
+    fingerprint = _fingerprint(request)
     body: dict[str, Any] = {
         "status": "ok",
         "version": bridge.__version__,
         "api_base": config.api_base,
-        "api_key_configured": bool(config.api_key),
+        "api_key_configured": fingerprint is not None,
+        "api_key_fingerprint": fingerprint,
         # The real service never runs on this machine: a loopback API is an emulator.
         "emulator": is_loopback_host(urlsplit(config.api_base).netloc),
         # What stops jobs from making progress right now (an outage, a full disk), if anything.
@@ -113,13 +124,17 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
+async def _json_body(request: web.Request) -> Any:
+    """The parsed body, or the one sentence every handler gives for one that is not JSON."""
+    try:
+        return await request.json()
+    except (ValueError, UnicodeDecodeError):
+        raise InputError("The request body is not valid JSON.") from None
+
+
 async def create_job(request: web.Request) -> web.Response:
     try:
-        body = await request.json()
-    except (ValueError, UnicodeDecodeError):
-        return error_response(400, "The request body is not valid JSON.")
-    try:
-        spec = JobSpec.from_json(body, origin="api")
+        spec = JobSpec.from_json(await _json_body(request), origin="api")
         job = await request.app[ENGINE].submit(spec)
     except DuplicateReferenceError as exc:
         return error_response(409, str(exc))
@@ -172,6 +187,41 @@ def _change(action: str) -> Handler:
         return web.json_response(job.to_json())
 
     return handler
+
+
+def _key_from_json(body: Any) -> tuple[Secret, str]:
+    """The key and its scheme from a PUT /v1/api-key body; no error ever quotes the key."""
+    if not isinstance(body, dict):
+        raise InputError("The request body must be a JSON object.")
+    if set(body) - {"api_key", "auth"}:  # names not quoted: one may be a misplaced key
+        raise InputError("The body may hold only api_key and auth.")
+    api_key, auth = body.get("api_key"), body.get("auth", "x-api-key")
+    if not isinstance(api_key, str) or not API_KEY_PATTERN.fullmatch(api_key):
+        raise InputError(
+            "api_key must be a string of 1 to 1024 printable ASCII characters without spaces."
+        )
+    if auth not in AUTH_SCHEMES:
+        raise InputError(f"auth must be one of {', '.join(AUTH_SCHEMES)}.")
+    return Secret(api_key), auth
+
+
+async def set_api_key(request: web.Request) -> web.Response:
+    """Swap the key the engine uses, so a key fixed after a refusal needs no restart."""
+    try:
+        api_key, auth = _key_from_json(await _json_body(request))
+    except InputError as exc:
+        return error_response(400, str(exc))
+    updated = request.app[ENGINE].set_api_key(api_key, auth)
+    log.info(
+        "The API key was replaced; %d job(s) that failed on the old one may be retried.", updated
+    )
+    return web.json_response(
+        {
+            "api_key_configured": True,
+            "api_key_fingerprint": _fingerprint(request),
+            "jobs_updated": updated,
+        }
+    )
 
 
 async def events(request: web.Request) -> web.StreamResponse:
@@ -249,5 +299,6 @@ def create_app(
     app.router.add_get("/v1/jobs/{key}", get_job)
     app.router.add_post("/v1/jobs/{key}/cancel", _change("cancel"))
     app.router.add_post("/v1/jobs/{key}/retry", _change("retry"))
+    app.router.add_put("/v1/api-key", set_api_key)
     app.router.add_get("/v1/events", events)
     return app

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shlex
-import signal
 import subprocess
 import sys
 import threading
@@ -77,28 +75,6 @@ class Launcher:
             stop.wait(0.1)
         log = settings.data_dir / discovery.LOG_FILE
         return f"The Chamelaion bridge did not answer within {HEALTH_DEADLINE:.0f} s; see {log}."
-
-    def restart(
-        self,
-        settings: Settings,
-        client: Callable[[], BridgeClient],
-        stop: threading.Event,
-    ) -> str | None:
-        """Stop the data folder's bridge and start ours, so that an API key entered after
-        that bridge started reaches it. Safe at any time: jobs live in the bridge's store
-        and resume where they stood."""
-        info = discovery.read_discovery(settings.data_dir)
-        pid = info.get("pid") if info else None
-        if isinstance(pid, int):
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + HEALTH_DEADLINE
-            while discovery.read_discovery(settings.data_dir) and time.monotonic() < deadline:
-                if stop.wait(0.1):
-                    return None
-        with self._lock:
-            self.started_at = float("-inf")
-        return self.ensure_running(settings, client, stop)
 
     def _spawn_if_due(self, settings: Settings) -> str | None:
         running = self.process is not None and self.process.poll() is None

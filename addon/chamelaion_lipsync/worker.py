@@ -20,6 +20,8 @@ from bridge.errors import BridgeError
 
 from . import launcher
 
+NEEDS_KEY = frozenset({"create", "retry"})  # requests that send work to the API
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -115,15 +117,11 @@ class Worker:
     def _serve(self, request: Request) -> Result:
         call = self._call_for(request)
         try:
-            result = self._attempt(request, call)
+            return self._attempt(request, call)
         except BridgeUnavailable as exc:
             if not (self.settings.auto_start and request.kind != "health"):
                 return Result(request, error=str(exc), unavailable=True)
-            problem = self.launcher.ensure_running(self.settings, self._client, self._stop)
-        else:
-            if not (request.kind == "create" and result.status == 400 and self._lacks_our_key()):
-                return result
-            problem = self.launcher.restart(self.settings, self._client, self._stop)
+        problem = self.launcher.ensure_running(self.settings, self._client, self._stop)
         if problem:
             return Result(request, error=problem, unavailable=True)
         try:
@@ -131,20 +129,14 @@ class Worker:
         except BridgeUnavailable as exc:
             return Result(request, error=str(exc), unavailable=True)
 
-    def _lacks_our_key(self) -> bool:
-        """The running bridge has no API key although the preferences hold one (it was
-        started before the key was entered, or by someone else without it)."""
-        if not (self.settings.api_key and self.settings.auto_start) or self.settings.url:
-            return False
-        try:
-            return self._client().health().get("api_key_configured") is False
-        except BridgeError:
-            return False
-
     def _attempt(self, request: Request, call: Callable[[BridgeClient], Any]) -> Result:
         """One call; an unreachable bridge propagates, any other failure is the answer."""
         try:
-            return Result(request, value=call(self._client()))
+            client = self._client()
+            if request.kind in NEEDS_KEY and self.settings.api_key:
+                # A key entered or fixed in the preferences reaches a running bridge here.
+                client.hand_over_key(self.settings.api_key)
+            return Result(request, value=call(client))
         except BridgeRequestError as exc:
             return Result(request, error=str(exc), status=exc.status)
         except BridgeUnavailable:

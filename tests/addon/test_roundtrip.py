@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -16,9 +15,12 @@ import bpy
 import pytest
 
 from bridge import discovery
+from bridge.cli import stop_process
 from bridge.client import BridgeClient
+from bridge.keys import key_fingerprint
 from tests.addon.conftest import (
     ADDON,
+    EMULATOR_KEY,
     USER_RESOURCES,
     configure,
     first_frame_index,
@@ -177,22 +179,41 @@ def test_a_key_entered_after_the_bridge_started_reaches_it(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    wait_until(lambda: discovery.read_discovery(data), message="the keyless bridge")
+    info = wait_until(lambda: discovery.read_discovery(data), message="the keyless bridge")
     configure(data, emulator.base_url)  # the editor has since entered the key
     try:
         shot(fresh, clip, dub)
         assert bpy.ops.sequencer.chamelaion_lipsync() == {"FINISHED"}
         job = last_job(fresh)
         assert sync_until(lambda: take_of(fresh, job.reference_id), message="the take")
-        assert keyless.wait(timeout=20) is not None  # stopped gracefully, jobs kept
-        info = discovery.read_discovery(data)
-        assert info["pid"] != keyless.pid
-        assert BridgeClient(info["url"], data_dir=data).health()["api_key_configured"]
+        assert keyless.poll() is None  # the same bridge took the key: no restart
+        health = BridgeClient(info["url"], data_dir=data).health()
+        assert health["api_key_fingerprint"] == key_fingerprint(
+            discovery.read_token(data), EMULATOR_KEY
+        )
     finally:
         configure(bridge_data, emulator.base_url)
-        running = discovery.read_discovery(data) or {}
-        for pid in {keyless.pid, running.get("pid")} - {None}:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        keyless.wait(timeout=20)
-        wait_until(lambda: not discovery.read_discovery(data), message="the bridge to stop")
+        stop_process(keyless)
+        stray = discovery.read_discovery(data)  # one started instead, if the test failed
+        if stray:
+            os.kill(stray["pid"], signal.SIGTERM)
+
+
+def test_a_corrected_key_reaches_the_bridge_and_retry_lands_the_take(
+    fresh: Any, clip: Path, dub: Path, bridge_data: Path, emulator: Any
+) -> None:
+    prefs = bpy.context.preferences.addons[ADDON].preferences
+    prefs.api_key = "a-key-with-a-typo"
+    try:
+        shot(fresh, clip, dub)
+        assert bpy.ops.sequencer.chamelaion_lipsync() == {"FINISHED"}
+        job = last_job(fresh)
+        with pytest.raises(RuntimeError, match="refused the API key"):
+            sync_until(lambda: job.state == "failed", message="the refused key")
+        assert "refused the API key" in job.error
+    finally:
+        prefs.api_key = EMULATOR_KEY  # the editor fixes the key in Preferences
+    assert bpy.ops.sequencer.chamelaion_retry(index=len(fresh.chamelaion.jobs) - 1) == {"FINISHED"}
+    take = sync_until(lambda: take_of(fresh, job.reference_id), message="the take after retry")
+    assert (take.frame_final_start, take.frame_final_duration) == (10, 44)
+    assert job.state == "completed" and job.error == ""

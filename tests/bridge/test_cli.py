@@ -120,6 +120,36 @@ def test_submit_wait_json_then_jobs_status_cancel_retry(
         assert "already used" in one_sentence(duplicate.stderr)
 
 
+def test_a_fixed_key_reaches_the_running_bridge_from_submit_and_retry(
+    tmp_path: Path, sample_pair: tuple[Path, Path], api_env: dict[str, str]
+) -> None:
+    data = ["--data-dir", str(tmp_path / "data")]
+    video, audio = str(sample_pair[0]), str(sample_pair[1])
+    with serving(tmp_path / "data", "--port", "0", env={**api_env, "CHAMELAION_API_KEY": "nope"}):
+        refused = run_cli("submit", video, audio, "--reference-id", "old-key", "--wait", *data)
+        assert refused.returncode == 1
+        assert "refused the API key" in one_sentence(refused.stderr)
+
+        fixed = run_cli(
+            "submit", video, audio, "--reference-id", "new-key", "--wait", *data, env=api_env
+        )
+        assert fixed.returncode == 0, fixed.stderr
+        assert one_sentence(fixed.stderr) == (
+            "The running bridge now uses the API key from CHAMELAION_API_KEY; 1 job(s) that "
+            "failed on its old key can be retried."
+        )
+        assert "Job new-key completed" in fixed.stdout
+        assert "retry the job" in run_cli("status", "old-key", *data).stdout
+
+        retry = run_cli("retry", "old-key", *data, env=api_env)
+        assert (retry.returncode, retry.stderr) == (0, "")  # the bridge has this key already
+        wait_until(
+            lambda: "completed" in run_cli("status", "old-key", *data).stdout,
+            timeout=30,
+            message="the retried job to complete",
+        )
+
+
 def test_submit_without_wait_and_a_failed_job_exits_1(
     tmp_path: Path, sample_pair: tuple[Path, Path], api_env: dict[str, str]
 ) -> None:
