@@ -384,7 +384,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace, watch_folders: list[tuple[Path, Path]]) -> int:
-    from bridge.config import BridgeConfig
+    from bridge.config import BridgeConfig, ConfigError
     from bridge.daemon import EXIT_BAD_CONFIG, serve
 
     try:
@@ -394,10 +394,8 @@ def _serve(args: argparse.Namespace, watch_folders: list[tuple[Path, Path]]) -> 
             port=args.port,
             watch_poll=getattr(args, "poll", False) or None,
         )
-    except ValueError as exc:
-        raise CliError(
-            EXIT_BAD_CONFIG, f"A CHAMELAION_* setting is invalid ({exc}); fix or unset it."
-        ) from None
+    except ConfigError as exc:
+        raise CliError(EXIT_BAD_CONFIG, str(exc)) from None
     return serve(config, fixed_port=args.port is not None, watch_folders=watch_folders)
 
 

@@ -249,3 +249,50 @@ def test_submit_wait_outlives_a_bridge_killed_mid_job(
         if left and left["pid"] != first["pid"]:
             os.kill(left["pid"], signal.SIGTERM)
             wait_until(lambda: not (folder / discovery.DISCOVERY_FILE).exists())
+
+
+# --- bad input: one sentence, exit 4, no bridge started, nothing sent -----------------------
+
+
+@pytest.fixture
+def untouched_data(emulator: RunningEmulator, tmp_path: Path) -> Iterator[Path]:
+    """A data folder; fails the test if a bridge was left running on it or anything reached
+    the API (and stops that bridge, so a failing test leaves no process behind)."""
+    before = emulator.state.stats.to_json()
+    folder = tmp_path / "data"
+    yield folder
+    info = discovery.read_discovery(folder)
+    if info is not None:
+        os.kill(info["pid"], signal.SIGTERM)
+    assert info is None, "a bridge was started for a refused job"
+    assert emulator.state.stats.to_json() == before
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [("CHAMELAION_POLL_INTERVAL", "inf"), ("CHAMELAION_GENERATE_PER_MINUTE", "-5")],
+)
+def test_submit_reports_a_bridge_that_cannot_start_on_a_bad_setting(
+    tmp_path: Path,
+    sample_pair: tuple[Path, Path],
+    api_env: dict[str, str],
+    untouched_data: Path,
+    setting: str,
+    value: str,
+) -> None:
+    video, audio = sample_pair
+    env = {**api_env, setting: value}
+    result = run_cli("submit", str(video), str(audio), "--data-dir", str(untouched_data), env=env)
+    assert result.returncode == daemon.EXIT_BAD_CONFIG
+    assert one_sentence(result.stderr).startswith(f"{setting}={value!r} is not usable")
+
+
+def test_watch_refuses_a_bad_setting_with_exit_7(tmp_path: Path, api_env: dict[str, str]) -> None:
+    env = {**api_env, "CHAMELAION_POLL_INTERVAL": "nan"}
+    result = run_cli(
+        "watch", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+        "--data-dir", str(tmp_path / "data"), "--port", "0", env=env,
+    )  # fmt: skip
+    assert result.returncode == daemon.EXIT_BAD_CONFIG
+    assert "CHAMELAION_POLL_INTERVAL='nan' is not usable" in one_sentence(result.stderr)
+    assert not (tmp_path / "in").exists() and not (tmp_path / "data").exists()
