@@ -525,6 +525,14 @@ def build_parser() -> Parser:
     return parser
 
 
+def _refusal_status(http_status: int) -> int:
+    """Exit status for the bridge refusing a request: 4 when the user can fix it (bad input,
+    a full disk: 507), 3 when the bridge cannot be used (wrong token, its own errors)."""
+    if http_status == 507 or (400 <= http_status < 500 and http_status not in (401, 403)):
+        return EXIT_INPUT
+    return EXIT_UNREACHABLE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -537,11 +545,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_UNREACHABLE
     except BridgeRequestError as exc:
         print(exc, file=sys.stderr)
-        return (
-            EXIT_INPUT
-            if 400 <= exc.status < 500 and exc.status not in (401, 403)
-            else (EXIT_UNREACHABLE)
-        )
+        return _refusal_status(exc.status)
     except KeyboardInterrupt:
         print("Interrupted; jobs already submitted go on in the bridge.", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -19,6 +19,10 @@ class DuplicateReferenceError(InputError):
     """Another job already uses this reference_id."""
 
 
+class StorageFullError(BridgeError):
+    """The disk holding the bridge's data folder is full: nothing could be recorded."""
+
+
 class RemoteError(BridgeError):
     """The Chamelaion API refused or failed a call.
 

@@ -21,7 +21,7 @@ from aiohttp import web
 import bridge
 from bridge.config import BridgeConfig
 from bridge.engine import Engine
-from bridge.errors import DuplicateReferenceError, InputError
+from bridge.errors import DuplicateReferenceError, InputError, StorageFullError
 from bridge.jobs import Job, JobSpec, State
 from bridge.store import IllegalTransition, Store
 from bridge.watch import running_watchers
@@ -119,6 +119,8 @@ async def create_job(request: web.Request) -> web.Response:
         return error_response(409, str(exc))
     except InputError as exc:
         return error_response(400, str(exc))
+    except StorageFullError as exc:
+        return error_response(507, str(exc))  # 507 Insufficient Storage: the request was fine
     return web.json_response(job.to_json(), status=201)
 
 

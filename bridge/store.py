@@ -17,7 +17,7 @@ from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
-from bridge.errors import DuplicateReferenceError, InputError
+from bridge.errors import DuplicateReferenceError, InputError, StorageFullError
 from bridge.jobs import (
     ACTIVE_STATES,
     Job,
@@ -92,7 +92,8 @@ class Store:
             try:
                 yield self._db
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLite may have rolled back itself (disk full)
+                    self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
 
@@ -131,9 +132,18 @@ class Store:
             state=State.QUEUED,
             **{f.name: getattr(spec, f.name) for f in fields(JobSpec) if f.name != "reference_id"},
         )
-        with self._transaction() as db:
-            self._claim_reference_id(db, job.reference_id, job_id)
-            self._write(db, job)
+        try:
+            with self._transaction() as db:
+                self._claim_reference_id(db, job.reference_id, job_id)
+                self._write(db, job)
+        except sqlite3.OperationalError as exc:
+            # "database or disk is full": SQLite's word for ENOSPC (and for max_page_count).
+            if exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
+                raise
+            raise StorageFullError(
+                f"The disk holding the bridge's data folder {self.path.parent} is full; free "
+                "some space and submit again."
+            ) from None
         self._notify(job)
         return job
 

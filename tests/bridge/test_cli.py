@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -17,6 +18,8 @@ import pytest
 from bridge import daemon, discovery, media
 from bridge.client import BridgeClient
 from bridge.emulator import RunningEmulator, emulator_in_background
+from bridge.server import STORE, create_app
+from tests.bridge.conftest import bridge_config, fill_the_disk
 from tests.bridge.processes import (
     BRIDGE,
     cli_env,
@@ -296,3 +299,29 @@ def test_watch_refuses_a_bad_setting_with_exit_7(tmp_path: Path, api_env: dict[s
     assert result.returncode == daemon.EXIT_BAD_CONFIG
     assert "CHAMELAION_POLL_INTERVAL='nan' is not usable" in one_sentence(result.stderr)
     assert not (tmp_path / "in").exists() and not (tmp_path / "data").exists()
+
+
+async def test_submit_to_a_bridge_whose_disk_is_full_says_so_and_exits_4(
+    tmp_path: Path,
+    sample_pair: tuple[Path, Path],
+    emulator: RunningEmulator,
+    untouched_data: Path,
+    aiohttp_server,  # type: ignore[no-untyped-def]
+) -> None:
+    folder = untouched_data
+    token = discovery.load_or_create_token(folder)
+    app = create_app(bridge_config(folder, emulator.base_url), token)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    jobs_before = fill_the_disk(app[STORE])
+    env = cli_env(CHAMELAION_BRIDGE_URL=str(server.make_url("")).rstrip("/"))
+    video, audio = sample_pair
+    # The bridge runs on this test's loop: the blocking CLI call waits on another thread.
+    result = await asyncio.to_thread(
+        run_cli, "submit", str(video), str(audio), "--data-dir", str(folder), env=env
+    )
+    assert result.returncode == 4
+    assert one_sentence(result.stderr) == (
+        f"The disk holding the bridge's data folder {folder} is full; free some space and "
+        "submit again."
+    )
+    assert len(app[STORE].list()) == jobs_before

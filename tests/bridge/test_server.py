@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 from bridge.emulator import RunningEmulator
 from bridge.jobs import JobSpec
 from bridge.server import STORE, create_app
-from tests.bridge.conftest import bridge_config
+from tests.bridge.conftest import bridge_config, fill_the_disk, free_the_disk
 from tests.helpers import async_wait_until
 
 TOKEN = "test-token"
@@ -222,3 +222,24 @@ async def test_events_from_another_thread_arrive(
     job = await read_event(events, "from-thread")
     assert job["state"] == "queued"
     assert SECRET_KEY not in json.dumps(job)
+
+
+# --- bad input: one sentence, no job, nothing sent to the API -------------------------------
+
+
+async def test_a_full_data_disk_is_a_507_naming_the_folder(
+    api: TestClient, emulator: RunningEmulator, sample_pair: tuple[Path, Path], tmp_path: Path
+) -> None:
+    store = api.server.app[STORE]
+    before = fill_the_disk(store)
+    body = job_body(sample_pair, reference_id="no-room")
+    message = await error_of(await api.post("/v1/jobs", json=body, headers=AUTH), 507)
+    assert message == (
+        f"The disk holding the bridge's data folder {tmp_path / 'data'} is full; free some "
+        "space and submit again."
+    )
+    assert len((await (await api.get("/v1/jobs", headers=AUTH)).json())["jobs"]) == before
+    assert emulator.state.stats.calls == {}
+
+    free_the_disk(store)
+    assert (await api.post("/v1/jobs", json=body, headers=AUTH)).status == 201
