@@ -13,6 +13,7 @@ import argparse
 import errno
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -25,7 +26,13 @@ import bridge
 from bridge import discovery
 from bridge.client import BridgeClient, BridgeRequestError, BridgeUnavailable
 from bridge.errors import BridgeError, InputError
-from bridge.jobs import PINNED_JSON_FIELDS
+from bridge.jobs import (
+    PINNED_JSON_FIELDS,
+    check_input_file,
+    check_path,
+    check_reference_id,
+    check_url,
+)
 
 EXIT_JOB_FAILED = 1
 EXIT_USAGE = 2
@@ -38,6 +45,8 @@ FINAL_STATES = ("completed", "failed", "canceled")
 TRANSFER_STATES = ("uploading", "downloading")
 START_TIMEOUT = 30.0
 POLL_SECONDS = 0.5
+# Anything of the form scheme://... is meant as a URL (ftp://, file://), never as a path.
+URL_LIKE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 class CliError(Exception):
@@ -256,17 +265,12 @@ def _print_json(value: Any) -> None:
 # --- commands -----------------------------------------------------------------------------
 
 
-def _is_url(value: str) -> bool:
-    return value.lower().startswith(("http://", "https://"))
-
-
 def _input_field(kind: str, value: str) -> tuple[str, str]:
-    if _is_url(value):
-        return f"{kind}_url", value
-    path = os.path.abspath(os.path.expanduser(value))
-    if not os.path.isfile(path):
-        what = "is a folder, not a file" if os.path.isdir(path) else "does not exist"
-        raise CliError(EXIT_INPUT, f"The {kind} input {path} {what}; check the path.")
+    """The request field for one input, refused here as the bridge would (before starting one)."""
+    if URL_LIKE.match(value):
+        return f"{kind}_url", check_url(kind, value)
+    path = os.path.abspath(os.path.expanduser(check_path(f"{kind} path", value)))
+    check_input_file(Path(path))
     return f"{kind}_path", path
 
 
@@ -274,8 +278,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     body: dict[str, Any] = dict(
         [_input_field("video", args.video), _input_field("audio", args.audio)]
     )
-    if args.reference_id:
-        body["reference_id"] = args.reference_id
+    if args.reference_id is not None:
+        body["reference_id"] = check_reference_id(args.reference_id)
     if args.no_active_speaker:
         body["disable_active_speaker_detection"] = True
     if args.model:

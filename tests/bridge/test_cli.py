@@ -271,6 +271,74 @@ def untouched_data(emulator: RunningEmulator, tmp_path: Path) -> Iterator[Path]:
     assert emulator.state.stats.to_json() == before
 
 
+def special_input(tmp_path: Path, kind: str) -> str:
+    """A path that is not a plain media file: a FIFO, a symlink loop, a non-UTF-8 name."""
+    if kind == "fifo":
+        os.mkfifo(tmp_path / "pipe.mp4")
+        return str(tmp_path / "pipe.mp4")
+    if kind == "loop":
+        (tmp_path / "a.mp4").symlink_to(tmp_path / "b.mp4")
+        (tmp_path / "b.mp4").symlink_to(tmp_path / "a.mp4")
+        return str(tmp_path / "a.mp4")
+    # A name that is not UTF-8: Python hands it over as a lone surrogate (\udcff).
+    (tmp_path / os.fsdecode(b"take\xff.mp4")).write_bytes(b"not empty")
+    return str(tmp_path / os.fsdecode(b"take\xff.mp4"))
+
+
+@pytest.mark.parametrize(
+    ("video", "expected"),
+    [
+        ("ftp://example.com/clip.mp4", "The video URL 'ftp://example.com/clip.mp4' uses ftp://"),
+        ("file:///home/me/clip.mp4", "uses file://, which the API cannot fetch"),
+        ("http://[::1", "The video URL 'http://[::1' is malformed"),
+        ("http://", "The video URL 'http://' names no host"),
+        ("fifo", "is a named pipe (FIFO), not a media file"),
+        ("loop", "runs into a loop of symbolic links"),
+        ("surrogate", "The video path '"),
+    ],
+)
+def test_submit_names_a_bad_input_and_exits_4(
+    tmp_path: Path,
+    sample_pair: tuple[Path, Path],
+    api_env: dict[str, str],
+    untouched_data: Path,
+    video: str,
+    expected: str,
+) -> None:
+    if "/" not in video:
+        video = special_input(tmp_path, video)
+    result = run_cli(
+        "submit", video, str(sample_pair[1]), "--data-dir", str(untouched_data), env=api_env
+    )
+    assert result.returncode == 4
+    assert expected in one_sentence(result.stderr)
+
+
+@pytest.mark.parametrize(
+    ("reference_id", "expected"),
+    [
+        ("take-1\n", "reference_id 'take-1\\n' is not allowed"),
+        ("take\tone", "reference_id 'take\\tone' is not allowed"),
+        ("x" * 129, f"reference_id '{'x' * 40}'... is 129 characters long; use at most 128."),
+    ],
+)
+def test_submit_refuses_a_bad_reference_id(
+    tmp_path: Path,
+    sample_pair: tuple[Path, Path],
+    api_env: dict[str, str],
+    untouched_data: Path,
+    reference_id: str,
+    expected: str,
+) -> None:
+    video, audio = sample_pair
+    result = run_cli(
+        "submit", str(video), str(audio), "--reference-id", reference_id,
+        "--data-dir", str(untouched_data), env=api_env,
+    )  # fmt: skip
+    assert result.returncode == 4
+    assert one_sentence(result.stderr).startswith(expected)
+
+
 @pytest.mark.parametrize(
     ("setting", "value"),
     [("CHAMELAION_POLL_INTERVAL", "inf"), ("CHAMELAION_GENERATE_PER_MINUTE", "-5")],
