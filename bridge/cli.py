@@ -13,6 +13,7 @@ import argparse
 import errno
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -26,7 +27,13 @@ from bridge import discovery
 from bridge.client import BridgeClient, BridgeRequestError, BridgeUnavailable
 from bridge.config import api_key_from_env
 from bridge.errors import BridgeError, InputError
-from bridge.jobs import PINNED_JSON_FIELDS
+from bridge.jobs import (
+    PINNED_JSON_FIELDS,
+    check_input_file,
+    check_path,
+    check_reference_id,
+    check_url,
+)
 
 EXIT_JOB_FAILED = 1
 EXIT_USAGE = 2
@@ -39,6 +46,8 @@ FINAL_STATES = ("completed", "failed", "canceled")
 TRANSFER_STATES = ("uploading", "downloading")
 START_TIMEOUT = 30.0
 POLL_SECONDS = 0.5
+# Anything of the form scheme://... is meant as a URL (ftp://, file://), never as a path.
+URL_LIKE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 class CliError(Exception):
@@ -274,17 +283,12 @@ def _print_json(value: Any) -> None:
 # --- commands -----------------------------------------------------------------------------
 
 
-def _is_url(value: str) -> bool:
-    return value.lower().startswith(("http://", "https://"))
-
-
 def _input_field(kind: str, value: str) -> tuple[str, str]:
-    if _is_url(value):
-        return f"{kind}_url", value
-    path = os.path.abspath(os.path.expanduser(value))
-    if not os.path.isfile(path):
-        what = "is a folder, not a file" if os.path.isdir(path) else "does not exist"
-        raise CliError(EXIT_INPUT, f"The {kind} input {path} {what}; check the path.")
+    """The request field for one input, refused here as the bridge would (before starting one)."""
+    if URL_LIKE.match(value):
+        return f"{kind}_url", check_url(kind, value)
+    path = os.path.abspath(os.path.expanduser(check_path(f"{kind} path", value)))
+    check_input_file(Path(path))
     return f"{kind}_path", path
 
 
@@ -292,8 +296,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     body: dict[str, Any] = dict(
         [_input_field("video", args.video), _input_field("audio", args.audio)]
     )
-    if args.reference_id:
-        body["reference_id"] = args.reference_id
+    if args.reference_id is not None:
+        body["reference_id"] = check_reference_id(args.reference_id)
     if args.no_active_speaker:
         body["disable_active_speaker_detection"] = True
     if args.model:
@@ -402,7 +406,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace, watch_folders: list[tuple[Path, Path]]) -> int:
-    from bridge.config import BridgeConfig
+    from bridge.config import BridgeConfig, ConfigError
     from bridge.daemon import EXIT_BAD_CONFIG, serve
 
     try:
@@ -412,10 +416,8 @@ def _serve(args: argparse.Namespace, watch_folders: list[tuple[Path, Path]]) -> 
             port=args.port,
             watch_poll=getattr(args, "poll", False) or None,
         )
-    except ValueError as exc:
-        raise CliError(
-            EXIT_BAD_CONFIG, f"A CHAMELAION_* setting is invalid ({exc}); fix or unset it."
-        ) from None
+    except ConfigError as exc:
+        raise CliError(EXIT_BAD_CONFIG, str(exc)) from None
     return serve(config, fixed_port=args.port is not None, watch_folders=watch_folders)
 
 
@@ -545,6 +547,14 @@ def build_parser() -> Parser:
     return parser
 
 
+def _refusal_status(http_status: int) -> int:
+    """Exit status for the bridge refusing a request: 4 when the user can fix it (bad input,
+    a full disk: 507), 3 when the bridge cannot be used (wrong token, its own errors)."""
+    if http_status == 507 or (400 <= http_status < 500 and http_status not in (401, 403)):
+        return EXIT_INPUT
+    return EXIT_UNREACHABLE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -557,11 +567,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_UNREACHABLE
     except BridgeRequestError as exc:
         print(exc, file=sys.stderr)
-        return (
-            EXIT_INPUT
-            if 400 <= exc.status < 500 and exc.status not in (401, 403)
-            else (EXIT_UNREACHABLE)
-        )
+        return _refusal_status(exc.status)
     except KeyboardInterrupt:
         print("Interrupted; jobs already submitted go on in the bridge.", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -3,12 +3,36 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from bridge import discovery
 
 DEFAULT_API_BASE = "https://api.chamelaion.com/api"
+MAX_POLL_INTERVAL = 3600.0
+Number = TypeVar("Number", int, float)
+
+
+class ConfigError(ValueError):
+    """A setting cannot be used; the message is one sentence that names it."""
+
+
+def _env_number(
+    name: str, parse: Callable[[str], Number], usable: Callable[[Number], bool], what: str
+) -> Number | None:
+    """The number an environment variable holds, None when unset; ConfigError if unusable."""
+    raw = os.environ.get(name)
+    if not raw:
+        return None
+    try:
+        value = parse(raw)
+    except ValueError:
+        value = None
+    if value is None or not usable(value):
+        raise ConfigError(f"{name}={raw!r} is not usable: give {what}, or unset it.")
+    return value
 
 
 @dataclass(frozen=True)
@@ -76,13 +100,23 @@ class BridgeConfig:
             "api_key": api_key,
             "api_auth": api_auth,
         }
-        poll = os.environ.get("CHAMELAION_POLL_INTERVAL")
-        if poll:
+        poll = _env_number(
+            "CHAMELAION_POLL_INTERVAL",
+            float,
+            lambda v: 0 < v <= MAX_POLL_INTERVAL,  # NaN fails both comparisons
+            f"a poll interval in seconds above 0 and at most {MAX_POLL_INTERVAL:g}",
+        )
+        if poll is not None:
             # Tuning knob (tests, impatient demos): the first poll interval and 15x as the cap.
-            values["poll_interval"] = float(poll)
-            values["max_poll_interval"] = float(poll) * 15
-        rate = os.environ.get("CHAMELAION_GENERATE_PER_MINUTE")
-        if rate:
-            values["generate_per_minute"] = int(rate)
+            values["poll_interval"] = poll
+            values["max_poll_interval"] = poll * 15
+        rate = _env_number(
+            "CHAMELAION_GENERATE_PER_MINUTE",
+            int,
+            lambda v: v >= 0,
+            "a whole number of generate calls per minute, 0 for no limit",
+        )
+        if rate is not None:
+            values["generate_per_minute"] = rate
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

@@ -6,18 +6,20 @@ folder all refuse the same bad input with the same sentence.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import secrets
+import stat
 import time
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import SplitResult, urlsplit
 
-from bridge.errors import InputError
+from bridge.errors import InputError, MediaError
 
 
 class State(StrEnum):
@@ -55,7 +57,15 @@ def can_transition(old: State, new: State) -> bool:
 
 
 DEFAULT_MODEL = "lipsync-2"
-REFERENCE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+MAX_REFERENCE_ID = 128
+# Used with fullmatch: `$` would also match before a trailing newline.
+REFERENCE_ID_PATTERN = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_REFERENCE_ID - 1}}}")
+# No real cut starts or lasts a week: bigger numbers are mistakes (or units mixed up).
+MAX_RANGE_SECONDS = 7 * 24 * 3600
+URL_SCHEMES = ("http", "https")
+# Quoted values are cut to this many characters, so a sentence stays readable.
+QUOTE_LIMIT = 40
+URL_QUOTE_LIMIT = 80  # enough to show a URL's scheme, host and port
 
 
 def now_iso() -> str:
@@ -74,13 +84,116 @@ def safe_reference_id(text: str, max_len: int = 80) -> str:
     return cleaned or "clip"
 
 
+def quoted(value: str, limit: int = QUOTE_LIMIT) -> str:
+    """`value` as a Python literal (control characters escaped), cut to `limit` characters."""
+    return repr(value[:limit]) + ("..." if len(value) > limit else "")
+
+
 def check_reference_id(value: str) -> str:
-    if not REFERENCE_ID_PATTERN.match(value) or ".." in value:
+    if len(value) > MAX_REFERENCE_ID:
         raise InputError(
-            f"reference_id {value!r} is not allowed: use 1-128 letters, digits, '.', '_' or "
-            "'-', starting with a letter or digit and without '..'."
+            f"reference_id {quoted(value)} is {len(value)} characters long; use at most "
+            f"{MAX_REFERENCE_ID}."
+        )
+    if not REFERENCE_ID_PATTERN.fullmatch(value) or ".." in value:
+        raise InputError(
+            f"reference_id {quoted(value)} is not allowed: use 1-{MAX_REFERENCE_ID} letters, "
+            "digits, '.', '_' or '-', starting with a letter or digit and without '..'."
         )
     return value
+
+
+def _url_parts(url: str) -> SplitResult | None:
+    """The URL's parts, or None when it cannot be parsed (control characters, bad port, ...)."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in url):
+        return None
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (reading the port is what checks it)
+    except ValueError:  # e.g. "http://[::1": an unclosed IPv6 bracket
+        return None
+    return parts
+
+
+def check_url(kind: str, url: str) -> str:
+    """Refuse a `kind` ("video", "audio") URL the API could never fetch, naming what is wrong."""
+    parts, shown = _url_parts(url), quoted(url, URL_QUOTE_LIMIT)
+    if parts is None:
+        raise InputError(
+            f"The {kind} URL {shown} is malformed; give a full http:// or https:// URL."
+        )
+    if parts.scheme.lower() not in URL_SCHEMES:
+        problem = (
+            f"uses {parts.scheme}://, which the API cannot fetch"
+            if parts.scheme
+            else "has no scheme"
+        )
+        raise InputError(
+            f"The {kind} URL {shown} {problem}; give an http:// or https:// URL, or a "
+            "local file by its path."
+        )
+    if not parts.hostname:
+        raise InputError(
+            f"The {kind} URL {shown} names no host; give a full URL such as "
+            "https://example.com/clip.mp4."
+        )
+    return url
+
+
+def check_path(what: str, path: str) -> str:
+    """Refuse a path no file can have (a NUL byte) or that is not text (a lone surrogate)."""
+    if "\x00" in path:
+        raise InputError(
+            f"The {what} {path!r} contains a NUL byte, which no file name can hold; "
+            "check how the path was built."
+        )
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(
+            f"The {what} {path!r} contains characters that are not valid text (a lone "
+            "surrogate, e.g. from a name in another encoding); rename it with plain characters."
+        ) from None
+    return path
+
+
+def check_input_file(path: Path) -> int:
+    """The size of an input file, after making sure it is a regular file; MediaError if not.
+
+    Only stat is used: opening a FIFO to probe it would block until some writer came along.
+    """
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise MediaError(
+            f"The file {path} does not exist; check the path or choose the file again."
+        ) from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise MediaError(
+                f"The path {path} runs into a loop of symbolic links and leads to no file; fix "
+                "the links or choose the real file."
+            ) from None
+        raise MediaError(
+            f"The file {path} cannot be read ({exc.strerror}); check that it is accessible."
+        ) from None
+    if stat.S_ISDIR(info.st_mode):
+        raise MediaError(f"{path} is a folder, not a media file; choose a video or audio file.")
+    if stat.S_ISFIFO(info.st_mode):
+        raise MediaError(
+            f"The file {path} is a named pipe (FIFO), not a media file; save the media to a "
+            "regular file and choose that."
+        )
+    if not stat.S_ISREG(info.st_mode):
+        raise MediaError(
+            f"The file {path} is a device or socket, not a media file; choose a regular video "
+            "or audio file."
+        )
+    if info.st_size == 0:
+        raise MediaError(
+            f"The file {path} is empty (0 bytes); export or copy it again and choose the new file."
+        )
+    return info.st_size
 
 
 @dataclass(frozen=True)
@@ -100,9 +213,11 @@ class VideoRange:
         numbers = all(
             isinstance(v, int | float) and not isinstance(v, bool) for v in (start, duration)
         )
-        if not numbers or start < 0 or duration <= 0:
+        # Comparisons, not float(): NaN fails every one, and a huge int does not overflow.
+        if not (numbers and 0 <= start <= MAX_RANGE_SECONDS and 0 < duration <= MAX_RANGE_SECONDS):
             raise InputError(
-                "video_range needs start_seconds >= 0 and duration_seconds > 0, in seconds."
+                f"video_range needs start_seconds from 0 and duration_seconds above 0, both "
+                f"finite numbers of seconds up to {MAX_RANGE_SECONDS} (7 days)."
             )
         return cls(float(start), float(duration))
 
@@ -156,10 +271,10 @@ class JobSpec:
             path, url = getattr(self, f"{kind}_path"), getattr(self, f"{kind}_url")
             if bool(path) == bool(url):
                 raise InputError(f"Give exactly one of {kind}_path or {kind}_url.")
-            if path and not os.path.isabs(path):
+            if path and not os.path.isabs(check_path(f"{kind} path", path)):
                 raise InputError(f"{kind}_path must be an absolute path, got {path!r}.")
-            if url and urlparse(url).scheme not in ("http", "https"):
-                raise InputError(f"{kind}_url must be an http:// or https:// URL, got {url!r}.")
+            if url:
+                check_url(kind, url)
         if bool(self.video_path) != bool(self.audio_path):
             raise InputError(
                 "Give both inputs as local files or both as URLs: the API takes uploads or "
@@ -172,7 +287,8 @@ class JobSpec:
         if self.model not in (None, DEFAULT_MODEL):
             raise InputError(f'model must be "{DEFAULT_MODEL}".')
         if self.output_dir is not None and (
-            not os.path.isabs(self.output_dir) or ".." in Path(self.output_dir).parts
+            not os.path.isabs(check_path("output folder", self.output_dir))
+            or ".." in Path(self.output_dir).parts
         ):
             raise InputError(
                 f"output_dir must be an absolute folder path without '..', got {self.output_dir!r}."

@@ -27,6 +27,7 @@ from av.video.frame import VideoFrame
 from av.video.stream import VideoStream
 
 from .errors import MediaError
+from .jobs import check_input_file
 
 # Video codecs the API takes inside an MP4 as they are (bytes sent unchanged).
 MP4_VIDEO_CODECS = frozenset({"h264", "hevc", "mpeg4", "av1"})
@@ -123,22 +124,7 @@ def is_playable_video(path: Path) -> bool:
 
 def _open(path: Path) -> InputContainer:
     """Open a file for reading, turning every failure into one sentence about that file."""
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise MediaError(
-            f"The file {path} does not exist; check the path or choose the file again."
-        ) from None
-    except OSError as exc:
-        raise MediaError(
-            f"The file {path} cannot be read ({exc.strerror}); check that it is accessible."
-        ) from None
-    if path.is_dir():
-        raise MediaError(f"{path} is a folder, not a media file; choose a video or audio file.")
-    if size == 0:
-        raise MediaError(
-            f"The file {path} is empty (0 bytes); export or copy it again and choose the new file."
-        )
+    check_input_file(path)
     try:
         return av.open(str(path), "r")
     except PermissionError:

@@ -91,7 +91,7 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as exc:
         return error_response(exc.status, f"The bridge refused the request: {exc.reason}.")
     except StoreError as exc:
-        return error_response(507 if exc.disk_full else 503, str(exc))
+        return error_response(507 if exc.disk_full else 503, str(exc))  # 507: Insufficient Storage
     except DamagedJobError as exc:
         return error_response(500, str(exc))
     except Exception:

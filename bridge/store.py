@@ -110,7 +110,8 @@ class Store:
             raise
         except sqlite3.Error as exc:
             reason = str(exc)
-            full = "full" in reason
+            # "database or disk is full": SQLite's word for ENOSPC (and for max_page_count).
+            full = getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
             advice = "free some space" if full else "check the folder"
             raise StoreError(
                 f"The bridge cannot use its job store in {self.path.parent} ({reason}); "
@@ -135,7 +136,7 @@ class Store:
                 yield self._db
                 self._db.execute("COMMIT")
             except BaseException:
-                if self._db.in_transaction:
+                if self._db.in_transaction:  # SQLite may have rolled back itself (disk full)
                     self._db.execute("ROLLBACK")
                 raise
 
@@ -189,9 +190,18 @@ class Store:
             state=State.QUEUED,
             **{f.name: getattr(spec, f.name) for f in fields(JobSpec) if f.name != "reference_id"},
         )
-        with self._transaction() as db:
-            self._claim_reference_id(db, job.reference_id, job_id)
-            self._write(db, job)
+        try:
+            with self._transaction() as db:
+                self._claim_reference_id(db, job.reference_id, job_id)
+                self._write(db, job)
+        except StoreError as exc:
+            if not exc.disk_full:
+                raise
+            raise StoreError(
+                f"The disk holding the bridge's data folder {self.path.parent} is full; free "
+                "some space and submit again.",
+                disk_full=True,
+            ) from None
         self._notify(job)
         return job
 

@@ -12,7 +12,8 @@ from bridge import media
 from bridge.config import BridgeConfig, Secret
 from bridge.emulator import EmulatorConfig, RunningEmulator, start_emulator
 from bridge.engine import Engine
-from bridge.jobs import Job
+from bridge.errors import StoreError
+from bridge.jobs import Job, JobSpec
 from bridge.store import Store
 from tests.helpers import async_wait_until
 
@@ -87,3 +88,20 @@ async def wait_final(engine: Engine, job_id: str, timeout: float = 20.0) -> Job:
         return job if job is not None and job.is_final else None
 
     return await async_wait_until(final, timeout=timeout, message=f"job {job_id} to finish")
+
+
+def fill_the_disk(store: Store) -> int:
+    """Make the store's disk "full" for real: SQLite may grow no further, and the pages it has
+    are filled with jobs. Returns how many jobs that took; undo with `free_the_disk`."""
+    pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+    store._db.execute(f"PRAGMA max_page_count = {pages}")
+    for count in range(10_000):
+        try:
+            store.create(JobSpec(video_path="/in/v.mp4", audio_path="/in/a.wav"))
+        except StoreError:
+            return count
+    raise AssertionError("the store never filled up")
+
+
+def free_the_disk(store: Store) -> None:
+    store._db.execute("PRAGMA max_page_count = 1073741823")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -17,6 +18,8 @@ import pytest
 from bridge import daemon, discovery, media
 from bridge.client import BridgeClient
 from bridge.emulator import RunningEmulator, emulator_in_background
+from bridge.server import STORE, create_app
+from tests.bridge.conftest import bridge_config, fill_the_disk
 from tests.bridge.processes import (
     BRIDGE,
     cli_env,
@@ -279,3 +282,144 @@ def test_submit_wait_outlives_a_bridge_killed_mid_job(
         if left and left["pid"] != first["pid"]:
             os.kill(left["pid"], signal.SIGTERM)
             wait_until(lambda: not (folder / discovery.DISCOVERY_FILE).exists())
+
+
+# --- bad input: one sentence, exit 4, no bridge started, nothing sent -----------------------
+
+
+@pytest.fixture
+def untouched_data(emulator: RunningEmulator, tmp_path: Path) -> Iterator[Path]:
+    """A data folder; fails the test if a bridge was left running on it or anything reached
+    the API (and stops that bridge, so a failing test leaves no process behind)."""
+    before = emulator.state.stats.to_json()
+    folder = tmp_path / "data"
+    yield folder
+    info = discovery.read_discovery(folder)
+    if info is not None:
+        os.kill(info["pid"], signal.SIGTERM)
+    assert info is None, "a bridge was started for a refused job"
+    assert emulator.state.stats.to_json() == before
+
+
+def special_input(tmp_path: Path, kind: str) -> str:
+    """A path that is not a plain media file: a FIFO, a symlink loop, a non-UTF-8 name."""
+    if kind == "fifo":
+        os.mkfifo(tmp_path / "pipe.mp4")
+        return str(tmp_path / "pipe.mp4")
+    if kind == "loop":
+        (tmp_path / "a.mp4").symlink_to(tmp_path / "b.mp4")
+        (tmp_path / "b.mp4").symlink_to(tmp_path / "a.mp4")
+        return str(tmp_path / "a.mp4")
+    # A name that is not UTF-8: Python hands it over as a lone surrogate (\udcff).
+    (tmp_path / os.fsdecode(b"take\xff.mp4")).write_bytes(b"not empty")
+    return str(tmp_path / os.fsdecode(b"take\xff.mp4"))
+
+
+@pytest.mark.parametrize(
+    ("video", "expected"),
+    [
+        ("ftp://example.com/clip.mp4", "The video URL 'ftp://example.com/clip.mp4' uses ftp://"),
+        ("file:///home/me/clip.mp4", "uses file://, which the API cannot fetch"),
+        ("http://[::1", "The video URL 'http://[::1' is malformed"),
+        ("http://", "The video URL 'http://' names no host"),
+        ("fifo", "is a named pipe (FIFO), not a media file"),
+        ("loop", "runs into a loop of symbolic links"),
+        ("surrogate", "The video path '"),
+    ],
+)
+def test_submit_names_a_bad_input_and_exits_4(
+    tmp_path: Path,
+    sample_pair: tuple[Path, Path],
+    api_env: dict[str, str],
+    untouched_data: Path,
+    video: str,
+    expected: str,
+) -> None:
+    if "/" not in video:
+        video = special_input(tmp_path, video)
+    result = run_cli(
+        "submit", video, str(sample_pair[1]), "--data-dir", str(untouched_data), env=api_env
+    )
+    assert result.returncode == 4
+    assert expected in one_sentence(result.stderr)
+
+
+@pytest.mark.parametrize(
+    ("reference_id", "expected"),
+    [
+        ("take-1\n", "reference_id 'take-1\\n' is not allowed"),
+        ("take\tone", "reference_id 'take\\tone' is not allowed"),
+        ("x" * 129, f"reference_id '{'x' * 40}'... is 129 characters long; use at most 128."),
+    ],
+)
+def test_submit_refuses_a_bad_reference_id(
+    tmp_path: Path,
+    sample_pair: tuple[Path, Path],
+    api_env: dict[str, str],
+    untouched_data: Path,
+    reference_id: str,
+    expected: str,
+) -> None:
+    video, audio = sample_pair
+    result = run_cli(
+        "submit", str(video), str(audio), "--reference-id", reference_id,
+        "--data-dir", str(untouched_data), env=api_env,
+    )  # fmt: skip
+    assert result.returncode == 4
+    assert one_sentence(result.stderr).startswith(expected)
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [("CHAMELAION_POLL_INTERVAL", "inf"), ("CHAMELAION_GENERATE_PER_MINUTE", "-5")],
+)
+def test_submit_reports_a_bridge_that_cannot_start_on_a_bad_setting(
+    tmp_path: Path,
+    sample_pair: tuple[Path, Path],
+    api_env: dict[str, str],
+    untouched_data: Path,
+    setting: str,
+    value: str,
+) -> None:
+    video, audio = sample_pair
+    env = {**api_env, setting: value}
+    result = run_cli("submit", str(video), str(audio), "--data-dir", str(untouched_data), env=env)
+    assert result.returncode == daemon.EXIT_BAD_CONFIG
+    assert one_sentence(result.stderr).startswith(f"{setting}={value!r} is not usable")
+
+
+def test_watch_refuses_a_bad_setting_with_exit_7(tmp_path: Path, api_env: dict[str, str]) -> None:
+    env = {**api_env, "CHAMELAION_POLL_INTERVAL": "nan"}
+    result = run_cli(
+        "watch", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+        "--data-dir", str(tmp_path / "data"), "--port", "0", env=env,
+    )  # fmt: skip
+    assert result.returncode == daemon.EXIT_BAD_CONFIG
+    assert "CHAMELAION_POLL_INTERVAL='nan' is not usable" in one_sentence(result.stderr)
+    assert not (tmp_path / "in").exists() and not (tmp_path / "data").exists()
+
+
+async def test_submit_to_a_bridge_whose_disk_is_full_says_so_and_exits_4(
+    tmp_path: Path,
+    sample_pair: tuple[Path, Path],
+    emulator: RunningEmulator,
+    untouched_data: Path,
+    aiohttp_server,  # type: ignore[no-untyped-def]
+) -> None:
+    folder = untouched_data
+    token = discovery.load_or_create_token(folder)
+    app = create_app(bridge_config(folder, emulator.base_url), token)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    jobs_before = fill_the_disk(app[STORE])
+    env = cli_env(CHAMELAION_BRIDGE_URL=str(server.make_url("")).rstrip("/"))
+    video, audio = sample_pair
+    # The bridge runs on this test's loop: the blocking CLI call waits on another thread.
+    result = await asyncio.to_thread(
+        run_cli, "submit", str(video), str(audio), "--data-dir", str(folder), env=env
+    )
+    assert result.returncode == 4
+    assert one_sentence(result.stderr) == (
+        f"The disk holding the bridge's data folder {folder} is full; free some space and "
+        "submit again."
+    )
+    assert len(app[STORE].list()) == jobs_before

@@ -82,8 +82,14 @@ def test_unwritable_data_folder_is_its_own_exit_code(tmp_path: Path) -> None:
     [
         (["--host", "0.0.0.0"], {}, "--host 0.0.0.0 is not allowed"),
         ([], {"CHAMELAION_BASE_URL": "ftp://example.com"}, "CHAMELAION_BASE_URL"),
-        ([], {"CHAMELAION_POLL_INTERVAL": "soon"}, "CHAMELAION_"),
-        ([], {"CHAMELAION_POLL_INTERVAL": "-1"}, "poll interval"),
+        ([], {"CHAMELAION_POLL_INTERVAL": "soon"}, "CHAMELAION_POLL_INTERVAL='soon' is not"),
+        ([], {"CHAMELAION_POLL_INTERVAL": "-1"}, "CHAMELAION_POLL_INTERVAL='-1' is not usable"),
+        ([], {"CHAMELAION_POLL_INTERVAL": "inf"}, "give a poll interval in seconds above 0"),
+        ([], {"CHAMELAION_POLL_INTERVAL": "nan"}, "CHAMELAION_POLL_INTERVAL='nan' is not"),
+        ([], {"CHAMELAION_POLL_INTERVAL": "abc"}, "CHAMELAION_POLL_INTERVAL='abc' is not"),
+        ([], {"CHAMELAION_GENERATE_PER_MINUTE": "-5"}, "CHAMELAION_GENERATE_PER_MINUTE='-5'"),
+        ([], {"CHAMELAION_GENERATE_PER_MINUTE": "abc"}, "a whole number of generate calls"),
+        ([], {"CHAMELAION_GENERATE_PER_MINUTE": "1.5"}, "CHAMELAION_GENERATE_PER_MINUTE"),
     ],
 )
 def test_bad_config_is_its_own_exit_code(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from aiohttp.test_utils import TestClient
 from bridge.emulator import RunningEmulator
 from bridge.jobs import JobSpec
 from bridge.server import STORE, create_app
-from tests.bridge.conftest import bridge_config
+from tests.bridge.conftest import bridge_config, fill_the_disk, free_the_disk
 from tests.helpers import async_wait_until
 
 TOKEN = "test-token"
@@ -222,3 +223,133 @@ async def test_events_from_another_thread_arrive(
     job = await read_event(events, "from-thread")
     assert job["state"] == "queued"
     assert SECRET_KEY not in json.dumps(job)
+
+
+# --- bad input: one sentence, no job, nothing sent to the API -------------------------------
+
+GOOD_AUDIO_URL = "http://127.0.0.1:9/dub.wav"
+
+
+async def assert_nothing_created(api: TestClient, emulator: RunningEmulator) -> None:
+    assert (await (await api.get("/v1/jobs", headers=AUTH)).json())["jobs"] == []
+    assert emulator.state.stats.calls == {}
+
+
+def url_body(video_url: str) -> dict[str, Any]:
+    return {"video_url": video_url, "audio_url": GOOD_AUDIO_URL}
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"reference_id": "take-1\n"}, "reference_id 'take-1\\n' is not allowed"),
+        ({"reference_id": "take\x07one"}, "reference_id 'take\\x07one' is not allowed"),
+        ({"reference_id": "take\u200bone"}, "is not allowed"),
+        ({"reference_id": "r" * 200}, "is 200 characters long; use at most 128."),
+        ({"video_range": {"start_seconds": float("nan"), "duration_seconds": 1}}, "finite"),
+        ({"video_range": {"start_seconds": 0, "duration_seconds": float("inf")}}, "finite"),
+        ({"video_range": {"start_seconds": 1e12, "duration_seconds": 1}}, "7 days"),
+        ({"video_range": {"start_seconds": 10**400, "duration_seconds": 1}}, "7 days"),
+        ({"video_range": {"start_seconds": 0, "duration_seconds": 0}}, "above 0"),
+        ({"video_range": {"start_seconds": 0, "duration_seconds": 86400 * 30}}, "7 days"),
+        ({"video_path": "/media/shot\x00.mp4"}, "contains a NUL byte"),
+        ({"audio_path": "/media/dub\ud800.wav"}, "not valid text (a lone surrogate"),
+        ({"output_dir": "/out\x00put"}, "The output folder '/out\\x00put' contains a NUL"),
+    ],
+)
+async def test_bad_values_are_refused_before_anything_is_created(
+    api: TestClient,
+    emulator: RunningEmulator,
+    sample_pair: tuple[Path, Path],
+    change: dict[str, Any],
+    expected: str,
+) -> None:
+    body = {**job_body(sample_pair), **change}
+    message = await error_of(await api.post("/v1/jobs", json=body, headers=AUTH), 400)
+    assert expected in message
+    await assert_nothing_created(api, emulator)
+
+
+async def test_a_long_reference_id_is_quoted_in_part(
+    api: TestClient, emulator: RunningEmulator, sample_pair: tuple[Path, Path]
+) -> None:
+    body = job_body(sample_pair, reference_id="a" * 39 + "b" * 161)
+    message = await error_of(await api.post("/v1/jobs", json=body, headers=AUTH), 400)
+    assert f"'{'a' * 39}b'..." in message and "bb" not in message
+    await assert_nothing_created(api, emulator)
+
+
+async def test_nan_written_as_a_json_literal_is_refused(
+    api: TestClient, emulator: RunningEmulator, sample_pair: tuple[Path, Path]
+) -> None:
+    video, audio = sample_pair
+    raw = (
+        f'{{"video_path": {json.dumps(str(video))}, "audio_path": {json.dumps(str(audio))}, '
+        '"video_range": {"start_seconds": NaN, "duration_seconds": Infinity}}'
+    )
+    response = await api.post("/v1/jobs", data=raw, headers=AUTH)
+    assert "finite numbers of seconds" in await error_of(response, 400)
+    await assert_nothing_created(api, emulator)
+
+
+@pytest.mark.parametrize(
+    ("video_url", "expected"),
+    [
+        ("http://[::1", "The video URL 'http://[::1' is malformed"),
+        ("http://[::1]:99999/clip.mp4", "is malformed"),
+        ("http://exa\nmple.com/clip.mp4", "is malformed"),
+        ("http://", "The video URL 'http://' names no host"),
+        ("http:///clip.mp4", "names no host"),
+        ("ftp://example.com/clip.mp4", "uses ftp://, which the API cannot fetch"),
+        ("file:///home/me/clip.mp4", "uses file://, which the API cannot fetch"),
+        ("example.com/clip.mp4", "has no scheme"),
+    ],
+)
+async def test_urls_the_api_cannot_fetch_are_named_as_such(
+    api: TestClient, emulator: RunningEmulator, video_url: str, expected: str
+) -> None:
+    response = await api.post("/v1/jobs", json=url_body(video_url), headers=AUTH)
+    assert expected in await error_of(response, 400)
+    await assert_nothing_created(api, emulator)
+
+
+async def test_a_fifo_is_named_and_does_not_hang_the_probe(
+    api: TestClient, emulator: RunningEmulator, sample_pair: tuple[Path, Path], tmp_path: Path
+) -> None:
+    fifo = tmp_path / "pipe.mp4"
+    os.mkfifo(fifo)
+    body = {**job_body(sample_pair), "video_path": str(fifo)}
+    async with asyncio.timeout(15):  # opening the FIFO to probe it would block for ever
+        response = await api.post("/v1/jobs", json=body, headers=AUTH)
+    assert f"The file {fifo} is a named pipe (FIFO)" in await error_of(response, 400)
+    await assert_nothing_created(api, emulator)
+
+
+async def test_a_symlink_loop_is_named(
+    api: TestClient, emulator: RunningEmulator, sample_pair: tuple[Path, Path], tmp_path: Path
+) -> None:
+    loop = tmp_path / "dub.wav"
+    (tmp_path / "other.wav").symlink_to(loop)
+    loop.symlink_to(tmp_path / "other.wav")
+    body = {**job_body(sample_pair), "audio_path": str(loop)}
+    message = await error_of(await api.post("/v1/jobs", json=body, headers=AUTH), 400)
+    assert f"The path {loop} runs into a loop of symbolic links" in message
+    await assert_nothing_created(api, emulator)
+
+
+async def test_a_full_data_disk_is_a_507_naming_the_folder(
+    api: TestClient, emulator: RunningEmulator, sample_pair: tuple[Path, Path], tmp_path: Path
+) -> None:
+    store = api.server.app[STORE]
+    before = fill_the_disk(store)
+    body = job_body(sample_pair, reference_id="no-room")
+    message = await error_of(await api.post("/v1/jobs", json=body, headers=AUTH), 507)
+    assert message == (
+        f"The disk holding the bridge's data folder {tmp_path / 'data'} is full; free some "
+        "space and submit again."
+    )
+    assert len((await (await api.get("/v1/jobs", headers=AUTH)).json())["jobs"]) == before
+    assert emulator.state.stats.calls == {}
+
+    free_the_disk(store)
+    assert (await api.post("/v1/jobs", json=body, headers=AUTH)).status == 201

@@ -425,3 +425,88 @@ async def test_an_outcome_reached_while_the_folder_is_offline_is_filed_when_it_r
     assert names(in_dir / "done") == {"late.mp4", "late.wav"}
     assert (out_dir / "late.lipsync.json").exists()
     assert emulator.state.stats.requests_created == 1
+
+
+async def test_an_unreadable_sidecar_fails_its_pair_and_the_fixed_one_is_picked_up(
+    tmp_path: Path,
+    make_watcher: WatchFactory,
+    emulator: RunningEmulator,
+    sample_pair: tuple[Path, Path],
+) -> None:
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    watcher = await make_watcher(in_dir, out_dir)
+    drop(sample_pair, in_dir, "shot")
+    (in_dir / "shot.json").write_text('{"reference_id": "take-1",')
+    failed = in_dir / "failed"
+    expected = {"shot.mp4", "shot.wav", "shot.json", "shot.error.txt", "shot.error.json"}
+    await async_wait_until(lambda: names(failed) == expected, message="the pair in failed/")
+    assert "The sidecar shot.json is not valid JSON" in (failed / "shot.error.txt").read_text()
+    assert watcher.store.list_by_origin(watcher.origin) == []
+    assert emulator.state.stats.calls == {}
+
+    # The user fixes the sidecar and moves the pair back: no restart needed.
+    (failed / "shot.json").write_text('{"reference_id": "take-1"}')
+    for name in ("shot.mp4", "shot.wav", "shot.json"):
+        (failed / name).rename(in_dir / name)
+    await async_wait_until(lambda: "shot.json" in names(in_dir / "done"), message="filed")
+    assert json.loads((out_dir / "shot.lipsync.json").read_text())["reference_id"] == "take-1"
+    assert emulator.state.stats.generate_by_reference_id == {"take-1": 1}
+
+
+@pytest.mark.parametrize(
+    ("video_url", "expected"),
+    [
+        ("http://[::1", "The video URL 'http://[::1' is malformed"),
+        ("http://", "The video URL 'http://' names no host"),
+        ("ftp://example.com/clip.mp4", "uses ftp://, which the API cannot fetch"),
+    ],
+)
+async def test_a_sidecar_with_a_bad_url_fails_and_the_fixed_one_is_picked_up(
+    tmp_path: Path,
+    make_watcher: WatchFactory,
+    emulator: RunningEmulator,
+    sample_urls: tuple[str, str],
+    video_url: str,
+    expected: str,
+) -> None:
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    watcher = await make_watcher(in_dir, out_dir)
+    sidecar = {"video_url": video_url, "audio_url": sample_urls[1]}
+    (in_dir / "remote.json").write_text(json.dumps(sidecar))
+    failed = in_dir / "failed"
+    await async_wait_until(
+        lambda: names(failed) == {"remote.json", "remote.error.txt", "remote.error.json"},
+        message="the sidecar in failed/",
+    )
+    assert expected in (failed / "remote.error.txt").read_text()
+    assert watcher.store.list_by_origin(watcher.origin) == []
+    assert emulator.state.stats.calls == {}
+
+    (failed / "remote.json").write_text(json.dumps({**sidecar, "video_url": sample_urls[0]}))
+    (failed / "remote.json").rename(in_dir / "remote.json")
+    await async_wait_until(lambda: "remote.json" in names(in_dir / "done"), message="filed")
+    assert media.is_playable_video(out_dir / "remote.lipsync.mp4")
+    assert emulator.state.stats.requests_created == 1
+
+
+async def test_a_sidecar_rewritten_while_its_pair_waits_is_the_one_used(
+    tmp_path: Path,
+    make_watcher: WatchFactory,
+    emulator: RunningEmulator,
+    sample_pair: tuple[Path, Path],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="bridge.watch")
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    await make_watcher(in_dir, out_dir)
+    shutil.copyfile(sample_pair[0], in_dir / "half.mp4")
+    (in_dir / "half.json").write_text('{"reference_id": ')
+    await async_wait_until(
+        lambda: "half waiting for its audio" in caplog.text, message="the waiting log line"
+    )
+
+    (in_dir / "half.json").write_text('{"reference_id": "half-take"}')
+    shutil.copyfile(sample_pair[1], in_dir / "half.wav")
+    await async_wait_until(lambda: "half.json" in names(in_dir / "done"), message="filed")
+    assert json.loads((out_dir / "half.lipsync.json").read_text())["reference_id"] == "half-take"
+    assert names(in_dir) == {"done"}
