@@ -96,7 +96,7 @@ def spawn_bridge(
 
     bridge.json may name another process when a bridge was already running for the folder.
     """
-    folder.mkdir(parents=True, exist_ok=True)
+    discovery.make_private_dir(folder)
     log_path = folder / discovery.LOG_FILE
     command = [sys.executable, "-m", "bridge", "serve", "--data-dir", str(folder)]
     if port is not None:
@@ -106,7 +106,7 @@ def spawn_bridge(
         if os.name == "nt"
         else {"start_new_session": True}
     )
-    with open(log_path, "ab") as log:
+    with discovery.open_private(log_path) as log:
         process = subprocess.Popen(
             command, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, **detach
         )

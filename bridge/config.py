@@ -42,17 +42,17 @@ class BridgeConfig:
 
     @property
     def store_path(self) -> Path:
-        return self.data_dir / "jobs.sqlite3"
+        return self.data_dir / discovery.STORE_FILE
 
     @property
     def output_dir(self) -> Path:
         """Where results go when a job names no output folder."""
-        return self.data_dir / "outputs"
+        return self.data_dir / discovery.OUTPUT_DIR
 
     @property
     def work_dir(self) -> Path:
         """Scratch space for converted or cut inputs; cleaned as jobs finish."""
-        return self.data_dir / "work"
+        return self.data_dir / discovery.WORK_DIR
 
     @classmethod
     def from_env(

@@ -35,7 +35,6 @@ EXIT_BAD_CONFIG = 7
 EXIT_ALREADY_RUNNING = 8
 EXIT_START_FAILED = 9
 
-LOCK_FILE = "bridge.lock"
 LOOPBACK_HOSTS = {"127.0.0.1": "127.0.0.1", "localhost": "127.0.0.1", "::1": "::1"}
 
 
@@ -79,14 +78,22 @@ def _not_writable(folder: Path, exc: OSError) -> StartupError:
     )
 
 
+def prepare_data_dir(folder: Path) -> None:
+    """Create the data folder private to this user, tightening what an older version left
+    readable: it holds the token that drives the bridge, the job store and the log."""
+    try:
+        discovery.secure_data_dir(folder)
+    except OSError as exc:
+        raise _not_writable(folder, exc) from None
+
+
 def acquire_lock(folder: Path) -> IO[str] | None:
     """Hold the data folder's lock for the life of the process; None if another bridge has it.
 
     The OS drops the lock when the process dies, even by SIGKILL, so it is never stale.
     """
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        handle = open(folder / LOCK_FILE, "a+", encoding="utf-8")  # noqa: SIM115 (held open)
+        handle = discovery.open_private(folder / discovery.LOCK_FILE, "a+")
     except OSError as exc:
         raise _not_writable(folder, exc) from None
     try:
@@ -138,6 +145,7 @@ def url_for(sock: socket.socket) -> str:
 def _setup_logging(folder: Path) -> Path:
     path = folder / discovery.LOG_FILE
     try:
+        discovery.open_private(path).close()  # created private, before the handler opens it
         handler = logging.FileHandler(path, encoding="utf-8")
     except OSError as exc:
         raise _not_writable(folder, exc) from None
@@ -173,6 +181,7 @@ def serve(
     try:
         check_config(config)
         folder = config.data_dir
+        prepare_data_dir(folder)
         lock = acquire_lock(folder)
         if lock is None:
             return _already_running(folder, watch_folders)

@@ -106,7 +106,7 @@ class Launcher:
             return None
         if time.monotonic() - self.started_at < SPAWN_INTERVAL:
             return None
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        discovery.make_private_dir(settings.data_dir)
         log_path = settings.data_dir / discovery.LOG_FILE
         extra: dict[str, Any] = {}
         if sys.platform == "win32":
@@ -114,7 +114,7 @@ class Launcher:
         else:
             extra["start_new_session"] = True
         try:
-            with open(log_path, "ab") as log:
+            with discovery.open_private(log_path) as log:
                 self.process = subprocess.Popen(
                     bridge_command(settings),
                     stdin=subprocess.DEVNULL,

@@ -1,0 +1,68 @@
+"""Local security: a private data folder. Real processes, as users run them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bridge import discovery
+from bridge.client import BridgeClient
+from tests.bridge.processes import cli_env, serving
+
+posix_only = pytest.mark.skipif(os.name == "nt", reason="POSIX modes")
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def leave_an_old_open_data_folder(folder: Path) -> str:
+    """What an older bridge, killed mid-run, left: a store with its -wal and -shm, a token,
+    a log, a lock and bridge.json, all readable by everyone."""
+    (folder / "work").mkdir(parents=True)
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os, sys, pathlib; from bridge.store import Store; "
+            "Store(pathlib.Path(sys.argv[1])); os.kill(os.getpid(), 9)",
+            str(folder / discovery.STORE_FILE),
+        ],
+        env=cli_env(),
+    )
+    assert killed.returncode == -signal.SIGKILL
+    token = "an-old-token"
+    (folder / discovery.TOKEN_FILE).write_text(token)
+    for name in (discovery.LOG_FILE, discovery.LOCK_FILE, discovery.DISCOVERY_FILE):
+        (folder / name).write_text("")
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return token
+
+
+@posix_only
+@pytest.mark.parametrize("left_open", [False, True], ids=["new-folder", "older-version"])
+def test_the_data_folder_and_all_it_holds_are_private(left_open: bool, tmp_path: Path) -> None:
+    folder = tmp_path / "data"
+    token = leave_an_old_open_data_folder(folder) if left_open else None
+    if left_open:
+        assert {f"{discovery.STORE_FILE}-wal", f"{discovery.STORE_FILE}-shm"} <= {
+            p.name for p in folder.iterdir()
+        }, "the setup must leave SQLite's companions behind"
+
+    with serving(folder, "--port", "0"):
+        assert BridgeClient(data_dir=folder).list_jobs() == []  # the store is in use
+        held = {p.relative_to(folder).as_posix(): mode(p) for p in [folder, *folder.rglob("*")]}
+
+    assert {*discovery.PRIVATE_FILES, ".", "work", "outputs"} <= held.keys()
+    loose = {name: oct(m) for name, m in held.items() if m & 0o077}
+    assert loose == {}, "readable by other users"
+    assert held["."] == held["work"] == held["outputs"] == 0o700
+    if token:
+        assert discovery.read_token(folder) == token, "the token survives the tightening"
