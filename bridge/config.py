@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from bridge import discovery
 
@@ -24,6 +25,23 @@ class Secret:
         return "Secret(set)" if self.value else "Secret(unset)"
 
     __str__ = __repr__
+
+
+def redact_url(url: str) -> str:
+    """The URL as it may be shown or logged: user, password and query values replaced by
+    '***', since CHAMELAION_BASE_URL may carry credentials in any of them."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "(an unreadable URL)"
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{'***@' if '@' in parts.netloc else ''}{host}{f':{port}' if port else ''}"
+    pieces = (piece.partition("=") for piece in parts.query.split("&") if piece)
+    query = "&".join(f"{name}=***" if sep else "***" for name, sep, _ in pieces)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from aiohttp import web
 
 import bridge
 from bridge import discovery
-from bridge.config import BridgeConfig
+from bridge.config import BridgeConfig, redact_url
 from bridge.errors import BridgeError
 from bridge.jobs import now_iso
 
@@ -60,7 +60,8 @@ def check_config(config: BridgeConfig) -> None:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise StartupError(
             EXIT_BAD_CONFIG,
-            f"CHAMELAION_BASE_URL {config.api_base!r} is not an http(s) URL; fix it or unset it.",
+            f"CHAMELAION_BASE_URL {redact_url(config.api_base)!r} is not an http(s) URL; fix it "
+            "or unset it.",
         )
     if not 0 < config.poll_interval <= config.max_poll_interval:
         raise StartupError(
@@ -236,7 +237,12 @@ async def _run(
             "started_at": now_iso(),
         }
         discovery.write_discovery(config.data_dir, info)
-        log.info("Bridge %s listening on %s (API %s)", bridge.__version__, url, config.api_base)
+        log.info(
+            "Bridge %s listening on %s (API %s)",
+            bridge.__version__,
+            url,
+            redact_url(config.api_base),
+        )
         print(
             f"Chamelaion bridge {bridge.__version__} listening on {url} "
             f"(data folder {config.data_dir}, log {log_path}).",

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 import bridge
-from bridge.config import BridgeConfig
+from bridge.config import BridgeConfig, redact_url
 from bridge.engine import Engine
 from bridge.errors import DuplicateReferenceError, InputError
 from bridge.jobs import Job, JobSpec, State
@@ -97,7 +97,7 @@ async def health(request: web.Request) -> web.Response:
     body: dict[str, Any] = {
         "status": "ok",
         "version": bridge.__version__,
-        "api_base": config.api_base,
+        "api_base": redact_url(config.api_base),
         "api_key_configured": bool(config.api_key),
         # The real service never runs on this machine: a loopback API is an emulator.
         "emulator": is_loopback_host(urlsplit(config.api_base).netloc),

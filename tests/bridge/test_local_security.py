@@ -1,7 +1,9 @@
-"""Local security: a private data folder. Real processes, as users run them."""
+"""Local security: a private data folder, no credentials of CHAMELAION_BASE_URL in health
+or the log. Real processes, as users run them."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import stat
@@ -11,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from bridge import discovery
+from bridge import daemon, discovery
 from bridge.client import BridgeClient
-from tests.bridge.processes import cli_env, serving
+from tests.bridge.processes import cli_env, one_sentence, run_cli, serving
 
 posix_only = pytest.mark.skipif(os.name == "nt", reason="POSIX modes")
 
@@ -66,3 +68,26 @@ def test_the_data_folder_and_all_it_holds_are_private(left_open: bool, tmp_path:
     assert held["."] == held["work"] == held["outputs"] == 0o700
     if token:
         assert discovery.read_token(folder) == token, "the token survives the tightening"
+
+
+SECRETS = ("s3cret-user", "s3cret-pass", "s3cret-query")
+
+
+def test_credentials_in_the_base_url_show_nowhere(tmp_path: Path) -> None:
+    base = f"http://{SECRETS[0]}:{SECRETS[1]}@127.0.0.1:9/api?key={SECRETS[2]}&region=eu"
+    env = cli_env(CHAMELAION_BASE_URL=base, CHAMELAION_API_KEY="k")
+    with serving(tmp_path, "--port", "0", env=env):
+        health = BridgeClient(data_dir=tmp_path).health()
+    assert health["api_base"] == "http://***@127.0.0.1:9/api?key=***&region=***"
+    log = (tmp_path / discovery.LOG_FILE).read_text()
+    assert "listening on" in log and "http://***@127.0.0.1:9/api" in log
+    assert not [s for s in SECRETS if s in log or s in json.dumps(health)]
+
+    bad = run_cli(
+        "serve", "--data-dir", str(tmp_path), "--port", "0",
+        env=cli_env(CHAMELAION_BASE_URL=f"ftp://{SECRETS[0]}:{SECRETS[1]}@example.com/x"),
+    )  # fmt: skip
+    assert bad.returncode == daemon.EXIT_BAD_CONFIG
+    sentence = one_sentence(bad.stderr)
+    assert "ftp://***@example.com/x" in sentence
+    assert not [s for s in SECRETS if s in sentence]
