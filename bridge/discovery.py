@@ -6,6 +6,8 @@ folder, the token and `bridge.json` without talking to each other first.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import secrets
@@ -114,6 +116,13 @@ def load_or_create_token(folder: Path) -> str:
     token = secrets.token_urlsafe(32)
     write_atomic(path, token, mode=PRIVATE_FILE_MODE)
     return token
+
+
+def health_proof(token: str, challenge: str, port: int) -> str:
+    """What the real bridge answers to a client's health challenge: only the token's holder
+    can compute it, and the listening port in it stops a stranger relaying a real answer."""
+    message = f"{challenge}:{port}".encode()
+    return hmac.new(token.encode(), message, hashlib.sha256).hexdigest()
 
 
 def read_token(folder: Path) -> str | None:

@@ -20,6 +20,7 @@ from aiohttp import web
 
 import bridge
 from bridge.config import BridgeConfig, redact_url
+from bridge.discovery import health_proof
 from bridge.engine import Engine
 from bridge.errors import DuplicateReferenceError, InputError
 from bridge.jobs import Job, JobSpec, State
@@ -93,15 +94,22 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 async def health(request: web.Request) -> web.Response:
+    """Open to all; with `?challenge=`, also the proof that this bridge holds the token, which
+    clients check before they send it (a stale bridge.json may name another program's port)."""
     config = request.app[CONFIG]
     body: dict[str, Any] = {
         "status": "ok",
         "version": bridge.__version__,
+        "api_version": bridge.API_VERSION,
         "api_base": redact_url(config.api_base),
         "api_key_configured": bool(config.api_key),
         # The real service never runs on this machine: a loopback API is an emulator.
         "emulator": is_loopback_host(urlsplit(config.api_base).netloc),
     }
+    challenge = request.query.get("challenge")
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    if challenge and sockname:
+        body["proof"] = health_proof(request.app[TOKEN], challenge, sockname[1])
     if request.app[WATCHERS]:
         body["watch"] = [watcher.status() for watcher in request.app[WATCHERS]]
     return web.json_response(body)
