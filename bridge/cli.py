@@ -393,6 +393,7 @@ def _serve(args: argparse.Namespace, watch_folders: list[tuple[Path, Path]]) -> 
             host=args.host,
             port=args.port,
             watch_poll=getattr(args, "poll", False) or None,
+            watch_follow_symlinks=getattr(args, "follow_symlinks", False) or None,
         )
     except ValueError as exc:
         raise CliError(
@@ -518,6 +519,12 @@ def build_parser() -> Parser:
             "--poll",
             action="store_true",
             help="watch folders by polling (for network shares that miss file events)",
+        )
+        sub.add_argument(
+            "--follow-symlinks",
+            action="store_true",
+            help="accept watch-folder inputs that are symbolic links to files outside the "
+            "folder (refused by default)",
         )
 
     emulator = command("emulator", cmd_emulator, "run the local API emulator (no real lip sync)")

@@ -57,6 +57,7 @@ class BridgeConfig:
     poll_interval: float = 2.0
     max_poll_interval: float = 30.0
     watch_poll: bool = False  # watch folders by polling (network shares that send no events)
+    watch_follow_symlinks: bool = False  # accept watch inputs linking outside their folder
 
     @property
     def store_path(self) -> Path:
