@@ -5,3 +5,4 @@ Kept import-light on purpose: the Blender add-on imports `bridge.client` and
 """
 
 __version__ = "0.1.0"
+API_VERSION = 1  # of the local HTTP API; raised when a change would break its clients

@@ -106,7 +106,7 @@ def spawn_bridge(
 
     bridge.json may name another process when a bridge was already running for the folder.
     """
-    folder.mkdir(parents=True, exist_ok=True)
+    discovery.make_private_dir(folder)
     log_path = folder / discovery.LOG_FILE
     command = [sys.executable, "-m", "bridge", "serve", "--data-dir", str(folder)]
     if port is not None:
@@ -116,7 +116,7 @@ def spawn_bridge(
         if os.name == "nt"
         else {"start_new_session": True}
     )
-    with open(log_path, "ab") as log:
+    with discovery.open_private(log_path) as log:
         process = subprocess.Popen(
             command, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, **detach
         )
@@ -415,6 +415,7 @@ def _serve(args: argparse.Namespace, watch_folders: list[tuple[Path, Path]]) -> 
             host=args.host,
             port=args.port,
             watch_poll=getattr(args, "poll", False) or None,
+            watch_follow_symlinks=getattr(args, "follow_symlinks", False) or None,
         )
     except ConfigError as exc:
         raise CliError(EXIT_BAD_CONFIG, str(exc)) from None
@@ -538,6 +539,12 @@ def build_parser() -> Parser:
             "--poll",
             action="store_true",
             help="watch folders by polling (for network shares that miss file events)",
+        )
+        sub.add_argument(
+            "--follow-symlinks",
+            action="store_true",
+            help="accept watch-folder inputs that are symbolic links to files outside the "
+            "folder (refused by default)",
         )
 
     emulator = command("emulator", cmd_emulator, "run the local API emulator (no real lip sync)")

@@ -2,11 +2,17 @@
 
 Standard library only, so the CLI and the Blender add-on (on its worker thread) share it
 without extra dependencies. Proxies are bypassed: the bridge is always on loopback.
+
+The token leaves this client only for a bridge that first proved it holds the same token
+(health answers a random challenge with an HMAC keyed by it): a stale bridge.json may name a
+port that another program took over since.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
+import secrets
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -47,6 +53,8 @@ class BridgeClient:
         self.url = (url or discovery.bridge_url(folder)).rstrip("/")
         self.token = token or discovery.read_token(folder)
         self.timeout = timeout
+        self.data_dir = folder
+        self._verified = False  # whether the bridge at self.url proved it holds self.token
 
     def _request(
         self,
@@ -55,6 +63,19 @@ class BridgeClient:
         body: dict[str, Any] | None = None,
         query: Sequence[tuple[str, str]] = (),
     ) -> Any:
+        if not self._verified:
+            self.health()
+        request = self._build(method, path, body, query)
+        request.add_header("Authorization", f"Bearer {self.token}")
+        return self._send(request)
+
+    def _build(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        query: Sequence[tuple[str, str]] = (),
+    ) -> urllib.request.Request:
         url = self.url + path
         if query:
             url += "?" + urllib.parse.urlencode(list(query))
@@ -63,21 +84,53 @@ class BridgeClient:
         request.add_header("Accept", "application/json")
         if data is not None:
             request.add_header("Content-Type", "application/json")
-        if self.token:
-            request.add_header("Authorization", f"Bearer {self.token}")
+        return request
+
+    def _send(self, request: urllib.request.Request) -> Any:
         try:
             with _OPENER.open(request, timeout=self.timeout) as response:
                 return json.loads(response.read() or b"null")
         except urllib.error.HTTPError as exc:
             raise BridgeRequestError(_error_message(exc), exc.code) from None
         except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+            self._verified = False  # whatever answers here next must prove itself again
             raise BridgeUnavailable(
                 f"The Chamelaion bridge at {self.url} is not answering ({_reason(exc)}); "
                 "start it with 'chamelaion-bridge serve'."
             ) from None
 
     def health(self) -> dict[str, Any]:
-        return self._request("GET", "/v1/health")
+        """The bridge's health, once it proved that it holds our token (else
+        BridgeUnavailable: whatever answers there is not our bridge)."""
+        challenge = secrets.token_hex(16)
+        try:
+            body = self._send(self._build("GET", "/v1/health", query=[("challenge", challenge)]))
+        except BridgeRequestError as exc:
+            raise self._stranger(f"it answered HTTP {exc.status}") from None
+        except ValueError:
+            raise self._stranger("it did not answer JSON") from None
+        if not self.token:
+            raise BridgeUnavailable(
+                f"There is no bridge token in {self.data_dir}, so the bridge at {self.url} "
+                "cannot be trusted; start the bridge with this data folder."
+            )
+        proof = body.get("proof") if isinstance(body, dict) else None
+        expected = discovery.health_proof(self.token, challenge, self._port())
+        if not isinstance(proof, str) or not hmac.compare_digest(proof, expected):
+            raise self._stranger("it does not hold this data folder's token")
+        self._verified = True
+        return body
+
+    def _stranger(self, why: str) -> BridgeUnavailable:
+        self._verified = False
+        return BridgeUnavailable(
+            f"What answers at {self.url} is not the Chamelaion bridge of {self.data_dir} "
+            f"({why}) and was sent nothing; start the bridge with 'chamelaion-bridge serve'."
+        )
+
+    def _port(self) -> int:
+        parts = urllib.parse.urlsplit(self.url)
+        return parts.port or (443 if parts.scheme == "https" else 80)
 
     def create_job(self, body: dict[str, Any]) -> dict[str, Any]:
         return self._request("POST", "/v1/jobs", body)
@@ -115,15 +168,17 @@ class BridgeClient:
 
     def events(self) -> Iterator[dict[str, Any]]:
         """Follow `GET /v1/events`: yields each job as it changes (blocks between events)."""
+        if not self._verified:
+            self.health()
         request = urllib.request.Request(self.url + "/v1/events")
         request.add_header("Accept", "text/event-stream")
-        if self.token:
-            request.add_header("Authorization", f"Bearer {self.token}")
+        request.add_header("Authorization", f"Bearer {self.token}")
         try:
             response = _OPENER.open(request, timeout=None)
         except urllib.error.HTTPError as exc:
             raise BridgeRequestError(_error_message(exc), exc.code) from None
         except (urllib.error.URLError, ConnectionError) as exc:
+            self._verified = False
             raise BridgeUnavailable(
                 f"The Chamelaion bridge at {self.url} is not answering ({_reason(exc)})."
             ) from None

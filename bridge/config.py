@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 from bridge import discovery
 
@@ -58,6 +59,23 @@ def api_key_from_env() -> tuple[Secret, str]:
     return Secret(api_key or bearer or None), "x-api-key" if api_key or not bearer else "bearer"
 
 
+def redact_url(url: str) -> str:
+    """The URL as it may be shown or logged: user, password and query values replaced by
+    '***', since CHAMELAION_BASE_URL may carry credentials in any of them."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "(an unreadable URL)"
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{'***@' if '@' in parts.netloc else ''}{host}{f':{port}' if port else ''}"
+    pieces = (piece.partition("=") for piece in parts.query.split("&") if piece)
+    query = "&".join(f"{name}=***" if sep else "***" for name, sep, _ in pieces)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
 @dataclass(frozen=True)
 class BridgeConfig:
     data_dir: Path
@@ -72,21 +90,25 @@ class BridgeConfig:
     max_poll_interval: float = 30.0
     # A request the API answers "not found" for this long is taken as forgotten by the API.
     forget_after: float = 60.0
+    # Waits between tries after a transient failure: jittered, doubling from base up to cap.
+    retry_base: float = 1.0
+    retry_cap: float = 60.0
     watch_poll: bool = False  # watch folders by polling (network shares that send no events)
+    watch_follow_symlinks: bool = False  # accept watch inputs linking outside their folder
 
     @property
     def store_path(self) -> Path:
-        return self.data_dir / "jobs.sqlite3"
+        return self.data_dir / discovery.STORE_FILE
 
     @property
     def output_dir(self) -> Path:
         """Where results go when a job names no output folder."""
-        return self.data_dir / "outputs"
+        return self.data_dir / discovery.OUTPUT_DIR
 
     @property
     def work_dir(self) -> Path:
         """Scratch space for converted or cut inputs; cleaned as jobs finish."""
-        return self.data_dir / "work"
+        return self.data_dir / discovery.WORK_DIR
 
     @classmethod
     def from_env(

@@ -23,7 +23,7 @@ from aiohttp import web
 
 import bridge
 from bridge import discovery
-from bridge.config import BridgeConfig
+from bridge.config import BridgeConfig, redact_url
 from bridge.errors import BridgeError
 from bridge.jobs import now_iso
 
@@ -35,7 +35,6 @@ EXIT_BAD_CONFIG = 7
 EXIT_ALREADY_RUNNING = 8
 EXIT_START_FAILED = 9
 
-LOCK_FILE = "bridge.lock"
 LOOPBACK_HOSTS = {"127.0.0.1": "127.0.0.1", "localhost": "127.0.0.1", "::1": "::1"}
 
 
@@ -61,7 +60,8 @@ def check_config(config: BridgeConfig) -> None:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise StartupError(
             EXIT_BAD_CONFIG,
-            f"CHAMELAION_BASE_URL {config.api_base!r} is not an http(s) URL; fix it or unset it.",
+            f"CHAMELAION_BASE_URL {redact_url(config.api_base)!r} is not an http(s) URL; fix it "
+            "or unset it.",
         )
     if not 0 < config.poll_interval <= config.max_poll_interval:
         raise StartupError(
@@ -79,14 +79,22 @@ def _not_writable(folder: Path, exc: OSError) -> StartupError:
     )
 
 
+def prepare_data_dir(folder: Path) -> None:
+    """Create the data folder private to this user, tightening what an older version left
+    readable: it holds the token that drives the bridge, the job store and the log."""
+    try:
+        discovery.secure_data_dir(folder)
+    except OSError as exc:
+        raise _not_writable(folder, exc) from None
+
+
 def acquire_lock(folder: Path) -> IO[str] | None:
     """Hold the data folder's lock for the life of the process; None if another bridge has it.
 
     The OS drops the lock when the process dies, even by SIGKILL, so it is never stale.
     """
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        handle = open(folder / LOCK_FILE, "a+", encoding="utf-8")  # noqa: SIM115 (held open)
+        handle = discovery.open_private(folder / discovery.LOCK_FILE, "a+")
     except OSError as exc:
         raise _not_writable(folder, exc) from None
     try:
@@ -138,6 +146,7 @@ def url_for(sock: socket.socket) -> str:
 def _setup_logging(folder: Path) -> Path:
     path = folder / discovery.LOG_FILE
     try:
+        discovery.open_private(path).close()  # created private, before the handler opens it
         handler = logging.FileHandler(path, encoding="utf-8")
     except OSError as exc:
         raise _not_writable(folder, exc) from None
@@ -173,6 +182,7 @@ def serve(
     try:
         check_config(config)
         folder = config.data_dir
+        prepare_data_dir(folder)
         lock = acquire_lock(folder)
         if lock is None:
             return _already_running(folder, watch_folders)
@@ -227,7 +237,12 @@ async def _run(
             "started_at": now_iso(),
         }
         discovery.write_discovery(config.data_dir, info)
-        log.info("Bridge %s listening on %s (API %s)", bridge.__version__, url, config.api_base)
+        log.info(
+            "Bridge %s listening on %s (API %s)",
+            bridge.__version__,
+            url,
+            redact_url(config.api_base),
+        )
         print(
             f"Chamelaion bridge {bridge.__version__} listening on {url} "
             f"(data folder {config.data_dir}, log {log_path}).",

@@ -6,18 +6,37 @@ folder, the token and `bridge.json` without talking to each other first.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import secrets
 import sys
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 DEFAULT_PORT = 7878
 DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
 DISCOVERY_FILE = "bridge.json"
 TOKEN_FILE = "token"
 LOG_FILE = "bridge.log"
+LOCK_FILE = "bridge.lock"
+STORE_FILE = "jobs.sqlite3"
+WORK_DIR = "work"
+OUTPUT_DIR = "outputs"
+# What the data folder holds that no other user may read: the token, the job store (and
+# SQLite's companions, which copy the store's mode when SQLite creates them), the log.
+PRIVATE_FILES = (
+    TOKEN_FILE,
+    DISCOVERY_FILE,
+    LOG_FILE,
+    LOCK_FILE,
+    STORE_FILE,
+    f"{STORE_FILE}-wal",
+    f"{STORE_FILE}-shm",
+)
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
 
 
 def data_dir(override: str | os.PathLike[str] | None = None) -> Path:
@@ -53,6 +72,39 @@ def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
         raise
 
 
+def make_private_dir(folder: Path) -> Path:
+    """Create `folder` (and its parents) with only this user allowed in; tighten it if it
+    exists, since it holds the token that drives the bridge."""
+    folder.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
+    if os.name != "nt":  # Windows folders get their access from the user profile's ACL
+        os.chmod(folder, PRIVATE_DIR_MODE)
+    return folder
+
+
+def secure_data_dir(folder: Path) -> None:
+    """Make the data folder private, including what an older version left readable.
+
+    The store file is created here, empty, so that SQLite gives its -wal and -shm files
+    the same private mode when it creates them.
+    """
+    for sub in (folder, folder / WORK_DIR, folder / OUTPUT_DIR):
+        make_private_dir(sub)
+    open_private(folder / STORE_FILE, "ab").close()
+    if os.name == "nt":
+        return
+    for name in PRIVATE_FILES:
+        path = folder / name
+        if path.is_file() and not path.is_symlink():
+            os.chmod(path, PRIVATE_FILE_MODE)
+
+
+def open_private(path: Path, mode: str = "ab") -> IO[Any]:
+    """Open (creating it readable by this user only) a file of the data folder."""
+    flags = {"ab": os.O_WRONLY | os.O_APPEND, "a+": os.O_RDWR | os.O_APPEND}[mode]
+    fd = os.open(path, flags | os.O_CREAT, PRIVATE_FILE_MODE)
+    return os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"}))
+
+
 def load_or_create_token(folder: Path) -> str:
     """The bearer token clients must present; created once, readable only by this user."""
     path = folder / TOKEN_FILE
@@ -60,10 +112,17 @@ def load_or_create_token(folder: Path) -> str:
         token = path.read_text(encoding="utf-8").strip()
         if token:
             return token
-    folder.mkdir(parents=True, exist_ok=True)
+    make_private_dir(folder)
     token = secrets.token_urlsafe(32)
-    write_atomic(path, token, mode=0o600)
+    write_atomic(path, token, mode=PRIVATE_FILE_MODE)
     return token
+
+
+def health_proof(token: str, challenge: str, port: int) -> str:
+    """What the real bridge answers to a client's health challenge: only the token's holder
+    can compute it, and the listening port in it stops a stranger relaying a real answer."""
+    message = f"{challenge}:{port}".encode()
+    return hmac.new(token.encode(), message, hashlib.sha256).hexdigest()
 
 
 def read_token(folder: Path) -> str | None:
@@ -75,7 +134,7 @@ def read_token(folder: Path) -> str | None:
 
 
 def write_discovery(folder: Path, info: dict[str, Any]) -> None:
-    write_atomic(folder / DISCOVERY_FILE, json.dumps(info, indent=2))
+    write_atomic(folder / DISCOVERY_FILE, json.dumps(info, indent=2), mode=PRIVATE_FILE_MODE)
 
 
 def read_discovery(folder: Path) -> dict[str, Any] | None:

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 import shutil
 import signal
 import tempfile
@@ -28,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -95,6 +97,8 @@ class FaultRule:
     count: int = 1
     retry_after: float | None = None
     delay: float = 0.0
+    # The chance that a matching call misbehaves (a soak's "30 % of answers are errors").
+    probability: float = 1.0
 
     def __post_init__(self) -> None:
         targets = ENDPOINT_GROUPS.get(self.endpoint, {self.endpoint})
@@ -106,6 +110,8 @@ class FaultRule:
             raise ValueError(f"fault kind {self.kind!r} does not apply to {self.endpoint!r}")
         if self.count == 0 or self.count < -1:
             raise ValueError("count must be a positive number or -1 (forever)")
+        if not 0 < self.probability <= 1:
+            raise ValueError("probability must be above 0 and at most 1")
 
     def matches(self, endpoint: str) -> bool:
         return self.count != 0 and endpoint in ENDPOINT_GROUPS.get(self.endpoint, {self.endpoint})
@@ -135,6 +141,8 @@ class EmulatorStats:
     generate_by_reference_id: Counter[str] = field(default_factory=Counter)
     requests_created: int = 0
     downloads: int = 0
+    # Faults that fired, by kind.
+    faults: Counter[str] = field(default_factory=Counter)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -142,6 +150,7 @@ class EmulatorStats:
             "generate_by_reference_id": dict(self.generate_by_reference_id),
             "requests_created": self.requests_created,
             "downloads": self.downloads,
+            "faults": dict(self.faults),
         }
 
 
@@ -227,9 +236,11 @@ class EmulatorState:
         count: int = 1,
         retry_after: float | None = None,
         delay: float = 0.0,
+        probability: float = 1.0,
     ) -> FaultRule:
-        """Make the next `count` calls to `endpoint` misbehave as `kind`."""
-        rule = FaultRule(endpoint, kind, count, retry_after, delay)
+        """Make the next `count` calls to `endpoint` misbehave as `kind` (each with
+        `probability`)."""
+        rule = FaultRule(endpoint, kind, count, retry_after, delay, probability)
         self.faults.append(rule)
         return rule
 
@@ -259,10 +270,14 @@ class EmulatorState:
         return next((r for r in self.requests.values() if r.reference_id == id_or_reference), None)
 
     def take_fault(self, endpoint: str) -> FaultRule | None:
-        rule = next((r for r in self.faults if r.matches(endpoint)), None)
-        if rule is not None and rule.count > 0:
-            rule.count -= 1
-        return rule
+        """The first matching rule that fires for this call, if any (used up by one)."""
+        for rule in self.faults:
+            if rule.matches(endpoint) and random.random() < rule.probability:
+                if rule.count > 0:
+                    rule.count -= 1
+                self.stats.faults[rule.kind] += 1
+                return rule
+        return None
 
     def _take_outcome(self) -> JobOutcome | None:
         outcome = next((o for o in self.job_outcomes if o.count != 0), None)
@@ -724,6 +739,7 @@ class RunningEmulator:
     url: str
     app: web.Application
     runner: web.AppRunner
+    site: web.TCPSite
 
     @property
     def base_url(self) -> str:
@@ -736,6 +752,19 @@ class RunningEmulator:
     async def close(self) -> None:
         await self.runner.cleanup()
 
+    async def go_offline(self) -> None:
+        """An outage: refuse new connections and cut the open ones; requests are kept."""
+        await self.site.stop()
+        assert self.runner.server is not None
+        for connection in list(self.runner.server.connections):
+            connection.force_close()
+
+    async def go_online(self) -> None:
+        """Back after an outage, on the same address."""
+        address = urlsplit(self.url)
+        self.site = web.TCPSite(self.runner, address.hostname, address.port)
+        await self.site.start()
+
 
 async def start_emulator(
     config: EmulatorConfig | None = None, host: str = "127.0.0.1", port: int = 0
@@ -744,13 +773,14 @@ async def start_emulator(
     app = create_emulator_app(config)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
+    site = web.TCPSite(runner, host, port)
     try:
-        await web.TCPSite(runner, host, port).start()
+        await site.start()
     except BaseException:
         await runner.cleanup()
         raise
     bound_port = runner.addresses[0][1]
-    return RunningEmulator(url=f"http://{host}:{bound_port}", app=app, runner=runner)
+    return RunningEmulator(url=f"http://{host}:{bound_port}", app=app, runner=runner, site=site)
 
 
 @contextlib.contextmanager

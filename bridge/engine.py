@@ -83,7 +83,7 @@ class Engine:
         self.store = store
         self.remote: RemoteAPI | None = None
         self.problems = Problems()
-        self.gateway = Gateway(self.problems)
+        self.gateway = Gateway(self.problems, base=config.retry_base, cap=config.retry_cap)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._output_urls: dict[str, str] = {}
         # Input checks done at submit, reused once when the job is prepared for upload.
@@ -232,7 +232,7 @@ class Engine:
         bug) is logged, shown in health and the job's note, and the step is run again from
         what the store says, as after a restart.
         """
-        trouble = Backoff(cap=60.0)
+        trouble = Backoff(base=self.config.retry_base, cap=self.config.retry_cap)
         while True:
             try:
                 job = self._get(job_id)
@@ -399,7 +399,7 @@ class Engine:
     async def _poll_loop(self) -> None:
         """Poll every submitted job until it is final; no failure ends this loop."""
         interval = self.config.poll_interval
-        trouble = Backoff(base=self.config.poll_interval, cap=60.0)
+        trouble = Backoff(base=self.config.poll_interval, cap=self.config.retry_cap)
         while True:
             jobs: list[Job] = []
             try:
@@ -602,7 +602,7 @@ class Engine:
         """Download until the file plays; False when the API no longer offers a result (the
         poller then decides, which fails the job if the API has forgotten it)."""
         remote = self._require_remote()
-        misses = Backoff(cap=30.0)
+        misses = Backoff(base=self.config.retry_base, cap=self.config.retry_cap)
         problem = ""
         while misses.attempt < DOWNLOAD_GIVE_UP:
             url = self._output_urls.get(job.id) or await self._fresh_output_url(remote, job)

@@ -20,7 +20,8 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 import bridge
-from bridge.config import BridgeConfig, Secret
+from bridge.config import BridgeConfig, Secret, redact_url
+from bridge.discovery import health_proof
 from bridge.engine import Engine
 from bridge.errors import DamagedJobError, DuplicateReferenceError, InputError, StoreError
 from bridge.jobs import Job, JobSpec, State
@@ -106,12 +107,15 @@ def _fingerprint(request: web.Request) -> str | None:
 
 
 async def health(request: web.Request) -> web.Response:
+    """Open to all; with `?challenge=`, also the proof that this bridge holds the token, which
+    clients check before they send it (a stale bridge.json may name another program's port)."""
     config = request.app[CONFIG]
     fingerprint = _fingerprint(request)
     body: dict[str, Any] = {
         "status": "ok",
         "version": bridge.__version__,
-        "api_base": config.api_base,
+        "api_version": bridge.API_VERSION,
+        "api_base": redact_url(config.api_base),
         "api_key_configured": fingerprint is not None,
         "api_key_fingerprint": fingerprint,
         # The real service never runs on this machine: a loopback API is an emulator.
@@ -119,6 +123,10 @@ async def health(request: web.Request) -> web.Response:
         # What stops jobs from making progress right now (an outage, a full disk), if anything.
         "problems": request.app[ENGINE].problems.sentences(),
     }
+    challenge = request.query.get("challenge")
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    if challenge and sockname:
+        body["proof"] = health_proof(request.app[TOKEN], challenge, sockname[1])
     if request.app[WATCHERS]:
         body["watch"] = [watcher.status() for watcher in request.app[WATCHERS]]
     return web.json_response(body)

@@ -127,6 +127,7 @@ class WatchFolder:
         store: Store,
         *,
         poll: bool = False,
+        follow_symlinks: bool = False,
         settle: float = DEFAULT_SETTLE_SECONDS,
         give_up: float = DEFAULT_GIVE_UP_SECONDS,
         rescan: float = DEFAULT_RESCAN_SECONDS,
@@ -136,6 +137,7 @@ class WatchFolder:
         self.engine = engine
         self.store = store
         self.poll = poll
+        self.follow_symlinks = follow_symlinks
         self.settle = settle
         self.give_up = max(give_up, settle)
         self.rescan = rescan
@@ -233,7 +235,9 @@ class WatchFolder:
         """Look at the folder once; returns whether some pair is still settling."""
         async with self._lock:
             try:
-                pairs = await asyncio.to_thread(scan, self.in_dir, self._skip)
+                pairs = await asyncio.to_thread(
+                    scan, self.in_dir, self._skip, follow_symlinks=self.follow_symlinks
+                )
             except OSError as exc:
                 await self._set_online(False, exc)
                 return False
@@ -555,7 +559,10 @@ async def running_watchers(
     folders: Sequence[tuple[Path, Path]], engine: Engine, store: Store, *, poll: bool = False
 ) -> AsyncIterator[list[WatchFolder]]:
     """Start one WatchFolder per (IN, OUT) for the life of the block (the daemon's hook)."""
-    watchers = [WatchFolder(i, o, engine, store, poll=poll) for i, o in folders]
+    follow = engine.config.watch_follow_symlinks
+    watchers = [
+        WatchFolder(i, o, engine, store, poll=poll, follow_symlinks=follow) for i, o in folders
+    ]
     try:
         for watcher in watchers:
             await watcher.start()

@@ -68,6 +68,7 @@ class Pair:
     sidecars: list[Path] = field(default_factory=list)
     signature: list[FileSig] = field(default_factory=list)
     mixed: bool = False  # both a sub-folder and top-level files use this stem
+    outside: list[tuple[Path, str]] = field(default_factory=list)  # (member, real target)
 
     @property
     def members(self) -> list[Path]:
@@ -96,6 +97,13 @@ class Pair:
                 f"Both a sub-folder {self.stem}/ and files named {self.stem}.* are in the watch "
                 "folder; keep only one of them."
             )
+        if self.outside:
+            path, target = min(self.outside)
+            name = f"{self.stem}/{path.name}" if path.parent == self.folder else path.name
+            return (
+                f"{name} leads through a symbolic link to {target}, outside the watch folder; "
+                "copy the file in instead, or start the watcher with --follow-symlinks."
+            )
         for kind, found in (("video", self.videos), ("audio", self.audios)):
             if len(found) > 1:
                 names = ", ".join(sorted(p.name for p in found))
@@ -113,12 +121,18 @@ class Pair:
         return "its video" if not self.videos else "its audio" if not self.audios else None
 
 
-def scan(in_dir: Path, skip: frozenset[Path] = frozenset()) -> dict[str, Pair]:
+def scan(
+    in_dir: Path, skip: frozenset[Path] = frozenset(), *, follow_symlinks: bool = False
+) -> dict[str, Pair]:
     """All stems in `in_dir` (one level of sub-folders), never inside done/, failed/ or `skip`.
 
-    Raises OSError when the folder itself cannot be listed (e.g. an unmounted share).
+    Unless `follow_symlinks`, a file that leads outside `in_dir` through a symbolic link is
+    noted in its pair's `outside`: whoever can drop a link there must not make the bridge
+    upload (or move) files from elsewhere. Raises OSError when the folder itself cannot be
+    listed (e.g. an unmounted share).
     """
     pairs: dict[str, Pair] = {}
+    root = None if follow_symlinks else os.path.realpath(in_dir)
     with os.scandir(in_dir) as entries:
         for entry in entries:
             if is_ignored_name(entry.name):
@@ -127,16 +141,16 @@ def scan(in_dir: Path, skip: frozenset[Path] = frozenset()) -> dict[str, Pair]:
                 if entry.is_dir():
                     if entry.name in (DONE_DIR, FAILED_DIR) or Path(entry.path) in skip:
                         continue
-                    _scan_subfolder(Path(entry.path), pairs)
+                    _scan_subfolder(Path(entry.path), pairs, root)
                 elif entry.is_file() and kind_of(entry.name):
                     stem, _ = os.path.splitext(entry.name)
-                    _add(pairs.setdefault(stem, Pair(stem)), entry)
+                    _add(pairs.setdefault(stem, Pair(stem)), entry, root)
             except OSError:
                 continue  # vanished between listing and looking: the next scan decides
     return pairs
 
 
-def _scan_subfolder(folder: Path, pairs: dict[str, Pair]) -> None:
+def _scan_subfolder(folder: Path, pairs: dict[str, Pair], root: str | None) -> None:
     pair = pairs.setdefault(folder.name, Pair(folder.name))
     if pair.videos or pair.audios or pair.sidecars:
         pair.mixed = True
@@ -144,15 +158,20 @@ def _scan_subfolder(folder: Path, pairs: dict[str, Pair]) -> None:
     with os.scandir(folder) as entries:
         for entry in entries:
             if not is_ignored_name(entry.name) and entry.is_file():
-                _add(pair, entry)
+                _add(pair, entry, root)
 
 
-def _add(pair: Pair, entry: os.DirEntry[str]) -> None:
+def _add(pair: Pair, entry: os.DirEntry[str], root: str | None) -> None:
+    """Count `entry` in `pair`; `root` is the real watch folder when links must stay in it."""
     kind = kind_of(entry.name)
     if kind is None:
         return
     if pair.folder is not None and Path(entry.path).parent != pair.folder:
         pair.mixed = True
+    if root is not None:
+        target = os.path.realpath(entry.path)
+        if os.path.commonpath([root, target]) != root:
+            pair.outside.append((Path(entry.path), target))
     info = entry.stat()
     {"video": pair.videos, "audio": pair.audios, "sidecar": pair.sidecars}[kind].append(
         Path(entry.path)

@@ -70,19 +70,27 @@ class Launcher:
                 return None
             except BridgeUnavailable:
                 pass
-            if self.process is not None and self.process.poll() is not None:
-                return self._exit_sentence(settings, self.process.returncode)
+            code = self._our_exit_code(settings)
+            if code is not None:
+                return self._exit_sentence(settings, code)
             stop.wait(0.1)
         log = settings.data_dir / discovery.LOG_FILE
         return f"The Chamelaion bridge did not answer within {HEALTH_DEADLINE:.0f} s; see {log}."
 
+    def _our_exit_code(self, settings: Settings) -> int | None:
+        """The exit status of the child we started for this data folder, None while it runs;
+        a child started for another folder (before the preferences changed) says nothing."""
+        if self.serving != settings.data_dir or self.process is None:
+            return None
+        return self.process.poll()
+
     def _spawn_if_due(self, settings: Settings) -> str | None:
-        running = self.process is not None and self.process.poll() is None
-        if running and self.serving == settings.data_dir:
-            return None
-        if time.monotonic() - self.started_at < SPAWN_INTERVAL:
-            return None
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.serving == settings.data_dir and (
+            self._our_exit_code(settings) is None
+            or time.monotonic() - self.started_at < SPAWN_INTERVAL
+        ):
+            return None  # running, or started (and ended) less than SPAWN_INTERVAL ago
+        discovery.make_private_dir(settings.data_dir)
         log_path = settings.data_dir / discovery.LOG_FILE
         extra: dict[str, Any] = {}
         if sys.platform == "win32":
@@ -90,7 +98,7 @@ class Launcher:
         else:
             extra["start_new_session"] = True
         try:
-            with open(log_path, "ab") as log:
+            with discovery.open_private(log_path) as log:
                 self.process = subprocess.Popen(
                     bridge_command(settings),
                     stdin=subprocess.DEVNULL,

@@ -60,6 +60,7 @@ class Worker:
         self.inbox: queue.Queue[Request | None] = queue.Queue()
         self.outbox: queue.Queue[Result] = queue.Queue()
         self.launcher = launcher.Launcher()
+        self._bridge: BridgeClient | None = None  # kept: it proves the bridge once per URL
         self._in_flight: dict[str, int] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -92,14 +93,21 @@ class Worker:
 
     def _client(self) -> BridgeClient:
         """A client for our data folder's bridge; never a stranger that answers the default
-        port before ours has published its URL (its token would not match)."""
+        port before ours has published its URL (its token would not match).
+
+        The same client serves as long as the URL and the token stay the same, so that the
+        bridge proves itself once rather than on every poll.
+        """
         s = self.settings
         if not s.url and discovery.read_discovery(s.data_dir) is None:
             raise BridgeUnavailable(
                 f"No Chamelaion bridge has started with the data folder {s.data_dir} yet; "
                 "turn on 'Start the bridge when needed' or run 'chamelaion-bridge serve'."
             )
-        return BridgeClient(url=s.url or None, data_dir=s.data_dir, timeout=s.timeout)
+        fresh = BridgeClient(url=s.url or None, data_dir=s.data_dir, timeout=s.timeout)
+        if self._bridge is None or _identity(self._bridge) != _identity(fresh):
+            self._bridge = fresh
+        return self._bridge
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -155,3 +163,8 @@ class Worker:
             "retry": lambda c: c.retry(payload),
         }
         return calls[kind]
+
+
+def _identity(client: BridgeClient) -> tuple[Any, ...]:
+    """What makes two clients interchangeable: the same bridge, token, folder and patience."""
+    return (client.url, client.token, client.data_dir, client.timeout)

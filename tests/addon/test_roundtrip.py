@@ -28,7 +28,7 @@ from tests.addon.conftest import (
     strips,
     sync_until,
 )
-from tests.helpers import wait_until
+from tests.helpers import impostor, plant_stale_discovery, wait_until
 
 pytestmark = pytest.mark.blender
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,7 +117,7 @@ addon_utils.enable({addon!r}, default_set=True)
 prefs = bpy.context.preferences.addons[{addon!r}].preferences
 prefs.data_dir, prefs.api_base, prefs.api_key = {data!r}, {base!r}, "emulator-key"
 bpy.ops.wm.open_mainfile(filepath={blend!r})
-from tests.helpers import wait_until
+from tests.helpers import impostor, plant_stale_discovery, wait_until
 scene = bpy.context.scene
 def landed():
     bpy.ops.sequencer.chamelaion_sync()
@@ -217,3 +217,28 @@ def test_a_corrected_key_reaches_the_bridge_and_retry_lands_the_take(
     take = sync_until(lambda: take_of(fresh, job.reference_id), message="the take after retry")
     assert (take.frame_final_start, take.frame_final_duration) == (10, 44)
     assert job.state == "completed" and job.error == ""
+
+
+def test_a_stale_bridge_json_never_gets_the_token_and_a_real_bridge_takes_the_job(
+    fresh: Any, clip: Path, dub: Path, bridge_data: Path, emulator: Any, tmp_path: Path
+) -> None:
+    data = tmp_path / "stale"
+    with impostor() as stranger:
+        token = plant_stale_discovery(data, stranger.url, stranger.port)
+        configure(data, emulator.base_url)
+        try:
+            shot(fresh, clip, dub)
+            assert bpy.ops.sequencer.chamelaion_lipsync() == {"FINISHED"}
+            job = last_job(fresh)
+            assert sync_until(lambda: take_of(fresh, job.reference_id), message="the take")
+            info = discovery.read_discovery(data)
+            assert info["url"] != stranger.url and discovery.read_token(data) == token
+        finally:
+            configure(bridge_data, emulator.base_url)
+            running = discovery.read_discovery(data) or {}
+            if running.get("url") not in (None, stranger.url):
+                os.kill(running["pid"], signal.SIGTERM)
+                wait_until(lambda: not discovery.read_discovery(data), message="bridge stop")
+    assert stranger.seen, "the add-on did knock at the stale address"
+    assert {(s.method, s.path.split("?")[0]) for s in stranger.seen} == {("GET", "/v1/health")}
+    assert all("Authorization" not in s.headers and token not in str(s) for s in stranger.seen)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -46,15 +47,19 @@ async def emulator(tmp_path: Path) -> AsyncIterator[RunningEmulator]:
     await running.close()
 
 
-def bridge_config(data_dir: Path, base_url: str, key: str | None = EMULATOR_KEY) -> BridgeConfig:
-    """A config with quick polling, so tests finish in a second rather than a minute."""
+def bridge_config(
+    data_dir: Path, base_url: str, key: str | None = EMULATOR_KEY, **overrides: Any
+) -> BridgeConfig:
+    """A config with quick polling and retries, so tests finish in a second, not a minute."""
+    settings: dict[str, Any] = {
+        "poll_interval": 0.05,
+        "max_poll_interval": 0.3,
+        "retry_base": 0.05,
+        "retry_cap": 0.5,
+        "generate_per_minute": 0,  # the emulator has no rate limit; 200-pair batches at once
+    }
     return BridgeConfig(
-        data_dir=data_dir,
-        api_base=base_url,
-        api_key=Secret(key),
-        poll_interval=0.05,
-        max_poll_interval=0.3,
-        generate_per_minute=0,  # the emulator has no rate limit; 200-pair batches run at once
+        data_dir=data_dir, api_base=base_url, api_key=Secret(key), **(settings | overrides)
     )
 
 
@@ -66,9 +71,14 @@ async def make_engine(tmp_path: Path, emulator: RunningEmulator) -> AsyncIterato
     """Start engines on a shared data folder (a second one models a restarted bridge)."""
     engines: list[tuple[Engine, Store]] = []
 
-    async def factory(key: str | None = EMULATOR_KEY, data_dir: Path | None = None) -> Engine:
-        config = bridge_config(data_dir or tmp_path / "data", emulator.base_url, key)
-        store = Store(config.store_path)
+    async def factory(
+        key: str | None = EMULATOR_KEY,
+        data_dir: Path | None = None,
+        store_class: type[Store] = Store,
+        **overrides: Any,
+    ) -> Engine:
+        config = bridge_config(data_dir or tmp_path / "data", emulator.base_url, key, **overrides)
+        store = store_class(config.store_path)
         engine = Engine(config, store)
         await engine.start()
         engines.append((engine, store))

@@ -510,3 +510,77 @@ async def test_a_sidecar_rewritten_while_its_pair_waits_is_the_one_used(
     await async_wait_until(lambda: "half.json" in names(in_dir / "done"), message="filed")
     assert json.loads((out_dir / "half.lipsync.json").read_text())["reference_id"] == "half-take"
     assert names(in_dir) == {"done"}
+
+
+def test_a_link_leading_out_of_the_watch_folder_is_noted_and_one_inside_is_not(
+    tmp_path: Path,
+) -> None:
+    in_dir, elsewhere = tmp_path / "in", tmp_path / "elsewhere"
+    (in_dir / "library").mkdir(parents=True)
+    elsewhere.mkdir()
+    for folder in (in_dir / "library", elsewhere):
+        (folder / "real.mp4").write_bytes(b"x")
+    (in_dir / "inside.mp4").symlink_to(in_dir / "library" / "real.mp4")
+    (in_dir / "outside.mp4").symlink_to(elsewhere / "real.mp4")
+    (in_dir / "linked").symlink_to(elsewhere, target_is_directory=True)
+
+    pairs = scan(in_dir)
+
+    assert pairs["inside"].problem() is None
+    assert "outside.mp4 leads through a symbolic link to" in (pairs["outside"].problem() or "")
+    assert "linked/real.mp4 leads through a symbolic link" in (pairs["linked"].problem() or "")
+    assert all(pair.problem() is None for pair in scan(in_dir, follow_symlinks=True).values())
+
+
+async def test_an_input_linking_out_of_the_watch_folder_goes_to_failed_untouched(
+    tmp_path: Path,
+    make_watcher: WatchFactory,
+    emulator: RunningEmulator,
+    sample_pair: tuple[Path, Path],
+) -> None:
+    in_dir, out_dir, elsewhere = tmp_path / "in", tmp_path / "out", tmp_path / "elsewhere"
+    secret_video, _ = drop(sample_pair, elsewhere, "private")
+    before = secret_video.read_bytes()
+    await make_watcher(in_dir, out_dir)
+    (in_dir / "ep1.mp4").symlink_to(secret_video)
+    shutil.copyfile(sample_pair[1], in_dir / "ep1.wav")
+    (in_dir / "ep2").symlink_to(elsewhere, target_is_directory=True)
+
+    failed = in_dir / "failed"
+    expected = {"ep1.mp4", "ep1.wav", "ep1.error.txt", "ep1.error.json", "ep2", "ep2.error.txt"}
+    await async_wait_until(lambda: expected <= names(failed), message="both in failed/")
+
+    reason = (failed / "ep1.error.txt").read_text()
+    assert f"ep1.mp4 leads through a symbolic link to {secret_video}, outside" in reason
+    assert "--follow-symlinks" in reason and reason.count("\n") == 1
+    assert "ep2/private.mp4 leads through a symbolic link" in (failed / "ep2.error.txt").read_text()
+    assert (failed / "ep1.mp4").is_symlink() and (failed / "ep2").is_symlink()
+    assert secret_video.read_bytes() == before and names(elsewhere) == {
+        "private.mp4",
+        "private.wav",
+    }
+    assert names(in_dir) == {"failed"} and names(out_dir) == set()
+    assert emulator.state.stats.requests_created == 0
+
+
+async def test_follow_symlinks_accepts_inputs_linking_out_of_the_watch_folder(
+    tmp_path: Path, emulator: RunningEmulator, sample_pair: tuple[Path, Path]
+) -> None:
+    in_dir, out_dir, elsewhere = tmp_path / "in", tmp_path / "out", tmp_path / "elsewhere"
+    video, audio = drop(sample_pair, elsewhere, "shared")
+    in_dir.mkdir()
+    (in_dir / "ep3.mp4").symlink_to(video)
+    (in_dir / "ep3.wav").symlink_to(audio)
+    process = start_watch_process(
+        in_dir, out_dir, tmp_path / "data", emulator.base_url, "--follow-symlinks"
+    )
+    try:
+        await async_wait_until(
+            lambda: (out_dir / "ep3.lipsync.json").exists(), timeout=60, message="the result"
+        )
+    finally:
+        process.terminate()
+        await asyncio.to_thread(process.wait, 10)
+    assert names(in_dir / "done") == {"ep3.mp4", "ep3.wav"}
+    assert names(elsewhere) == {"shared.mp4", "shared.wav"}
+    assert emulator.state.stats.requests_created == 1
