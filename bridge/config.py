@@ -140,5 +140,14 @@ class BridgeConfig:
         )
         if rate is not None:
             values["generate_per_minute"] = rate
+        retry_cap = _env_number(
+            "CHAMELAION_RETRY_CAP",
+            float,
+            lambda v: 1 <= v <= MAX_POLL_INTERVAL,
+            f"the longest wait between tries in seconds, from 1 to {MAX_POLL_INTERVAL:g}",
+        )
+        if retry_cap is not None:
+            # Tuning knob: how long a transient failure may make a job wait before a try.
+            values["retry_cap"] = retry_cap
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

@@ -24,11 +24,11 @@ import tempfile
 import threading
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -39,6 +39,7 @@ from bridge import media
 from bridge.errors import MediaError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CHUNK = 1 << 20
 ENDPOINTS = ("health", "users", "generate", "generate-with-media", "retrieve", "list", "output")
@@ -740,6 +741,7 @@ class RunningEmulator:
     app: web.Application
     runner: web.AppRunner
     site: web.TCPSite
+    loop: asyncio.AbstractEventLoop
 
     @property
     def base_url(self) -> str:
@@ -765,6 +767,10 @@ class RunningEmulator:
         self.site = web.TCPSite(self.runner, address.hostname, address.port)
         await self.site.start()
 
+    def run(self, work: Coroutine[Any, Any, T]) -> T:
+        """Run `work` on the emulator's loop from another thread (emulator_in_background)."""
+        return asyncio.run_coroutine_threadsafe(work, self.loop).result(timeout=30)
+
 
 async def start_emulator(
     config: EmulatorConfig | None = None, host: str = "127.0.0.1", port: int = 0
@@ -780,7 +786,9 @@ async def start_emulator(
         await runner.cleanup()
         raise
     bound_port = runner.addresses[0][1]
-    return RunningEmulator(url=f"http://{host}:{bound_port}", app=app, runner=runner, site=site)
+    return RunningEmulator(
+        f"http://{host}:{bound_port}", app, runner, site, asyncio.get_running_loop()
+    )
 
 
 @contextlib.contextmanager

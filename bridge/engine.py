@@ -239,8 +239,7 @@ class Engine:
                 if job.state not in DRIVEN_STATES:
                     return
                 if job.state == State.DOWNLOADING:
-                    async with self._download_slots:
-                        await self._download(job)
+                    await self._download(job)
                 else:
                     await self._submit(job)
                 return
@@ -284,12 +283,11 @@ class Engine:
         while True:
             prepared = await self._prepared(job)
             try:
-                async with self._upload_slots:
-                    request_id = await self.gateway.call(
-                        lambda prepared=prepared: self._submit_attempt(job.id, prepared),
-                        doing="submit the job",
-                        note=self._noter(job.id),
-                    )
+                request_id = await self.gateway.call(
+                    lambda prepared=prepared: self._submit_attempt(job.id, prepared),
+                    doing="submit the job",
+                    note=self._noter(job.id),
+                )
             except _InputsChanged:
                 log.info("job %s: an input changed since it was checked", job.reference_id)
                 continue
@@ -297,7 +295,12 @@ class Engine:
             return
 
     async def _submit_attempt(self, job_id: str, prepared: preparing.Prepared | None) -> str:
-        """One try: adopt what the API already holds under the reference_id, else send."""
+        """One try, in an upload slot (not held while waiting between tries): adopt what
+        the API already holds under the reference_id, else send."""
+        async with self._upload_slots:
+            return await self._adopt_or_send(job_id, prepared)
+
+    async def _adopt_or_send(self, job_id: str, prepared: preparing.Prepared | None) -> str:
         remote = self._require_remote()
         job = self._get(job_id)
         if job.state not in (State.QUEUED, State.UPLOADING):
@@ -610,9 +613,7 @@ class Engine:
                 return False
             try:
                 await self.gateway.call(
-                    lambda url=url: remote.download(
-                        url, fh, self._progress_reporter(job.id, State.DOWNLOADING)
-                    ),
+                    lambda url=url: self._download_attempt(remote, job, url, fh),
                     doing="download the result",
                     note=self._noter(job.id),
                 )
@@ -629,6 +630,11 @@ class Engine:
             "fresh links); retry the job later to download it again (no new charge), or contact "
             f"Chamelaion support with request {job.request_id}."
         )
+
+    async def _download_attempt(self, remote: RemoteAPI, job: Job, url: str, fh: IO[bytes]) -> None:
+        """One try, in a download slot (not held while waiting between tries)."""
+        async with self._download_slots:
+            await remote.download(url, fh, self._progress_reporter(job.id, State.DOWNLOADING))
 
     async def _fresh_output_url(self, remote: RemoteAPI, job: Job) -> str | None:
         request = await self.gateway.call(
