@@ -351,13 +351,18 @@ def _watch_line(folder: dict[str, Any]) -> str:
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     client = connect(args)
-    jobs, watching = client.list_jobs(), client.health().get("watch", [])
+    listing, health = client.listing(), client.health()
+    jobs, damaged = listing["jobs"], listing.get("damaged", [])
+    watching, problems = health.get("watch", []), health.get("problems", [])
     if args.json:
-        _print_json({"jobs": jobs, **({"watch": watching} if watching else {})})
+        extra = {"watch": watching} if watching else {}
+        _print_json({"jobs": jobs, "damaged": damaged, "problems": problems, **extra})
         return 0
+    for problem in problems:
+        print(f"Problem: {problem}")
     for folder in watching:
         print(_watch_line(folder))
-    if not jobs:
+    if not jobs and not damaged:
         print("No jobs yet.")
         return 0
     rows = [("REFERENCE_ID", "STATE", "PROGRESS", "AGE", "OUTPUT / ERROR")]
@@ -371,6 +376,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         )
         for job in jobs
     ]
+    rows += [(record["reference_id"], "damaged", "-", "-", record["error"]) for record in damaged]
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
         print(

@@ -139,10 +139,14 @@ class BridgeClient:
         self, *, state: str | None = None, keys: Sequence[str] = ()
     ) -> list[dict[str, Any]]:
         """Jobs, optionally only those in `state` or whose id/reference_id is in `keys`."""
+        return self.listing(state=state, keys=keys)["jobs"]
+
+    def listing(self, *, state: str | None = None, keys: Sequence[str] = ()) -> dict[str, Any]:
+        """`{"jobs": [...], "damaged": [...]}`: the jobs, and records the store cannot read."""
         query = [("reference_id", k) for k in keys]
         if state:
             query.append(("state", state))
-        return self._request("GET", "/v1/jobs", query=query)["jobs"]
+        return self._request("GET", "/v1/jobs", query=query)
 
     def get_job(self, key: str) -> dict[str, Any]:
         return self._request("GET", f"/v1/jobs/{urllib.parse.quote(key, safe='')}")

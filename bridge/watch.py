@@ -135,6 +135,7 @@ class WatchFolder:
         self.in_dir = Path(os.path.abspath(in_dir))
         self.out_dir = Path(os.path.abspath(out_dir))
         self.engine = engine
+        self.problems = engine.problems
         self.store = store
         self.poll = poll
         self.follow_symlinks = follow_symlinks
@@ -220,11 +221,19 @@ class WatchFolder:
     # ----- the scan loop ---------------------------------------------------------------
 
     async def _run(self) -> None:
+        """Scan on every wake-up and every `rescan` seconds; no failure ends this loop."""
         while True:
             try:
                 pending = await self._scan_once()
-            except Exception:
+                self._file_pending_outcomes()
+                self.problems.clear(self.origin)
+            except Exception as exc:
                 log.exception("watch %s: scan failed", self.in_dir)
+                self.problems.report(
+                    self.origin,
+                    f"Watching {self.in_dir} failed ({type(exc).__name__}); it is tried again, "
+                    "details are in bridge.log.",
+                )
                 pending = False
             timeout = self.settle / 2 if pending else self.rescan
             await wait_event(self._wake, timeout)
@@ -295,20 +304,24 @@ class WatchFolder:
             self.online = True
             self._said_offline = ""
             log.info("watch folder %s is online", self.in_dir)
+            self.problems.clear(f"{self.origin}:offline")
             await asyncio.to_thread(self._restart_observer)
-            for job in list(self._latest.values()):  # outcomes that could not be filed offline
-                if job.is_final and job.id not in self._handled:
-                    self._spawn(self._finish(job))
         elif not online:
             self.online = False
             reason = exc.strerror if exc and exc.strerror else str(exc)
             if self._said_offline != reason:
                 self._said_offline = reason
-                log.warning(
-                    "watch folder %s is offline (%s); waiting for it to come back",
-                    self.in_dir,
-                    reason,
+                self.problems.report(
+                    f"{self.origin}:offline",
+                    f"The watch folder {self.in_dir} cannot be read ({reason}); waiting for it "
+                    "to come back.",
                 )
+
+    def _file_pending_outcomes(self) -> None:
+        """File outcomes that could not be filed before (the folder was away, a disk full)."""
+        for job in list(self._latest.values()):
+            if job.is_final and job.id not in self._handled and job.id not in self._finishing:
+                self._spawn(self._finish(job))
 
     def _restart_observer(self) -> None:
         self._stop_observer()
@@ -440,6 +453,7 @@ class WatchFolder:
                     self._say(stem, f"failed: {reason}")
                 self._ledger.mark(job.id)
                 self._handled.add(job.id)
+                self.problems.clear(f"{self.origin}:filing")
                 self._tracked.pop(stem, None)
         except OSError as exc:
             # Typically the folder went offline: filed when it is back (see _set_online).
@@ -542,7 +556,13 @@ class WatchFolder:
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("watch %s: %s", self.in_dir, task.exception(), exc_info=task.exception())
+            exc = task.exception()
+            log.error("watch %s: %s", self.in_dir, exc, exc_info=exc)
+            self.problems.report(
+                f"{self.origin}:filing",
+                f"Filing an outcome in {self.in_dir} failed ({type(exc).__name__}); it is tried "
+                "again, details are in bridge.log.",
+            )
 
 
 def _record_path(output_path: str) -> Path:

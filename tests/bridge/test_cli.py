@@ -9,6 +9,7 @@ import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,6 +87,32 @@ def test_no_bridge_running_says_how_to_start_one(tmp_path: Path, args: list[str]
     result = run_cli(*args, "--data-dir", str(tmp_path))
     assert result.returncode == 3
     assert "chamelaion-bridge serve" in one_sentence(result.stderr)
+
+
+def test_jobs_lists_a_damaged_record_beside_the_readable_ones(
+    tmp_path: Path, sample_pair: tuple[Path, Path], api_env: dict[str, str]
+) -> None:
+    data = ["--data-dir", str(tmp_path / "data")]
+    video, audio = sample_pair
+    with serving(tmp_path / "data", "--port", "0", env=api_env):
+        for reference_id in ("whole-1", "broken-1"):
+            done = run_cli("submit", str(video), str(audio), "--reference-id", reference_id,
+                           "--wait", *data, env=api_env)  # fmt: skip
+            assert done.returncode == 0, done.stderr
+        with sqlite3.connect(tmp_path / "data" / "jobs.sqlite3") as db:
+            db.execute("UPDATE jobs SET data = '[1, 2' WHERE reference_id = 'broken-1'")
+
+        table = run_cli("jobs", *data)
+        listing = json.loads(run_cli("jobs", "--json", *data).stdout)
+        status = run_cli("status", "broken-1", *data)
+
+    assert table.returncode == 0, table.stderr
+    assert re.search(r"whole-1\s+completed\s+100%", table.stdout)
+    assert re.search(r"broken-1\s+damaged\s+-\s+-\s+The record of job broken-1 in the job store "
+                     r"cannot be read", table.stdout)  # fmt: skip
+    assert [job["reference_id"] for job in listing["jobs"]] == ["whole-1"]
+    assert [record["reference_id"] for record in listing["damaged"]] == ["broken-1"]
+    assert status.returncode != 0 and "cannot be read" in one_sentence(status.stderr)
 
 
 def test_submit_wait_json_then_jobs_status_cancel_retry(

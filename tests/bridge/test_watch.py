@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from bridge import media
+from bridge import watch as watch_module
 from bridge.emulator import EmulatorConfig, RunningEmulator, start_emulator
 from bridge.store import Store
 from bridge.watch import WatchFolder
@@ -327,7 +328,7 @@ async def test_a_vanishing_folder_goes_offline_and_resumes_when_it_returns(
     sample_pair: tuple[Path, Path],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="bridge.watch")
+    caplog.set_level(logging.INFO)
     share = tmp_path / "share"
     in_dir, out_dir = share / "in", tmp_path / "out"
     in_dir.mkdir(parents=True)
@@ -337,10 +338,13 @@ async def test_a_vanishing_folder_goes_offline_and_resumes_when_it_returns(
 
     share.rename(tmp_path / "unmounted")
     await async_wait_until(lambda: not watcher.status()["online"], message="offline")
-    assert f"watch folder {in_dir} is offline" in caplog.text
+    said = f"The watch folder {in_dir} cannot be read (No such file or directory); waiting"
+    assert any(problem.startswith(said) for problem in watcher.problems.sentences())
+    assert said in caplog.text
 
     (tmp_path / "unmounted").rename(share)
     await async_wait_until(lambda: watcher.status()["online"], message="back online")
+    assert watcher.problems.sentences() == []
     drop(sample_pair, in_dir, "back")
     await async_wait_until(lambda: (out_dir / "back.lipsync.mp4").exists(), message="result")
 
@@ -584,3 +588,31 @@ async def test_follow_symlinks_accepts_inputs_linking_out_of_the_watch_folder(
     assert names(in_dir / "done") == {"ep3.mp4", "ep3.wav"}
     assert names(elsewhere) == {"shared.mp4", "shared.wav"}
     assert emulator.state.stats.requests_created == 1
+
+
+async def test_the_watch_loop_outlives_an_unexpected_error_and_says_so(
+    tmp_path: Path,
+    make_watcher: WatchFactory,
+    emulator: RunningEmulator,
+    sample_pair: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    failures = {"left": 3}
+
+    def flaky_scan(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if failures["left"]:
+            failures["left"] -= 1
+            raise RuntimeError("a bug in a scan")
+        return scan(*args, **kwargs)
+
+    monkeypatch.setattr(watch_module, "scan", flaky_scan)
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    watcher = await make_watcher(in_dir, out_dir, rescan=0.2)
+    await async_wait_until(
+        lambda: any("failed (RuntimeError)" in p for p in watcher.problems.sentences()),
+        message="the failure in health",
+    )
+
+    drop(sample_pair, in_dir, "after")
+    await async_wait_until(lambda: (out_dir / "after.lipsync.mp4").exists(), message="result")
+    assert failures["left"] == 0 and watcher.problems.sentences() == []
