@@ -111,6 +111,7 @@ class Engine:
             self.remote = RemoteAPI(
                 self.config.api_base, self.config.api_key, auth=self.config.api_auth
             )
+        await asyncio.to_thread(self._sweep_work)
         for job in self.store.active():
             if job.state in DRIVEN_STATES:
                 self._drive(job.id)
@@ -233,15 +234,17 @@ class Engine:
         what the store says, as after a restart.
         """
         trouble = Backoff(base=self.config.retry_base, cap=self.config.retry_cap)
+        reported: set[str] = set()  # problems this job ran into, cleared once it got on
         while True:
             try:
                 job = self._get(job_id)
-                if job.state not in DRIVEN_STATES:
-                    return
-                if job.state == State.DOWNLOADING:
-                    await self._download(job)
-                else:
-                    await self._submit(job)
+                if job.state in DRIVEN_STATES:
+                    if job.state == State.DOWNLOADING:
+                        await self._download(job)
+                    else:
+                        await self._submit(job)
+                for source in reported:
+                    self.problems.clear(source)
                 return
             except IllegalTransition:
                 return  # canceled or moved on meanwhile; whoever did that took it over
@@ -253,9 +256,10 @@ class Engine:
                         return
                     except StoreError as store_problem:
                         problem = store_problem
-                await self._wait_out(job_id, problem, trouble)
+                reported.add(await self._wait_out(job_id, problem, trouble))
 
-    async def _wait_out(self, job_id: str, exc: Exception, backoff: Backoff) -> None:
+    async def _wait_out(self, job_id: str, exc: Exception, backoff: Backoff) -> str:
+        """Log and show what stops the job, then wait; returns the problem's source."""
         delay = backoff.next_delay()
         if isinstance(exc, LocalProblem):
             sentence = str(exc)
@@ -274,7 +278,7 @@ class Engine:
             f"{sentence} The job waits (since {since}); next try in {max(1, round(delay))} s.",
         )
         await asyncio.sleep(delay)
-        self.problems.clear(source)
+        return source
 
     # ----- submission ------------------------------------------------------------------
 
@@ -350,7 +354,7 @@ class Engine:
             note=None,
             expect={State.QUEUED, State.UPLOADING},
         )
-        self._clean_work(job_id)
+        self._checked.pop(job_id, None)
         self._poll_wake.set()
 
     async def _prepared(self, job: Job) -> preparing.Prepared | None:
@@ -670,6 +674,7 @@ class Engine:
         )
         part.unlink(missing_ok=True)
         self._output_urls.pop(job.id, None)
+        self._clean_work(job.id)
 
     # ----- helpers ---------------------------------------------------------------------
 
@@ -722,6 +727,15 @@ class Engine:
     def _clean_work(self, job_id: str) -> None:
         self._checked.pop(job_id, None)
         shutil.rmtree(self.config.work_dir / job_id, ignore_errors=True)
+
+    def _sweep_work(self) -> None:
+        """Remove what was prepared for jobs that are done or gone; the rest stays, since a
+        retry (even one that sends a new request) reuses it."""
+        for folder in self.config.work_dir.iterdir():
+            with contextlib.suppress(BridgeError):
+                job = self.store.get(folder.name)
+                if job is None or job.state == State.COMPLETED:
+                    shutil.rmtree(folder, ignore_errors=True)
 
     def _require_remote(self) -> RemoteAPI:
         if self.remote is None:
