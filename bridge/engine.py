@@ -98,7 +98,10 @@ class Engine:
         self._generate_window = RateWindow(config.generate_per_minute)
         self._list_total: int | None = None
         self._list_limit = MAX_LIST_LIMIT  # 0: the API refuses listing; poll per request
-        self._unsubscribe = store.subscribe(_log_change)
+        # Notes the store could not take (its disk is full): shown with the job all the same,
+        # until the job's record changes again.
+        self._unsaved_notes: dict[str, str] = {}
+        self._listening = [store.subscribe(_log_change), store.subscribe(self._saved)]
         self._closed = False
 
     # ----- lifecycle -------------------------------------------------------------------
@@ -126,7 +129,8 @@ class Engine:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._unsubscribe()
+        for unsubscribe in self._listening:
+            unsubscribe()
         if self.remote is not None:
             await self.remote.close()
 
@@ -435,25 +439,27 @@ class Engine:
     def _poll_trouble(self, exc: Exception, jobs: list[Job], backoff: Backoff) -> float:
         """Say why polling waits (health, and each polled job's note); the delay to wait."""
         if isinstance(exc, RemoteError):
-            since = self.problems.report(API_PROBLEM, str(exc))
+            source, sentence = API_PROBLEM, str(exc)
             delay = backoff.next_delay(exc.retry_after)
             level = logging.ERROR if isinstance(exc, AuthError) else logging.WARNING
             log.log(level, "polling: %s (next poll in %.1f s)", exc, delay)
-            note = f"Waiting to hear from the Chamelaion API: {exc} (since {since})"
-            for job in jobs:
-                self._note(job.id, note)
-            return delay
-        if isinstance(exc, LocalProblem):
-            log.warning("polling: %s", exc)
-            self.problems.report("poller", str(exc))
+            waiting = "Waiting to hear from the Chamelaion API"
         else:
-            log.error("polling failed", exc_info=exc)
-            self.problems.report(
-                "poller",
-                f"Checking on running jobs failed ({type(exc).__name__}); it is tried again, "
-                "details are in bridge.log.",
-            )
-        return backoff.next_delay()
+            source, delay = "poller", backoff.next_delay()
+            if isinstance(exc, LocalProblem):
+                sentence = str(exc)
+                log.warning("polling: %s", exc)
+            else:
+                sentence = (
+                    f"Checking on running jobs failed ({type(exc).__name__}); it is tried "
+                    "again, details are in bridge.log."
+                )
+                log.error("polling failed", exc_info=exc)
+            waiting = "Waiting to record what the Chamelaion API says"
+        since = self.problems.report(source, sentence)
+        for job in jobs:
+            self._note(job.id, f"{waiting}: {sentence} (since {since})")
+        return delay
 
     async def _sleep_or_wake(self, seconds: float) -> None:
         await wait_event(self._poll_wake, seconds)
@@ -708,11 +714,27 @@ class Engine:
         return report
 
     def _note(self, job_id: str, note: str | None) -> None:
-        """Say why an unfinished job waits (best effort: the store may be what is wrong)."""
-        with contextlib.suppress(BridgeError):
+        """Say why an unfinished job waits, even when the store is what is wrong."""
+        try:
             job = self.store.get(job_id)
             if job is not None and not job.is_final and job.note != note:
                 self.store.update(job_id, note=note, expect=ACTIVE)
+        except StoreError:
+            if note is not None:
+                self._unsaved_notes[job_id] = note
+        except BridgeError:
+            pass  # final or damaged meanwhile: nothing to say
+
+    def _saved(self, job: Job) -> None:
+        self._unsaved_notes.pop(job.id, None)
+
+    def view(self, job: Job) -> dict[str, Any]:
+        """The job's JSON as clients see it, with a note the store could not take."""
+        data = job.to_json()
+        unsaved = None if job.is_final else self._unsaved_notes.get(job.id)
+        if unsaved is not None:
+            data["note"] = unsaved
+        return data
 
     def _noter(self, job_id: str) -> Note:
         return lambda note: self._note(job_id, note)

@@ -148,7 +148,7 @@ async def create_job(request: web.Request) -> web.Response:
         return error_response(409, str(exc))
     except InputError as exc:
         return error_response(400, str(exc))
-    return web.json_response(job.to_json(), status=201)
+    return web.json_response(request.app[ENGINE].view(job), status=201)
 
 
 async def list_jobs(request: web.Request) -> web.Response:
@@ -161,7 +161,10 @@ async def list_jobs(request: web.Request) -> web.Response:
     keys = request.query.getall("reference_id", [])
     jobs, damaged = request.app[STORE].listing(states=states, keys=keys)
     return web.json_response(
-        {"jobs": [job.to_json() for job in jobs], "damaged": [d.to_json() for d in damaged]}
+        {
+            "jobs": [request.app[ENGINE].view(job) for job in jobs],
+            "damaged": [record.to_json() for record in damaged],
+        }
     )
 
 
@@ -175,7 +178,9 @@ def _find(request: web.Request) -> Job | web.Response:
 
 async def get_job(request: web.Request) -> web.Response:
     found = _find(request)
-    return found if isinstance(found, web.Response) else web.json_response(found.to_json())
+    if isinstance(found, web.Response):
+        return found
+    return web.json_response(request.app[ENGINE].view(found))
 
 
 def _change(action: str) -> Handler:
@@ -192,7 +197,7 @@ def _change(action: str) -> Handler:
             return error_response(409, str(exc))
         except InputError as exc:
             return error_response(400, str(exc))
-        return web.json_response(job.to_json())
+        return web.json_response(engine.view(job))
 
     return handler
 
