@@ -254,3 +254,47 @@ async def test_links_planted_at_the_result_names_are_never_followed(
     assert done.output_path == str(out / "shot-9-3.mp4")
     assert sorted(p.name for p in out.iterdir()) == ["shot-9-2.mp4", "shot-9-3.mp4", "shot-9.mp4"]
     assert all((out / n).is_symlink() for n in ("shot-9.mp4", "shot-9-2.mp4"))
+
+
+async def test_an_expired_result_link_is_replaced_by_a_fresh_one(
+    make_engine: EngineFactory, emulator: RunningEmulator, sample_pair: tuple[Path, Path]
+) -> None:
+    emulator.state.add_fault("output", "404", count=2)
+    engine = await make_engine()
+    job = await engine.submit(spec_for(*sample_pair))
+
+    done = await wait_final(engine, job.id)
+
+    assert done.state == State.COMPLETED, done.error
+    assert emulator.state.stats.faults["404"] == 2
+    assert emulator.state.stats.calls["retrieve"] >= 2  # a fresh link asked for each time
+    assert emulator.state.stats.requests_created == 1
+
+
+async def test_a_result_that_stays_unplayable_fails_with_a_sentence_and_costs_nothing_to_retry(
+    make_engine: EngineFactory, emulator: RunningEmulator, sample_pair: tuple[Path, Path]
+) -> None:
+    held = emulator.state.add_fault("output", "500", count=-1)
+    engine = await make_engine()
+    job = await engine.submit(spec_for(*sample_pair, reference_id="garbled"))
+    await async_wait_until(
+        lambda: engine.store.get(job.id).state == State.DOWNLOADING, message="downloading"
+    )
+    made = emulator.state.requests[engine.store.get(job.id).request_id].output_path
+    good = made.read_bytes()
+    made.write_bytes(b"\0" * len(good))  # the storage serves a damaged file
+    emulator.state.faults.remove(held)
+
+    failed = await wait_final(engine, job.id)
+
+    assert failed.state == State.FAILED
+    assert failed.error.startswith(
+        "The result could not be downloaded (the file that arrives is not a playable video, "
+        "4 times from fresh links); retry the job later to download it again (no new charge)"
+    )
+    assert [p.name for p in engine.config.output_dir.iterdir()] == []
+    made.write_bytes(good)
+    engine.retry(job.id)
+    done = await wait_final(engine, job.id)
+    assert done.state == State.COMPLETED, done.error
+    assert emulator.state.stats.generate_by_reference_id == {"garbled": 1}
