@@ -9,13 +9,17 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+MAX_RETRY_AFTER = 3600.0
+
 
 @dataclass
 class Backoff:
     """Delays for successive failed attempts: base * 2^n, capped, with full jitter.
 
-    A server's Retry-After wins over the computed delay (it knows its own limits), but is
-    itself capped so a bogus huge value cannot park a job for hours.
+    A server's Retry-After wins over the computed delay (it knows its own limits), within
+    bounds: at least `base` (a "Retry-After: 0" must not become a hot loop that re-sends an
+    upload many times a second) and at most an hour (a bogus huge value must not park a
+    job for days).
     """
 
     base: float = 1.0
@@ -25,7 +29,7 @@ class Backoff:
     def next_delay(self, retry_after: float | None = None) -> float:
         self.attempt += 1
         if retry_after is not None and retry_after >= 0:
-            return min(retry_after, self.cap * 5)
+            return min(max(retry_after, self.base), MAX_RETRY_AFTER)
         ceiling = min(self.cap, self.base * 2 ** (self.attempt - 1))
         return random.uniform(ceiling / 2, ceiling)
 

@@ -54,7 +54,6 @@ class BridgeClient:
         self.token = token or discovery.read_token(folder)
         self.timeout = timeout
         self.data_dir = folder
-        self._verified = False  # whether the bridge at self.url proved it holds self.token
 
     def _request(
         self,
@@ -63,8 +62,9 @@ class BridgeClient:
         body: dict[str, Any] | None = None,
         query: Sequence[tuple[str, str]] = (),
     ) -> Any:
-        if not self._verified:
-            self.health()
+        # Proof before every call, not once: another program may have taken the port since
+        # the last one (the bridge killed and its port grabbed), and must never get the token.
+        self.health()
         request = self._build(method, path, body, query)
         request.add_header("Authorization", f"Bearer {self.token}")
         return self._send(request)
@@ -93,7 +93,6 @@ class BridgeClient:
         except urllib.error.HTTPError as exc:
             raise BridgeRequestError(_error_message(exc), exc.code) from None
         except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
-            self._verified = False  # whatever answers here next must prove itself again
             raise BridgeUnavailable(
                 f"The Chamelaion bridge at {self.url} is not answering ({_reason(exc)}); "
                 "start it with 'chamelaion-bridge serve'."
@@ -118,11 +117,9 @@ class BridgeClient:
         expected = discovery.health_proof(self.token, challenge, self._port())
         if not isinstance(proof, str) or not hmac.compare_digest(proof, expected):
             raise self._stranger("it does not hold this data folder's token")
-        self._verified = True
         return body
 
     def _stranger(self, why: str) -> BridgeUnavailable:
-        self._verified = False
         return BridgeUnavailable(
             f"What answers at {self.url} is not the Chamelaion bridge of {self.data_dir} "
             f"({why}) and was sent nothing; start the bridge with 'chamelaion-bridge serve'."
@@ -172,8 +169,7 @@ class BridgeClient:
 
     def events(self) -> Iterator[dict[str, Any]]:
         """Follow `GET /v1/events`: yields each job as it changes (blocks between events)."""
-        if not self._verified:
-            self.health()
+        self.health()
         request = urllib.request.Request(self.url + "/v1/events")
         request.add_header("Accept", "text/event-stream")
         request.add_header("Authorization", f"Bearer {self.token}")
@@ -182,7 +178,6 @@ class BridgeClient:
         except urllib.error.HTTPError as exc:
             raise BridgeRequestError(_error_message(exc), exc.code) from None
         except (urllib.error.URLError, ConnectionError) as exc:
-            self._verified = False
             raise BridgeUnavailable(
                 f"The Chamelaion bridge at {self.url} is not answering ({_reason(exc)})."
             ) from None

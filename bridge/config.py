@@ -93,6 +93,9 @@ class BridgeConfig:
     # Waits between tries after a transient failure: jittered, doubling from base up to cap.
     retry_base: float = 1.0
     retry_cap: float = 60.0
+    # After a generate call with no clear answer, how long the API may take to show the request
+    # it may have accepted before the job is sent again (the SDK's own timeout is 60 s).
+    accept_grace: float = 90.0
     watch_poll: bool = False  # watch folders by polling (network shares that send no events)
     watch_follow_symlinks: bool = False  # accept watch inputs linking outside their folder
 
@@ -149,5 +152,13 @@ class BridgeConfig:
         if retry_cap is not None:
             # Tuning knob: how long a transient failure may make a job wait before a try.
             values["retry_cap"] = retry_cap
+        accept_grace = _env_number(
+            "CHAMELAION_ACCEPT_GRACE",
+            float,
+            lambda v: 0 <= v <= MAX_POLL_INTERVAL,
+            f"a number of seconds from 0 to {MAX_POLL_INTERVAL:g}",
+        )
+        if accept_grace is not None:
+            values["accept_grace"] = accept_grace
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

@@ -56,6 +56,7 @@ FAULT_KINDS = frozenset(
         "drop",
         "drop-after-accept",
         "delay-after-accept",
+        "accept-late",
         "drop-midway",
     }
 )
@@ -63,6 +64,8 @@ FAULT_KINDS = frozenset(
 KIND_ENDPOINTS = {
     "drop-after-accept": frozenset({"generate", "generate-with-media"}),
     "delay-after-accept": frozenset({"generate", "generate-with-media"}),
+    # A gateway answers 504 while the API behind it takes the request `delay` s later.
+    "accept-late": frozenset({"generate", "generate-with-media"}),
     "drop-midway": frozenset({"output"}),
 }
 BOOLEANS = frozenset({"true", "false", "1", "0"})  # form values accepted for a boolean field
@@ -73,6 +76,7 @@ NGINX_502 = (
     "<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
     "</body>\r\n</html>\r\n"
 )
+NGINX_504 = NGINX_502.replace("502 Bad Gateway", "504 Gateway Time-out")
 
 
 @dataclass
@@ -303,6 +307,19 @@ class EmulatorState:
         task.add_done_callback(self._tasks.discard)
         return record
 
+    def create_later(
+        self, seconds: float, reference_id: str | None, inputs: _Inputs, origin: str
+    ) -> None:
+        """Take a request `seconds` from now (after its client was told it timed out)."""
+
+        async def later() -> None:
+            await asyncio.sleep(seconds)
+            self.create(reference_id, inputs, origin)
+
+        task = asyncio.create_task(later())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def cancel_tasks(self) -> None:
         """Stop every request's lifecycle (on reset and shutdown)."""
         for task in list(self._tasks):
@@ -482,10 +499,18 @@ def _origin(request: web.Request) -> str:
     return f"{request.scheme}://{request.host}"
 
 
-async def _accepted(request: web.Request, record: LipsyncRecord) -> web.StreamResponse:
-    """The success answer, unless an after-accept fault wants the created request's answer
-    lost (dropped) or late (delayed): the moments a client may pay without knowing it."""
+async def _accept(
+    request: web.Request, reference_id: str | None, inputs: _Inputs
+) -> web.StreamResponse:
+    """Take the request (charge it) and answer, unless an after-accept fault wants the answer
+    lost (dropped), late (delayed) or a gateway's timeout while the API takes it later: the
+    moments a client may pay without knowing it."""
+    state = request.config_dict[STATE]
     rule = request.get(FAULT)
+    if rule is not None and rule.kind == "accept-late":
+        state.create_later(rule.delay, reference_id, inputs, _origin(request))
+        return web.Response(status=504, text=NGINX_504, content_type="text/html")
+    record = state.create(reference_id, inputs, _origin(request))
     if rule is not None and rule.kind == "drop-after-accept":
         return _drop(request)
     if rule is not None and rule.kind == "delay-after-accept":
@@ -536,7 +561,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
         return _error(400, str(exc))
     state = request.config_dict[STATE]
     inputs = _Inputs(state.new_work_dir(), video_url=video_url, audio_url=audio_url)
-    return await _accepted(request, state.create(reference_id, inputs, _origin(request)))
+    return await _accept(request, reference_id, inputs)
 
 
 async def _save_part(part: BodyPartReader, path: Path, keep: bool) -> int:
@@ -590,7 +615,7 @@ async def generate_with_media(request: web.Request) -> web.StreamResponse:
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    return await _accepted(request, state.create(reference_id, _Inputs(work), _origin(request)))
+    return await _accept(request, reference_id, _Inputs(work))
 
 
 async def retrieve(request: web.Request) -> web.Response:

@@ -22,6 +22,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable, Coroutine, Iterable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
@@ -49,9 +50,9 @@ from bridge.files import (
     safe_filename,
 )
 from bridge.gateway import API_PROBLEM, Gateway, Note
-from bridge.jobs import FINAL_STATES, Job, JobSpec, State
+from bridge.jobs import FINAL_STATES, Job, JobSpec, State, now_iso
 from bridge.problems import Problems, clock
-from bridge.remote import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, RemoteAPI, RemoteRequest
+from bridge.remote import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, RemoteAPI, RemoteRequest, utc
 from bridge.store import IllegalTransition, Store
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,8 @@ RESUBMIT_AFTER = frozenset({"failed", "forgotten"})
 # downloads is a definite failure (retrying later downloads again at no charge).
 DOWNLOAD_GIVE_UP = 4
 ACTIVE = frozenset(State) - FINAL_STATES
+# How far the API's clock may run behind ours when telling our request from an older one.
+CLOCK_SKEW = timedelta(minutes=5)
 POLLED = frozenset({State.SUBMITTED, State.PROCESSING})
 
 
@@ -190,6 +193,7 @@ class Engine:
                 "request_id": None,
                 "remote_status": None,
                 "submit_started": False,
+                "unsettled_since": None,
             }
         job = self._update_with_fresh_reference(job, changes)
         self._drive(job.id)
@@ -238,29 +242,31 @@ class Engine:
         what the store says, as after a restart.
         """
         trouble = Backoff(base=self.config.retry_base, cap=self.config.retry_cap)
-        reported: set[str] = set()  # problems this job ran into, cleared once it got on
-        while True:
-            try:
-                job = self._get(job_id)
-                if job.state in DRIVEN_STATES:
-                    if job.state == State.DOWNLOADING:
-                        await self._download(job)
-                    else:
-                        await self._submit(job)
-                for source in reported:
-                    self.problems.clear(source)
-                return
-            except IllegalTransition:
-                return  # canceled or moved on meanwhile; whoever did that took it over
-            except Exception as exc:
-                problem: Exception = exc
-                if _is_definite(exc):
-                    try:
-                        self._fail(job_id, str(exc))
-                        return
-                    except StoreError as store_problem:
-                        problem = store_problem
-                reported.add(await self._wait_out(job_id, problem, trouble))
+        reported: set[str] = set()  # problems this job ran into: gone with it, or once it got on
+        try:
+            while True:
+                try:
+                    job = self._get(job_id)
+                    if job.state in DRIVEN_STATES:
+                        if job.state == State.DOWNLOADING:
+                            await self._download(job)
+                        else:
+                            await self._submit(job)
+                    return
+                except IllegalTransition:
+                    return  # canceled or moved on meanwhile; whoever did that took it over
+                except Exception as exc:
+                    problem: Exception = exc
+                    if _is_definite(exc):
+                        try:
+                            self._fail(job_id, str(exc))
+                            return
+                        except StoreError as store_problem:
+                            problem = store_problem
+                    reported.add(await self._wait_out(job_id, problem, trouble))
+        finally:
+            for source in reported:
+                self.problems.clear(source)
 
     async def _wait_out(self, job_id: str, exc: Exception, backoff: Backoff) -> str:
         """Log and show what stops the job, then wait; returns the problem's source."""
@@ -314,10 +320,13 @@ class Engine:
         if job.state not in (State.QUEUED, State.UPLOADING):
             raise IllegalTransition(f"Job {job.reference_id} is {job.state} now.")
         if job.submit_started:
-            found = await remote.find_by_reference_id(job.reference_id)
+            found = await remote.find_by_reference_id(
+                job.reference_id, created_after=utc(job.created_at) - CLOCK_SKEW
+            )
             if found is not None:
                 log.info("job %s: adopting request %s", job.reference_id, found.id)
                 return found.id
+            self._check_grace(job)
         if prepared is not None and not await asyncio.to_thread(prepared.still_valid):
             raise _InputsChanged
         await self._generate_window.acquire()
@@ -325,12 +334,32 @@ class Engine:
             job.id,
             state=State.UPLOADING,
             submit_started=True,
+            unsettled_since=now_iso(),
             progress=0.0,
             note=None,
             attempts=job.attempts + 1,
             expect={State.QUEUED, State.UPLOADING},
         )
-        return await self._send(remote, job, prepared)
+        try:
+            return await self._send(remote, job, prepared)
+        except RemoteError as exc:
+            if exc.status == 429:  # refused before it was taken: nothing to wait for
+                self.store.update(job.id, unsettled_since=None, expect={State.UPLOADING})
+            raise
+
+    def _check_grace(self, job: Job) -> None:
+        """A generate call with no clear answer may still be taken by the API (a gateway's
+        504 while the upload goes on, a crash mid-upload): it is not sent again before the
+        API had time to show it, or it would be paid twice."""
+        if not job.unsettled_since:
+            return
+        resend_at = utc(job.unsettled_since) + timedelta(seconds=self.config.accept_grace)
+        if datetime.now(UTC) < resend_at:
+            raise RemoteError(
+                "The Chamelaion API has not shown yet whether it took the last upload; it is "
+                f"sent again only if the API still does not know it at {resend_at:%H:%M:%S} UTC.",
+                retryable=True,
+            )
 
     async def _send(self, remote: RemoteAPI, job: Job, prepared: preparing.Prepared | None) -> str:
         if prepared is None:
@@ -354,6 +383,7 @@ class Engine:
             job_id,
             state=State.SUBMITTED,
             request_id=request_id,
+            unsettled_since=None,
             progress=0.0,
             note=None,
             expect={State.QUEUED, State.UPLOADING},
@@ -376,16 +406,20 @@ class Engine:
             else None
         )
         async with self._prepare_slots:
-            prepared = await asyncio.to_thread(
-                preparing.prepare,
-                Path(job.video_path),
-                Path(job.audio_path),
-                workdir,
-                video_range,
-                self._checked.pop(job.id, None),
-                self._preparing_reporter(job.id),
-            )
-        return prepared
+            try:
+                return await asyncio.to_thread(
+                    preparing.prepare,
+                    Path(job.video_path),
+                    Path(job.audio_path),
+                    workdir,
+                    video_range,
+                    self._checked.pop(job.id, None),
+                    self._preparing_reporter(job.id),
+                )
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                raise _folder_error(self.config.work_dir, exc) from None
 
     def _preparing_reporter(self, job_id: str) -> Callable[[float], None]:
         """Shows a conversion's progress in the job's note, at most once a second.

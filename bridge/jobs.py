@@ -332,6 +332,9 @@ class Job(JobSpec):
     submit_started: bool = False
     # The temporary file a download writes, recorded before it is created (crash recovery).
     part_path: str | None = None
+    # When the last generate call whose outcome is unknown started (a 5xx, a timeout, a drop,
+    # a crash): the API may still take it, so it is not sent again before a grace period.
+    unsettled_since: str | None = None
     previous_reference_ids: list[str] = field(default_factory=list)
 
     @property
@@ -350,6 +353,7 @@ class Job(JobSpec):
         data["state"] = str(self.state)
         data.pop("submit_started")
         data.pop("part_path")
+        data.pop("unsettled_since")
         return {name: data.pop(name) for name in PINNED_JSON_FIELDS} | data
 
 

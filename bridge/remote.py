@@ -11,6 +11,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
@@ -39,6 +40,12 @@ class RemoteRequest:
     output_url: str | None = None
     error_message: str | None = None
     created_at: str | None = None
+
+
+def utc(moment: str) -> datetime:
+    """An ISO 8601 time as an aware datetime (UTC when it names no zone)."""
+    parsed = datetime.fromisoformat(moment)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _from_sdk(item: Any) -> RemoteRequest:
@@ -254,10 +261,19 @@ class RemoteAPI:
         applied = page.pagination.limit or limit or DEFAULT_LIST_LIMIT
         return [_from_sdk(r) for r in page.data], page.pagination.total, applied
 
-    async def find_by_reference_id(self, reference_id: str) -> RemoteRequest | None:
-        """The request the API holds under this reference_id (newest if several)."""
+    async def find_by_reference_id(
+        self, reference_id: str, *, created_after: datetime
+    ) -> RemoteRequest | None:
+        """The request the API holds under this reference_id, made after `created_after`
+        (newest if several): the API accepts duplicates, and an older request under the same
+        id (another machine, a deleted data folder) is someone else's video."""
         items, _total, _limit = await self.list_page(reference_id=reference_id, limit=None)
-        matches = [r for r in items if r.reference_id == reference_id]
+        matches = [
+            r
+            for r in items
+            if r.reference_id == reference_id
+            and (r.created_at is None or utc(r.created_at) >= created_after)
+        ]
         return max(matches, key=lambda r: r.created_at or "") if matches else None
 
     def _download_headers(self, url: str) -> dict[str, str]:

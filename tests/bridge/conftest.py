@@ -56,6 +56,7 @@ def bridge_config(
         "max_poll_interval": 0.3,
         "retry_base": 0.05,
         "retry_cap": 0.5,
+        "accept_grace": 0.3,
         "generate_per_minute": 0,  # the emulator has no rate limit; 200-pair batches at once
     }
     return BridgeConfig(

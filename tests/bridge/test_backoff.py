@@ -30,4 +30,6 @@ def test_backoff_grows_is_capped_and_honours_retry_after() -> None:
     delays = [backoff.next_delay() for _ in range(6)]
     assert all(0.5 * min(8.0, 2**n) <= d <= min(8.0, 2**n) for n, d in enumerate(delays))
     assert backoff.next_delay(retry_after=3.0) == 3.0
-    assert backoff.next_delay(retry_after=10_000) == 40.0  # a bogus value is capped
+    assert backoff.next_delay(retry_after=10_000) == 3600.0  # a long wait is honoured
+    assert backoff.next_delay(retry_after=10**9) == 3600.0  # a bogus value is capped
+    assert backoff.next_delay(retry_after=0) == 1.0  # "try again now" is no hot loop

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -224,6 +225,7 @@ async def test_an_input_changed_after_it_was_prepared_is_prepared_again_before_p
     job = await engine.submit(spec_for(mov, sample_pair[1]))
     manifest = engine.config.work_dir / job.id / preparing.MANIFEST
     await async_wait_until(manifest.exists, message="the prepared upload")
+    await async_wait_until(lambda: emulator.state.stats.faults["429"], message="a refused try")
 
     media.make_test_video(mov, 75, container="mov")  # the editor re-exports the take
     emulator.state.faults.remove(stuck)
@@ -298,3 +300,50 @@ async def test_a_result_that_stays_unplayable_fails_with_a_sentence_and_costs_no
     done = await wait_final(engine, job.id)
     assert done.state == State.COMPLETED, done.error
     assert emulator.state.stats.generate_by_reference_id == {"garbled": 1}
+
+
+async def test_a_gateway_timeout_while_the_api_takes_the_upload_later_is_never_paid_twice(
+    make_engine: EngineFactory, emulator: RunningEmulator, sample_pair: tuple[Path, Path]
+) -> None:
+    # A proxy answers 504 at once; the API behind it takes the upload 1.5 s later.
+    emulator.state.add_fault("generate-with-media", "accept-late", delay=1.5)
+    engine = await make_engine(accept_grace=10.0)
+    job = await engine.submit(spec_for(*sample_pair, reference_id="late-take"))
+
+    def waiting() -> str | None:
+        return engine.store.get(job.id).note
+
+    note = await async_wait_until(
+        lambda: (waiting() or "").find("has not shown yet") >= 0 and waiting(),
+        message="the wait for the late request",
+    )
+    assert "it is sent again only if the API still does not know it at" in note
+    done = await wait_final(engine, job.id)
+
+    assert done.state == State.COMPLETED, done.error
+    assert emulator.state.stats.generate_by_reference_id == {"late-take": 1}
+    assert emulator.state.stats.calls["generate-with-media"] == 1
+
+
+async def test_an_older_request_under_the_same_reference_id_is_never_adopted(
+    make_engine: EngineFactory,
+    emulator: RunningEmulator,
+    sample_pair: tuple[Path, Path],
+    tmp_path: Path,
+) -> None:
+    """The API accepts duplicate reference_ids: one made elsewhere (another machine, a data
+    folder since deleted) is someone else's video, not this job's."""
+    elsewhere = await make_engine(data_dir=tmp_path / "other-machine")
+    first = await elsewhere.submit(spec_for(*sample_pair, reference_id="shot010"))
+    old = await wait_final(elsewhere, first.id)
+    emulator.state.requests[old.request_id].created_at -= timedelta(hours=1)  # made last hour
+    other_clip = media.make_test_video(tmp_path / "other.mp4", 30, size=(128, 96))
+    emulator.state.add_fault("generate-with-media", "500", count=1)  # makes the job look it up
+    engine = await make_engine(data_dir=tmp_path / "here")
+    job = await engine.submit(spec_for(other_clip, sample_pair[1], reference_id="shot010"))
+
+    done = await wait_final(engine, job.id)
+
+    assert done.state == State.COMPLETED, done.error
+    assert done.request_id != old.request_id
+    assert media.probe(Path(done.output_path)).width == 128
