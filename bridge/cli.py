@@ -25,7 +25,7 @@ from typing import Any, NoReturn, TextIO
 import bridge
 from bridge import discovery
 from bridge.client import BridgeClient, BridgeRequestError, BridgeUnavailable
-from bridge.config import api_key_from_env
+from bridge.config import ConfigError, api_key_from_env
 from bridge.errors import BridgeError, InputError
 from bridge.jobs import (
     PINNED_JSON_FIELDS,
@@ -412,7 +412,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace, watch_folders: list[tuple[Path, Path]]) -> int:
-    from bridge.config import BridgeConfig, ConfigError
+    from bridge.config import BridgeConfig
     from bridge.daemon import EXIT_BAD_CONFIG, serve
 
     try:
@@ -575,6 +575,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         print(exc, file=sys.stderr)
         return exc.code
+    except ConfigError as exc:
+        from bridge.daemon import EXIT_BAD_CONFIG
+
+        print(exc, file=sys.stderr)
+        return EXIT_BAD_CONFIG
     except BridgeUnavailable as exc:
         print(exc, file=sys.stderr)
         return EXIT_UNREACHABLE

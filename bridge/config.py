@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,8 +11,10 @@ from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from bridge import discovery
+from bridge.keys import is_usable_key
 
 DEFAULT_API_BASE = "https://api.chamelaion.com/api"
+MIN_POLL_INTERVAL = 0.05  # below that, polling is a flood of API calls
 MAX_POLL_INTERVAL = 3600.0
 Number = TypeVar("Number", int, float)
 
@@ -56,12 +59,19 @@ def api_key_from_env() -> tuple[Secret, str]:
     CHAMELAION_BEARER_TOKEN (as Authorization: Bearer), the SDK's two variables."""
     api_key = os.environ.get("CHAMELAION_API_KEY")
     bearer = os.environ.get("CHAMELAION_BEARER_TOKEN")
-    return Secret(api_key or bearer or None), "x-api-key" if api_key or not bearer else "bearer"
+    variable = "CHAMELAION_API_KEY" if api_key or not bearer else "CHAMELAION_BEARER_TOKEN"
+    value = api_key or bearer or None
+    if value is not None and not is_usable_key(value):  # never quoted: it is a secret
+        raise ConfigError(
+            f"{variable} is not usable: a key is 1 to 1024 printable ASCII characters without "
+            "spaces (look for a stray space or line break); fix it or unset it."
+        )
+    return Secret(value), "x-api-key" if variable == "CHAMELAION_API_KEY" else "bearer"
 
 
 def redact_url(url: str) -> str:
-    """The URL as it may be shown or logged: user, password and query values replaced by
-    '***', since CHAMELAION_BASE_URL may carry credentials in any of them."""
+    """The URL as it may be shown or logged: user, password, query and path parameter values
+    replaced by '***', since CHAMELAION_BASE_URL may carry credentials in any of them."""
     try:
         parts = urlsplit(url)
         host = parts.hostname or ""
@@ -73,7 +83,8 @@ def redact_url(url: str) -> str:
     netloc = f"{'***@' if '@' in parts.netloc else ''}{host}{f':{port}' if port else ''}"
     pieces = (piece.partition("=") for piece in parts.query.split("&") if piece)
     query = "&".join(f"{name}=***" if sep else "***" for name, sep, _ in pieces)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    path = re.sub(r";([^/;=]*)=[^/;]*", r";\1=***", parts.path)  # ;token=... path parameters
+    return urlunsplit((parts.scheme, netloc, path, query, ""))
 
 
 @dataclass(frozen=True)
@@ -128,8 +139,8 @@ class BridgeConfig:
         poll = _env_number(
             "CHAMELAION_POLL_INTERVAL",
             float,
-            lambda v: 0 < v <= MAX_POLL_INTERVAL,  # NaN fails both comparisons
-            f"a poll interval in seconds above 0 and at most {MAX_POLL_INTERVAL:g}",
+            lambda v: MIN_POLL_INTERVAL <= v <= MAX_POLL_INTERVAL,  # NaN fails both
+            f"a poll interval in seconds from {MIN_POLL_INTERVAL:g} to {MAX_POLL_INTERVAL:g}",
         )
         if poll is not None:
             # Tuning knob (tests, impatient demos): the first poll interval and 15x as the cap.

@@ -56,12 +56,23 @@ def check_config(config: BridgeConfig) -> None:
         )
     if not 0 <= config.port <= 65535:
         raise StartupError(EXIT_BAD_CONFIG, f"--port {config.port} is not a port number (0-65535).")
-    parts = urlsplit(config.api_base)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(config.api_base)
+        hostname, _ = parts.hostname, parts.port
+    except ValueError:
+        parts, hostname = None, None
+    if parts is None or parts.scheme not in ("http", "https") or not hostname:
         raise StartupError(
             EXIT_BAD_CONFIG,
             f"CHAMELAION_BASE_URL {redact_url(config.api_base)!r} is not an http(s) URL; fix it "
             "or unset it.",
+        )
+    if parts.username or parts.password:
+        raise StartupError(
+            EXIT_BAD_CONFIG,
+            f"CHAMELAION_BASE_URL {redact_url(config.api_base)!r} carries a user name or "
+            "password, which the API does not take (the key goes in CHAMELAION_API_KEY); "
+            "remove them.",
         )
     if not 0 < config.poll_interval <= config.max_poll_interval:
         raise StartupError(

@@ -343,7 +343,7 @@ class Engine:
         try:
             return await self._send(remote, job, prepared)
         except RemoteError as exc:
-            if exc.status == 429:  # refused before it was taken: nothing to wait for
+            if exc.status is not None and exc.status < 500:  # a clear "no" (429, 401, 400...)
                 self.store.update(job.id, unsettled_since=None, expect={State.UPLOADING})
             raise
 

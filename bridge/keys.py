@@ -8,8 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 
 AUTH_SCHEMES = ("x-api-key", "bearer")
+API_KEY_PATTERN = re.compile(r"[\x21-\x7e]{1,1024}")  # what an HTTP header can carry
+
+
+def is_usable_key(api_key: str) -> bool:
+    """Whether a key can be sent at all (a stray newline or space makes every call fail)."""
+    return bool(API_KEY_PATTERN.fullmatch(api_key))
 
 
 def key_fingerprint(token: str, api_key: str) -> str:

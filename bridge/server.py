@@ -11,7 +11,6 @@ import asyncio
 import hmac
 import json
 import logging
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from bridge.discovery import health_proof
 from bridge.engine import Engine
 from bridge.errors import DamagedJobError, DuplicateReferenceError, InputError, StoreError
 from bridge.jobs import Job, JobSpec, State
-from bridge.keys import AUTH_SCHEMES, key_fingerprint
+from bridge.keys import AUTH_SCHEMES, is_usable_key, key_fingerprint
 from bridge.store import IllegalTransition, Store
 from bridge.watch import running_watchers
 
@@ -41,7 +40,6 @@ EVENT_QUEUES = web.AppKey("event_queues", set)
 
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
 HEARTBEAT_SECONDS = 15.0
-API_KEY_PATTERN = re.compile(r"[\x21-\x7e]{1,1024}")  # what an HTTP header can carry
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -209,7 +207,7 @@ def _key_from_json(body: Any) -> tuple[Secret, str]:
     if set(body) - {"api_key", "auth"}:  # names not quoted: one may be a misplaced key
         raise InputError("The body may hold only api_key and auth.")
     api_key, auth = body.get("api_key"), body.get("auth", "x-api-key")
-    if not isinstance(api_key, str) or not API_KEY_PATTERN.fullmatch(api_key):
+    if not isinstance(api_key, str) or not is_usable_key(api_key):
         raise InputError(
             "api_key must be a string of 1 to 1024 printable ASCII characters without spaces."
         )

@@ -137,18 +137,28 @@ def test_our_bridge_proves_itself_once_per_client(tmp_path: Path) -> None:
             wrong.list_jobs()
 
 
-SECRETS = ("s3cret-user", "s3cret-pass", "s3cret-query")
+SECRETS = ("s3cret-user", "s3cret-pass", "s3cret-query", "s3cret-param")
 
 
 def test_credentials_in_the_base_url_show_nowhere(tmp_path: Path) -> None:
-    base = f"http://{SECRETS[0]}:{SECRETS[1]}@127.0.0.1:9/api?key={SECRETS[2]}&region=eu"
+    base = f"http://127.0.0.1:9/api;token={SECRETS[3]}?key={SECRETS[2]}&region=eu"
     env = cli_env(CHAMELAION_BASE_URL=base, CHAMELAION_API_KEY="k")
     with serving(tmp_path, "--port", "0", env=env):
         health = BridgeClient(data_dir=tmp_path).health()
-    assert health["api_base"] == "http://***@127.0.0.1:9/api?key=***&region=***"
+    assert health["api_base"] == "http://127.0.0.1:9/api;token=***?key=***&region=***"
     log = (tmp_path / discovery.LOG_FILE).read_text()
-    assert "listening on" in log and "http://***@127.0.0.1:9/api" in log
+    assert "listening on" in log and "http://127.0.0.1:9/api;token=***" in log
     assert not [s for s in SECRETS if s in log or s in json.dumps(health)]
+
+    # A user name and password cannot work (the key is a header): refused at start, unshown.
+    userinfo = run_cli(
+        "serve", "--data-dir", str(tmp_path), "--port", "0",
+        env=cli_env(CHAMELAION_BASE_URL=f"http://{SECRETS[0]}:{SECRETS[1]}@127.0.0.1:9/api"),
+    )  # fmt: skip
+    assert userinfo.returncode == daemon.EXIT_BAD_CONFIG
+    sentence = one_sentence(userinfo.stderr)
+    assert "'http://***@127.0.0.1:9/api' carries a user name or password" in sentence
+    assert not [s for s in SECRETS if s in sentence]
 
     bad = run_cli(
         "serve", "--data-dir", str(tmp_path), "--port", "0",
