@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -456,8 +457,8 @@ class WatchFolder:
                 self.problems.clear(f"{self.origin}:filing")
                 self._tracked.pop(stem, None)
         except OSError as exc:
-            # Typically the folder went offline: filed when it is back (see _set_online).
-            log.warning("watch %s: cannot file the outcome of %s yet (%s)", self.in_dir, stem, exc)
+            # Typically the folder went offline: filed on a later scan, once it can be.
+            self._cannot_file(stem, exc)
         finally:
             self._finishing.discard(job.id)
 
@@ -465,11 +466,24 @@ class WatchFolder:
         """A pair that never became a job: straight to failed/ with the reason."""
         async with self._lock:
             details = {"inputs": [str(p) for p in pair.members]}
-            await asyncio.to_thread(self._write_error, stem, reason, details)
-            await asyncio.to_thread(self._move, pair.members, FAILED_DIR)
+            self._tracked.pop(stem, None)  # looked at again by the next scan if this fails
+            try:
+                await asyncio.to_thread(self._write_error, stem, reason, details)
+                await asyncio.to_thread(self._move, pair.members, FAILED_DIR)
+            except OSError as exc:
+                self._cannot_file(stem, exc)
+                return
             self.counts["failed"] += 1
-            self._tracked.pop(stem, None)
             self._say(stem, f"failed: {reason}")
+
+    def _cannot_file(self, stem: str, exc: OSError) -> None:
+        where = f"{exc.filename}: " if exc.filename else ""
+        log.warning("watch %s: cannot file the outcome of %s yet (%s)", self.in_dir, stem, exc)
+        self.problems.report(
+            f"{self.origin}:filing",
+            f"The outcome of {stem} cannot be filed in {self.in_dir} yet ({where}"
+            f"{exc.strerror or exc}); it is tried again.",
+        )
 
     def _move_inputs(self, stem: str, job: Job, where: str) -> None:
         folder = self.in_dir / stem
@@ -482,8 +496,7 @@ class WatchFolder:
 
     def _move(self, members: Sequence[Path], where: str) -> None:
         """Move files (or a pair's sub-folder) into done/ or failed/, never over another."""
-        target = self.in_dir / where
-        target.mkdir(exist_ok=True)
+        target = _own_folder(self.in_dir / where)
         for path in members:
             for candidate in numbered_names(target / path.name):
                 if candidate.exists():
@@ -493,8 +506,7 @@ class WatchFolder:
                 break
 
     def _write_error(self, stem: str, reason: str, details: dict[str, Any]) -> None:
-        folder = self.in_dir / FAILED_DIR
-        folder.mkdir(exist_ok=True)
+        folder = _own_folder(self.in_dir / FAILED_DIR)
         text = (
             f"{stem} was not lip-synced. {reason} Its files were moved to {folder}; fix the "
             f"problem, then move them back into {self.in_dir} to try again.\n"
@@ -563,6 +575,15 @@ class WatchFolder:
                 f"Filing an outcome in {self.in_dir} failed ({type(exc).__name__}); it is tried "
                 "again, details are in bridge.log.",
             )
+
+
+def _own_folder(path: Path) -> Path:
+    """done/ or failed/, made if missing; never a link someone made to send the inputs and
+    the records elsewhere."""
+    path.mkdir(exist_ok=True)
+    if path.is_symlink():
+        raise OSError(errno.ELOOP, "it is a symbolic link; make it a plain folder", str(path))
+    return path
 
 
 def _record_path(output_path: str) -> Path:

@@ -616,3 +616,22 @@ async def test_the_watch_loop_outlives_an_unexpected_error_and_says_so(
     drop(sample_pair, in_dir, "after")
     await async_wait_until(lambda: (out_dir / "after.lipsync.mp4").exists(), message="result")
     assert failures["left"] == 0 and watcher.problems.sentences() == []
+
+
+async def test_a_failed_folder_that_is_a_link_receives_nothing(
+    tmp_path: Path, make_watcher: WatchFactory, emulator: RunningEmulator
+) -> None:
+    in_dir, out_dir, elsewhere = tmp_path / "in", tmp_path / "out", tmp_path / "projects"
+    in_dir.mkdir()
+    elsewhere.mkdir()
+    (in_dir / "failed").symlink_to(elsewhere, target_is_directory=True)
+    (in_dir / "bad.mp4").write_text("not a video")
+    (in_dir / "bad.wav").write_text("not audio")
+    watcher = await make_watcher(in_dir, out_dir)
+
+    await async_wait_until(
+        lambda: any("is a symbolic link" in p for p in watcher.problems.sentences()),
+        message="the refusal in health",
+    )
+    assert names(elsewhere) == set()
+    assert {"bad.mp4", "bad.wav"} <= names(in_dir)
