@@ -97,7 +97,7 @@ def prepare(
     is, and record the outcome in the work folder. Blocking: run it in a thread."""
     if checked is None or not checked.still_valid():
         checked = check(video, audio)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
     prepared = Prepared(
         media.prepare_video(video, workdir, video_range, checked.video, progress),
         media.prepare_audio(audio, workdir, checked.audio),
@@ -108,5 +108,5 @@ def prepare(
         "audio": str(prepared.audio),
         "sources": [list(sig) for sig in prepared.sources],
     }
-    write_atomic(workdir / MANIFEST, json.dumps(manifest))
+    write_atomic(workdir / MANIFEST, json.dumps(manifest), mode=0o600)
     return prepared

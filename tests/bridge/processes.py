@@ -78,7 +78,13 @@ class BridgeProcess:
 
     def __init__(self, data_dir: Path, api_base: str, api_key: str | None = "emulator-key"):
         self.data_dir = data_dir
-        extra = {"CHAMELAION_BASE_URL": api_base, "CHAMELAION_POLL_INTERVAL": "0.1"}
+        extra = {
+            "CHAMELAION_BASE_URL": api_base,
+            "CHAMELAION_POLL_INTERVAL": "0.1",
+            # The emulator shows a request the moment it takes it: no need to give it 90 s
+            # after an upload a kill cut off before the job is sent again.
+            "CHAMELAION_ACCEPT_GRACE": "1",
+        }
         if api_key:
             extra["CHAMELAION_API_KEY"] = api_key
         self.env = cli_env(**extra)
@@ -138,6 +144,7 @@ def start_watch_process(
         CHAMELAION_POLL_INTERVAL=str(poll_interval),
         CHAMELAION_WATCH_SETTLE=str(settle),
         CHAMELAION_GENERATE_PER_MINUTE="0",
+        CHAMELAION_ACCEPT_GRACE="1",
     )
     command = [*BRIDGE, "watch", str(in_dir), "--out", str(out_dir)]
     command += ["--data-dir", str(data_dir), "--port", "0", *options]

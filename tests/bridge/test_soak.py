@@ -74,7 +74,6 @@ def test_twenty_jobs_survive_faults_and_three_kills_with_no_manual_retry(
         "CHAMELAION_POLL_INTERVAL": "0.2",
         "CHAMELAION_GENERATE_PER_MINUTE": "0",
         "CHAMELAION_RETRY_CAP": "5",
-        "CHAMELAION_ACCEPT_GRACE": "1",  # the emulator shows a request at once when it takes it
     }
     client = bridge.start()
     video, audio = sample_pair
