@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from bridge import discovery
@@ -37,6 +37,32 @@ def _env_number(
     if value is None or not usable(value):
         raise ConfigError(f"{name}={raw!r} is not usable: give {what}, or unset it.")
     return value
+
+
+# Tuning variables that set one field each: (variable, field, parse, usable, what to give).
+TUNING: tuple[tuple[str, str, Callable[[str], Any], Callable[[Any], bool], str], ...] = (
+    (
+        "CHAMELAION_GENERATE_PER_MINUTE",
+        "generate_per_minute",
+        int,
+        lambda v: v >= 0,
+        "a whole number of generate calls per minute, 0 for no limit",
+    ),
+    (
+        "CHAMELAION_RETRY_CAP",
+        "retry_cap",
+        float,
+        lambda v: 1 <= v <= MAX_POLL_INTERVAL,
+        f"the longest wait between tries in seconds, from 1 to {MAX_POLL_INTERVAL:g}",
+    ),
+    (
+        "CHAMELAION_ACCEPT_GRACE",
+        "accept_grace",
+        float,
+        lambda v: 0 <= v <= MAX_POLL_INTERVAL,
+        f"a number of seconds from 0 to {MAX_POLL_INTERVAL:g}",
+    ),
+)
 
 
 @dataclass(frozen=True)
@@ -146,30 +172,9 @@ class BridgeConfig:
             # Tuning knob (tests, impatient demos): the first poll interval and 15x as the cap.
             values["poll_interval"] = poll
             values["max_poll_interval"] = poll * 15
-        rate = _env_number(
-            "CHAMELAION_GENERATE_PER_MINUTE",
-            int,
-            lambda v: v >= 0,
-            "a whole number of generate calls per minute, 0 for no limit",
-        )
-        if rate is not None:
-            values["generate_per_minute"] = rate
-        retry_cap = _env_number(
-            "CHAMELAION_RETRY_CAP",
-            float,
-            lambda v: 1 <= v <= MAX_POLL_INTERVAL,
-            f"the longest wait between tries in seconds, from 1 to {MAX_POLL_INTERVAL:g}",
-        )
-        if retry_cap is not None:
-            # Tuning knob: how long a transient failure may make a job wait before a try.
-            values["retry_cap"] = retry_cap
-        accept_grace = _env_number(
-            "CHAMELAION_ACCEPT_GRACE",
-            float,
-            lambda v: 0 <= v <= MAX_POLL_INTERVAL,
-            f"a number of seconds from 0 to {MAX_POLL_INTERVAL:g}",
-        )
-        if accept_grace is not None:
-            values["accept_grace"] = accept_grace
+        for variable, name, parse, usable, what in TUNING:
+            value = _env_number(variable, parse, usable, what)
+            if value is not None:
+                values[name] = value
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
