@@ -50,7 +50,7 @@ from bridge.files import (
     safe_filename,
 )
 from bridge.gateway import API_PROBLEM, Gateway, Note
-from bridge.jobs import FINAL_STATES, Job, JobSpec, State, now_iso
+from bridge.jobs import ACTIVE_STATES, FINAL_STATES, Job, JobSpec, State, now_iso
 from bridge.problems import Problems, clock
 from bridge.remote import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, RemoteAPI, RemoteRequest, utc
 from bridge.store import IllegalTransition, Store
@@ -61,17 +61,15 @@ PROGRESS_STEP = 0.01
 PROGRESS_SECONDS = 0.25
 PREPARE_NOTE_SECONDS = 1.0
 PREPARE_CONCURRENCY = 2
-POLLED_STATES = (str(State.SUBMITTED), str(State.PROCESSING))
 DRIVEN_STATES = frozenset({State.QUEUED, State.UPLOADING, State.DOWNLOADING})
 # Remote outcomes after which a retry needs a new request (and is charged again).
 RESUBMIT_AFTER = frozenset({"failed", "forgotten"})
 # A result that stays unplayable, or whose link stays "not found", after this many fresh
 # downloads is a definite failure (retrying later downloads again at no charge).
 DOWNLOAD_GIVE_UP = 4
-ACTIVE = frozenset(State) - FINAL_STATES
 # How far the API's clock may run behind ours when telling our request from an older one.
 CLOCK_SKEW = timedelta(minutes=5)
-POLLED = frozenset({State.SUBMITTED, State.PROCESSING})
+POLLED_STATES = frozenset({State.SUBMITTED, State.PROCESSING})
 
 
 class _InputsChanged(Exception):
@@ -448,7 +446,7 @@ class Engine:
         while True:
             jobs: list[Job] = []
             try:
-                jobs = self.store.list(states=POLLED_STATES)
+                jobs = self.store.list(states=[str(state) for state in POLLED_STATES])
                 if not jobs or self.remote is None:
                     self._poll_wake.clear()
                     await self._poll_wake.wait()
@@ -597,7 +595,7 @@ class Engine:
                 return True
             if job.remote_status == request.status:
                 if job.note is not None:  # it waited on something that is over now
-                    self.store.update(job.id, note=None, expect=POLLED)
+                    self.store.update(job.id, note=None, expect=POLLED_STATES)
                 return False
             state = State.SUBMITTED if request.status == "queued" else State.PROCESSING
             if job.state == State.PROCESSING:
@@ -607,7 +605,7 @@ class Engine:
                 state=state,
                 remote_status=request.status,
                 note=None,
-                expect=POLLED,
+                expect=POLLED_STATES,
             )
             return True
         except IllegalTransition:
@@ -752,7 +750,7 @@ class Engine:
         try:
             job = self.store.get(job_id)
             if job is not None and not job.is_final and job.note != note:
-                self.store.update(job_id, note=note, expect=ACTIVE)
+                self.store.update(job_id, note=note, expect=ACTIVE_STATES)
         except StoreError:
             if note is not None:
                 self._unsaved_notes[job_id] = note
