@@ -1,7 +1,9 @@
-"""Build the installable Blender extension zip: the add-on, the bridge and its wheels.
+"""Build the installable Blender extension: the add-on, the bridge and its wheels.
 
-`python build_addon.py` writes dist/chamelaion_lipsync-<version>.zip for every platform the
-bundled wheels serve; `--platform linux-x64` builds a smaller zip for one platform (tests).
+`python build_addon.py` writes one zip per platform
+(dist/chamelaion_lipsync-<version>-<os>_<cpu>.zip), made and then checked by Blender's own
+extension tool (`blender_ext.py build --split-platforms`, then `validate`); `--platform host`
+builds only this machine's (tests).
 Downloaded wheels are cached in build/wheels/ so rebuilding is fast.
 """
 
@@ -12,14 +14,22 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 import zipfile
+from importlib.util import find_spec
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 ADDON = ROOT / "addon" / "chamelaion_lipsync"
-CACHE = ROOT / "build" / "wheels"
+BUILD = ROOT / "build"
+CACHE = BUILD / "wheels"
+# The Python of Blender 4.2 to 5.0; the manifest's blender_version_max follows from it.
 PYTHON_VERSION = "3.11"
+# Where Blender's extension tool sits inside a bpy wheel (under bpy/<blender version>/).
+TOOL = "scripts/addons_core/bl_pkg/cli/blender_ext.py"
+# The bpy wheel fetched for its tool when no Blender module is installed here.
+TOOL_SOURCE = "bpy==5.0.*"
 
 # Blender platform -> the pip platform tags whose wheels run there (newest last).
 PLATFORMS: dict[str, list[str]] = {
@@ -89,7 +99,8 @@ def dependency_wheels(platform: str) -> list[Path]:
 
 
 def manifest_text(platforms: list[str], wheels: list[str]) -> str:
-    """The source manifest with the platforms served and the bundled wheels filled in."""
+    """The source manifest with every platform served and all their wheels filled in
+    (Blender's tool narrows both to one platform in each zip)."""
     text = (ADDON / "blender_manifest.toml").read_text(encoding="utf-8")
     listed = ",\n".join(f'  "./wheels/{name}"' for name in wheels)
     inserted = (
@@ -101,32 +112,90 @@ def manifest_text(platforms: list[str], wheels: list[str]) -> str:
     return text
 
 
-def build(platforms: list[str], dist: Path) -> Path:
-    """Write the extension zip and return its path."""
-    version = tomllib.loads((ADDON / "blender_manifest.toml").read_text())["version"]
-    wheels: dict[str, Path] = {}
+def blender_ext_tool() -> Path:
+    """Blender's extension tool, a standalone script inside every bpy wheel: this Python's
+    Blender module, else one of this repository's Blender venvs (scripts/bootstrap_blender.sh),
+    else extracted once from a downloaded bpy wheel into build/."""
+    spec = find_spec("bpy")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        if found := sorted(Path(folder).glob(f"*/{TOOL}")):
+            return found[-1]
+    venvs = sorted(ROOT.glob(f".venv-bpy*/lib/python*/site-packages/bpy/*/{TOOL}"))
+    if venvs:
+        return venvs[-1]
+    cached = BUILD / "blender-ext" / "blender_ext.py"
+    if not cached.exists():
+        print(f"Fetching Blender's extension tool from the {TOOL_SOURCE} wheel (once)...")
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cached.parent) as tmp:
+            python = ("--python-version", PYTHON_VERSION)
+            pip("download", "--no-deps", "--only-binary=:all:", *python, "-d", tmp, TOOL_SOURCE)
+            with zipfile.ZipFile(next(Path(tmp).glob("bpy-*.whl"))) as wheel:
+                member = next(n for n in wheel.namelist() if n.endswith(TOOL))
+                cached.write_bytes(wheel.read(member))
+    return cached
+
+
+def run_tool(tool: Path, *args: str) -> None:
+    """Run Blender's extension tool; its own report is the explanation when it refuses."""
+    done = subprocess.run([sys.executable, str(tool), *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        report = (done.stdout + done.stderr).strip()
+        raise RuntimeError(f"Blender's extension tool refused to {args[0]} the extension: {report}")
+
+
+def stage(folder: Path, platforms: list[str], wheels: dict[str, Path]) -> Path:
+    """The extension's source tree as Blender's tool wants it: the add-on, ./wheels/ and a
+    manifest that lists them. Wheels are hard links into the cache where the disk allows."""
+    shutil.copytree(ADDON, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    (folder / "blender_manifest.toml").write_text(
+        manifest_text(platforms, sorted(wheels)), encoding="utf-8"
+    )
+    (folder / "wheels").mkdir()
+    for name, path in wheels.items():
+        try:
+            (folder / "wheels" / name).hardlink_to(path)
+        except OSError:
+            shutil.copyfile(path, folder / "wheels" / name)
+    return folder
+
+
+def zip_name(platform: str) -> str:
+    """The name Blender's tool gives a platform's zip: <id>-<version>-<os>_<cpu>.zip."""
+    manifest = tomllib.loads((ADDON / "blender_manifest.toml").read_text(encoding="utf-8"))
+    return f"{manifest['id']}-{manifest['version']}-{platform.replace('-', '_')}.zip"
+
+
+def build_zips(platforms: list[str], dist: Path) -> dict[str, Path]:
+    """Build one extension zip per platform with Blender's tool, validate each with it, and
+    return them by platform."""
+    tool = blender_ext_tool()
     bridge = build_bridge_wheel()
-    wheels[bridge.name] = bridge
+    wheels = {bridge.name: bridge}
     for platform in platforms:
         for wheel in dependency_wheels(platform):
             wheels.setdefault(wheel.name, wheel)
-    suffix = "" if set(platforms) == set(PLATFORMS) else "-" + "-".join(platforms)
     dist.mkdir(parents=True, exist_ok=True)
-    target = dist / f"chamelaion_lipsync-{version}{suffix}.zip"
-    tmp = target.with_suffix(".zip.tmp")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted(ADDON.rglob("*")):
-            relative = path.relative_to(ADDON)
-            if path.is_dir() or "__pycache__" in relative.parts:
-                continue
-            if relative.name == "blender_manifest.toml":
-                zf.writestr(str(relative), manifest_text(platforms, sorted(wheels)))
-            else:
-                zf.write(path, str(relative))
-        for name, path in sorted(wheels.items()):
-            zf.write(path, f"wheels/{name}", compress_type=zipfile.ZIP_STORED)
-    tmp.replace(target)
-    return target
+    with tempfile.TemporaryDirectory(dir=BUILD, prefix="extension-") as tmp:
+        source = stage(Path(tmp) / ADDON.name, platforms, wheels)
+        run_tool(
+            tool,
+            "build",
+            "--split-platforms",
+            "--source-dir",
+            str(source),
+            "--output-dir",
+            str(dist),
+        )
+    zips = {platform: dist / zip_name(platform) for platform in platforms}
+    for path in zips.values():
+        run_tool(tool, "validate", str(path))
+    return zips
+
+
+def build(platforms: list[str], dist: Path) -> Path:
+    """Build the zips for `platforms` and return the first one's (tests build just one)."""
+    return build_zips(platforms, dist)[platforms[0]]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,9 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dist", type=Path, default=ROOT / "dist", help="output folder")
     args = parser.parse_args(argv)
     platforms = [host_platform() if p == "host" else p for p in args.platform or PLATFORMS]
-    target = build(platforms, args.dist)
-    size = target.stat().st_size / 1e6
-    print(f"{target} ({size:.1f} MB; platforms: {', '.join(platforms)})")
+    for path in build_zips(platforms, args.dist).values():
+        print(f"{path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0
 
 
