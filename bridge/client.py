@@ -133,16 +133,21 @@ class BridgeClient:
         return self._request("POST", "/v1/jobs", body)
 
     def list_jobs(
-        self, *, state: str | None = None, keys: Sequence[str] = ()
+        self, *, state: str | None = None, keys: Sequence[str] = (), file: str | None = None
     ) -> list[dict[str, Any]]:
-        """Jobs, optionally only those in `state` or whose id/reference_id is in `keys`."""
-        return self.listing(state=state, keys=keys)["jobs"]
+        """Jobs not cleared, optionally only those in `state`, whose id/reference_id is in
+        `keys`, or whose client data names `file`."""
+        return self.listing(state=state, keys=keys, file=file)["jobs"]
 
-    def listing(self, *, state: str | None = None, keys: Sequence[str] = ()) -> dict[str, Any]:
+    def listing(
+        self, *, state: str | None = None, keys: Sequence[str] = (), file: str | None = None
+    ) -> dict[str, Any]:
         """`{"jobs": [...], "damaged": [...]}`: the jobs, and records the store cannot read."""
         query = [("reference_id", k) for k in keys]
         if state:
             query.append(("state", state))
+        if file is not None:
+            query.append(("file", file))
         return self._request("GET", "/v1/jobs", query=query)
 
     def get_job(self, key: str) -> dict[str, Any]:
@@ -153,6 +158,11 @@ class BridgeClient:
 
     def retry(self, key: str) -> dict[str, Any]:
         return self._request("POST", f"/v1/jobs/{urllib.parse.quote(key, safe='')}/retry")
+
+    def clear(self, key: str) -> dict[str, Any]:
+        """Take a completed, failed or canceled job out of the listings (its files stay);
+        BridgeRequestError 409 for a job still running."""
+        return self._request("DELETE", f"/v1/jobs/{urllib.parse.quote(key, safe='')}")
 
     def set_api_key(self, api_key: str, auth: str = "x-api-key") -> dict[str, Any]:
         """Make the bridge use this API key from now on; jobs that failed on the old one

@@ -7,11 +7,13 @@ folder all refuse the same bad input with the same sentence.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import secrets
 import stat
 import time
+import unicodedata
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -66,6 +68,9 @@ URL_SCHEMES = ("http", "https")
 # Quoted values are cut to this many characters, so a sentence stays readable.
 QUOTE_LIMIT = 40
 URL_QUOTE_LIMIT = 80  # enough to show a URL's scheme, host and port
+# A client's own record of a job (the add-on's file id, its insert target): kept verbatim.
+MAX_CLIENT_BYTES = 16 * 1024
+CLIENT_FILE_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def now_iso() -> str:
@@ -77,9 +82,32 @@ def new_reference_id(prefix: str = "cl") -> str:
     return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
 
 
+# Latin letters that Unicode does not decompose into a base letter and a mark, or whose
+# readable ASCII form is two letters (German umlauts); the rest lose their marks.
+_LATIN_SPELLINGS = str.maketrans(
+    {
+        "Ä": "Ae", "Ö": "Oe", "Ü": "Ue", "ä": "ae", "ö": "oe", "ü": "ue",
+        "ß": "ss", "ẞ": "SS", "Æ": "AE", "æ": "ae", "Œ": "OE", "œ": "oe",
+        "Ø": "O", "ø": "o", "Ł": "L", "ł": "l", "Đ": "D", "đ": "d", "Ð": "D", "ð": "d",
+        "Þ": "Th", "þ": "th", "Ħ": "H", "ħ": "h", "ı": "i",
+    }
+)  # fmt: skip
+
+
+def latin_ascii(text: str) -> str:
+    """`text` with Latin letters spelled in ASCII ("Ärger" -> "Aerger", "café" -> "cafe");
+    a character with no Latin spelling (CJK, emoji) becomes a space, so words stay apart."""
+    spelled = unicodedata.normalize("NFC", text).translate(_LATIN_SPELLINGS)
+    return "".join(
+        unicodedata.normalize("NFKD", char).encode("ascii", "ignore").decode("ascii")
+        or ("" if unicodedata.combining(char) else " ")
+        for char in spelled
+    )
+
+
 def safe_reference_id(text: str, max_len: int = 80) -> str:
     """Turn free text (file and strip names) into a valid reference_id stem."""
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._")
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", latin_ascii(text)).strip("-._")
     cleaned = re.sub(r"\.{2,}", ".", cleaned)[:max_len].strip("-._")
     return cleaned or "clip"
 
@@ -196,6 +224,33 @@ def check_input_file(path: Path) -> int:
     return info.st_size
 
 
+def check_client(value: Any) -> dict[str, Any]:
+    """A client's record of a job: any JSON object up to MAX_CLIENT_BYTES, kept verbatim;
+    only its `file` (the listing filter) must be a short plain id."""
+    if not isinstance(value, dict):
+        raise InputError("client must be a JSON object (or left out).")
+    try:
+        size = len(json.dumps(value, separators=(",", ":"), allow_nan=False).encode())
+    except ValueError:
+        raise InputError(
+            "client may hold only plain JSON values, not NaN or Infinity; send finite numbers."
+        ) from None
+    if size > MAX_CLIENT_BYTES:
+        raise InputError(
+            f"client is {size} bytes as JSON; keep it to {MAX_CLIENT_BYTES} bytes (16 KiB)."
+        )
+    if "file" in value:
+        check_file_id(value["file"], "client.file")
+    return value
+
+
+def check_file_id(value: Any, what: str) -> str:
+    """A client's id of a file (its jobs are listed by it): 1-64 of [A-Za-z0-9_-]."""
+    if not (isinstance(value, str) and CLIENT_FILE_PATTERN.fullmatch(value)):
+        raise InputError(f"{what} must be a string of 1-64 letters, digits, '_' or '-'.")
+    return value
+
+
 @dataclass(frozen=True)
 class VideoRange:
     """A cut of the source video, in seconds from its start."""
@@ -236,6 +291,8 @@ class JobSpec:
     output_dir: str | None = None
     output_name: str | None = None
     video_range: VideoRange | None = None
+    # The client's own record of the job, returned as given; `client["file"]` is a filter.
+    client: dict[str, Any] | None = None
     origin: str = "api"
 
     @classmethod
@@ -249,18 +306,19 @@ class JobSpec:
             raise InputError(
                 f"Unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}."
             )
-        text_fields = allowed - {"video_range", "disable_active_speaker_detection"}
+        text_fields = allowed - {"video_range", "disable_active_speaker_detection", "client"}
         for name in text_fields:
             if body.get(name) is not None and not isinstance(body[name], str):
                 raise InputError(f"{name} must be a string.")
         asd = body.get("disable_active_speaker_detection", False)
         if not isinstance(asd, bool):
             raise InputError("disable_active_speaker_detection must be true or false.")
-        video_range = body.get("video_range")
+        video_range, client = body.get("video_range"), body.get("client")
         spec = cls(
             **{k: body.get(k) for k in text_fields},
             disable_active_speaker_detection=asd,
             video_range=VideoRange.from_json(video_range) if video_range is not None else None,
+            client=check_client(client) if client is not None else None,
             origin=origin,
         )
         return spec.validated()
@@ -336,6 +394,8 @@ class Job(JobSpec):
     # a crash): the API may still take it, so it is not sent again before a grace period.
     unsettled_since: str | None = None
     previous_reference_ids: list[str] = field(default_factory=list)
+    # A final job the user put away: left out of listings, its files and reference_id kept.
+    cleared: bool = False
 
     @property
     def is_final(self) -> bool:

@@ -23,7 +23,7 @@ from bridge.config import BridgeConfig, Secret, redact_url
 from bridge.discovery import health_proof
 from bridge.engine import Engine
 from bridge.errors import DamagedJobError, DuplicateReferenceError, InputError, StoreError
-from bridge.jobs import Job, JobSpec, State
+from bridge.jobs import Job, JobSpec, State, check_file_id
 from bridge.keys import AUTH_SCHEMES, is_usable_key, key_fingerprint
 from bridge.store import IllegalTransition, Store
 from bridge.watch import running_watchers
@@ -157,7 +157,13 @@ async def list_jobs(request: web.Request) -> web.Response:
             400, f"Unknown state {unknown[0]!r}; use one of {', '.join(s.value for s in State)}."
         )
     keys = request.query.getall("reference_id", [])
-    jobs, damaged = request.app[STORE].listing(states=states, keys=keys)
+    file = request.query.get("file")
+    if file is not None:
+        try:
+            check_file_id(file, "The file filter")
+        except InputError as exc:
+            return error_response(400, str(exc))
+    jobs, damaged = request.app[STORE].listing(states=states, keys=keys, file=file, cleared=False)
     return web.json_response(
         {
             "jobs": [request.app[ENGINE].view(job) for job in jobs],
@@ -198,6 +204,18 @@ def _change(action: str) -> Handler:
         return web.json_response(engine.view(job))
 
     return handler
+
+
+async def clear_job(request: web.Request) -> web.Response:
+    """Take a final job out of the listings; its files and its reference_id stay."""
+    found = _find(request)
+    if isinstance(found, web.Response):
+        return found
+    try:
+        job = request.app[STORE].clear(found.id)
+    except IllegalTransition as exc:
+        return error_response(409, str(exc))
+    return web.json_response(request.app[ENGINE].view(job))
 
 
 def _key_from_json(body: Any) -> tuple[Secret, str]:
@@ -308,6 +326,7 @@ def create_app(
     app.router.add_post("/v1/jobs", create_job)
     app.router.add_get("/v1/jobs", list_jobs)
     app.router.add_get("/v1/jobs/{key}", get_job)
+    app.router.add_delete("/v1/jobs/{key}", clear_job)
     app.router.add_post("/v1/jobs/{key}/cancel", _change("cancel"))
     app.router.add_post("/v1/jobs/{key}/retry", _change("retry"))
     app.router.add_put("/v1/api-key", set_api_key)

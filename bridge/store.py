@@ -20,6 +20,7 @@ from typing import Any
 from bridge.errors import DamagedJobError, DuplicateReferenceError, InputError, StoreError
 from bridge.jobs import (
     ACTIVE_STATES,
+    FINAL_STATES,
     Job,
     JobSpec,
     State,
@@ -84,6 +85,9 @@ def _damaged(job_id: str, reference_id: str, exc: Exception) -> DamagedJob:
 
 
 _ROW_ERRORS = (ValueError, TypeError, KeyError, AttributeError)
+# A field of a job's record (its path is a parameter), NULL for a record that is not JSON:
+# CASE, unlike AND, is sure never to run json_extract on a damaged record (an SQL error).
+_JSON_FIELD = "CASE WHEN json_valid(data) THEN json_extract(data, ?) END"
 
 
 class Store:
@@ -220,13 +224,19 @@ class Store:
 
     def list(self, *, states: Sequence[str] = (), keys: Sequence[str] = ()) -> list[Job]:
         """Jobs in any of `states`, and whose id or reference_id is one of `keys`, if given;
-        damaged records are left out."""
+        damaged records are left out, cleared jobs are in."""
         return self.listing(states=states, keys=keys)[0]
 
     def listing(
-        self, *, states: Sequence[str] = (), keys: Sequence[str] = ()
+        self,
+        *,
+        states: Sequence[str] = (),
+        keys: Sequence[str] = (),
+        file: str | None = None,
+        cleared: bool = True,
     ) -> tuple[list[Job], list[DamagedJob]]:
-        """Like `list`, plus the records that match but cannot be read."""
+        """Like `list`, plus the records that match but cannot be read; `file` keeps the
+        jobs whose client.file it is, `cleared=False` leaves cleared jobs out."""
         query, args = "SELECT id, reference_id, data FROM jobs WHERE 1=1", []
         if states:
             query += f" AND state IN ({','.join('?' * len(states))})"
@@ -235,6 +245,12 @@ class Store:
             marks = ",".join("?" * len(keys))
             query += f" AND (id IN ({marks}) OR reference_id IN ({marks}))"
             args += list(keys) * 2
+        if file is not None:
+            query += f" AND {_JSON_FIELD} = ?"
+            args += ["$.client.file", file]
+        if not cleared:
+            query += f" AND coalesce({_JSON_FIELD}, 0) = 0"
+            args.append("$.cleared")
         return self._jobs(self._rows(query + " ORDER BY created_at, id", args))
 
     def list_by_origin(self, origin: str) -> list[Job]:
@@ -255,12 +271,14 @@ class Store:
         *,
         state: State | None = None,
         expect: frozenset[State] | set[State] | None = None,
+        refusal: str = "so it cannot be changed that way",
         **changes: Any,
     ) -> Job:
         """Apply one change in one transaction and return the job as now stored.
 
         `expect` guards against races (e.g. a cancel arriving mid-upload): the change is
-        refused with IllegalTransition unless the job is still in one of those states.
+        refused with IllegalTransition ("Job X is <state>, <refusal>.") unless the job is
+        still in one of those states. A job that becomes active again is no longer cleared.
         """
         with self._transaction() as db:
             row = db.execute("SELECT data FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -271,9 +289,7 @@ class Store:
             except _ROW_ERRORS as exc:
                 raise DamagedJobError(_damaged(job_id, job_id, exc).error) from None
             if expect is not None and job.state not in expect:
-                raise IllegalTransition(
-                    f"Job {job.reference_id} is {job.state}, so it cannot be changed that way."
-                )
+                raise IllegalTransition(f"Job {job.reference_id} is {job.state}, {refusal}.")
             if state is not None and not can_transition(job.state, state):
                 raise IllegalTransition(
                     f"Job {job.reference_id} is {job.state} and cannot become {state}."
@@ -284,6 +300,17 @@ class Store:
             job = replace(job, **changes, updated_at=now_iso())
             if state is not None:
                 job.state = state
+                job.cleared = job.cleared and state in FINAL_STATES
             self._write(db, job)
         self._notify(job)
         return job
+
+    def clear(self, job_id: str) -> Job:
+        """Put a final job away: listings leave it out, while its files stay and its
+        reference_id stays taken (the API knows it); clearing it again is harmless."""
+        return self.update(
+            job_id,
+            expect=FINAL_STATES,
+            refusal="so it cannot be cleared yet; cancel it first",
+            cleared=True,
+        )
