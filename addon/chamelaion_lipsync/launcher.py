@@ -1,4 +1,8 @@
-"""Starts the bundled bridge when none answers, detached from Blender, at most every 5 s."""
+"""Starts the bundled bridge when none answers, detached from Blender.
+
+Polls start it at most every 5 s; a click starts it again at once when the last start has
+ended (its cause may be fixed by now). A child still starting is never joined by a second.
+"""
 
 from __future__ import annotations
 
@@ -50,6 +54,7 @@ class Launcher:
         self.process: subprocess.Popen[bytes] | None = None
         self.serving: Path | None = None  # the data folder of the child we started
         self.started_at = float("-inf")
+        self.failures: dict[Path, str] = {}  # why the last start failed, per data folder
         self._lock = threading.Lock()
 
     def ensure_running(
@@ -57,10 +62,27 @@ class Launcher:
         settings: Settings,
         client: Callable[[], BridgeClient],
         stop: threading.Event,
+        *,
+        at_once: bool = False,
     ) -> str | None:
-        """Start the bridge if needed and wait for its health; None when it answers."""
+        """Start the bridge if needed and wait for its health; None when it answers, else
+        the sentence saying why not. `at_once` (a click) ignores the 5 s between starts."""
+        problem = self._start_and_wait(settings, client, stop, at_once)
+        if problem:
+            self.failures[settings.data_dir] = problem
+        else:
+            self.failures.pop(settings.data_dir, None)
+        return problem
+
+    def _start_and_wait(
+        self,
+        settings: Settings,
+        client: Callable[[], BridgeClient],
+        stop: threading.Event,
+        at_once: bool,
+    ) -> str | None:
         with self._lock:
-            problem = self._spawn_if_due(settings)
+            problem = self._spawn_if_due(settings, at_once)
         if problem:
             return problem
         deadline = time.monotonic() + HEALTH_DEADLINE
@@ -84,21 +106,28 @@ class Launcher:
             return None
         return self.process.poll()
 
-    def _spawn_if_due(self, settings: Settings) -> str | None:
+    def _spawn_if_due(self, settings: Settings, at_once: bool) -> str | None:
         if self.serving == settings.data_dir and (
             self._our_exit_code(settings) is None
-            or time.monotonic() - self.started_at < SPAWN_INTERVAL
+            or (not at_once and time.monotonic() - self.started_at < SPAWN_INTERVAL)
         ):
-            return None  # running, or started (and ended) less than SPAWN_INTERVAL ago
-        discovery.make_private_dir(settings.data_dir)
-        log_path = settings.data_dir / discovery.LOG_FILE
+            return None  # running or starting, or (for a poll) ended less than 5 s ago
+        try:
+            discovery.make_private_dir(settings.data_dir)
+            log = discovery.open_private(settings.data_dir / discovery.LOG_FILE)
+        except OSError as exc:
+            return (
+                f"The bridge's data folder {settings.data_dir} cannot be created or written "
+                f"({exc.strerror or exc}); choose another 'Bridge data folder' in the add-on "
+                "preferences or make this one writable."
+            )
         extra: dict[str, Any] = {}
         if sys.platform == "win32":
             extra["creationflags"] = subprocess.CREATE_NO_WINDOW | subprocess.DETACHED_PROCESS
         else:
             extra["start_new_session"] = True
         try:
-            with discovery.open_private(log_path) as log:
+            with log:
                 self.process = subprocess.Popen(
                     bridge_command(settings),
                     stdin=subprocess.DEVNULL,

@@ -21,6 +21,9 @@ from bridge.errors import BridgeError
 from . import launcher
 
 NEEDS_KEY = frozenset({"create", "retry"})  # requests that send work to the API
+# What a click sends: a bridge whose last start failed is started again at once for these
+# (the editor may have fixed the cause), while polls wait launcher.SPAWN_INTERVAL.
+CLICKS = frozenset({"create", "retry", "cancel"})
 
 
 @dataclass(frozen=True)
@@ -102,7 +105,8 @@ class Worker:
         if not s.url and discovery.read_discovery(s.data_dir) is None:
             raise BridgeUnavailable(
                 f"No Chamelaion bridge has started with the data folder {s.data_dir} yet; "
-                "turn on 'Start the bridge when needed' or run 'chamelaion-bridge serve'."
+                "turn on 'Start the bridge when needed' in the add-on preferences or run "
+                "'chamelaion-bridge serve'."
             )
         fresh = BridgeClient(url=s.url or None, data_dir=s.data_dir, timeout=s.timeout)
         if self._bridge is None or _identity(self._bridge) != _identity(fresh):
@@ -127,15 +131,28 @@ class Worker:
         try:
             return self._attempt(request, call)
         except BridgeUnavailable as exc:
-            if not (self.settings.auto_start and request.kind != "health"):
+            if not self.settings.auto_start:
                 return Result(request, error=str(exc), unavailable=True)
-        problem = self.launcher.ensure_running(self.settings, self._client, self._stop)
+            if request.kind == "health":  # a status check starts nothing
+                return Result(request, error=self._not_started(), unavailable=True)
+        problem = self.launcher.ensure_running(
+            self.settings, self._client, self._stop, at_once=request.kind in CLICKS
+        )
         if problem:
             return Result(request, error=problem, unavailable=True)
         try:
             return self._attempt(request, call)
         except BridgeUnavailable as exc:
             return Result(request, error=str(exc), unavailable=True)
+
+    def _not_started(self) -> str:
+        """The status while none answers and auto-start is on: why the last start failed,
+        else that the bridge starts by itself when there is work."""
+        folder = self.settings.data_dir
+        return self.launcher.failures.get(folder) or (
+            f"The Chamelaion bridge is not running yet; it starts by itself with the next "
+            f"Lip Sync (data folder {folder})."
+        )
 
     def _attempt(self, request: Request, call: Callable[[BridgeClient], Any]) -> Result:
         """One call; an unreachable bridge propagates, any other failure is the answer."""
