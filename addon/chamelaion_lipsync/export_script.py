@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ NEUTRAL_VIEW = {
     "use_curve_mapping": False,
     "use_white_balance": False,
 }
+REPLACE_TRIES = 50
 # Animated settings of the cover that would undo the above (timing curves stay).
 VISUAL_GROUPS = ("transform.", "crop.", "modifiers[")
 
@@ -63,6 +65,12 @@ class Status:
         tmp = f"{self.path}.tmp"
         with open(tmp, "w", encoding="utf-8") as fh:
             json.dump({"stage": stage, "done": done, "total": total, "error": error}, fh)
+        for _ in range(REPLACE_TRIES - 1):
+            try:
+                os.replace(tmp, self.path)
+                return
+            except PermissionError:  # Windows, while the main thread is reading the file
+                time.sleep(0.01)
         os.replace(tmp, self.path)
 
 
@@ -149,6 +157,7 @@ def raw_size(scene: Any, cover: Any) -> tuple[int, int]:
 
 
 def set_range(scene: Any, start: int, end: int) -> None:
+    """What both the mixdown and the render cover; a preview range would override it."""
     scene.frame_start, scene.frame_end, scene.frame_step = start, end - 1, 1
     scene.use_preview_range = False
 
@@ -179,6 +188,8 @@ def set_output(scene: Any, size: tuple[int, int], path: str) -> None:
 
 
 def mixdown(scene: Any, path: str) -> None:
+    """16-bit PCM WAV; accuracy 16 ends within a sample or so of the range (the default
+    overshoots by ~13 ms)."""
     with compat.scene_override(bpy.context, scene):
         result = bpy.ops.sound.mixdown(
             filepath=path,
@@ -193,7 +204,9 @@ def mixdown(scene: Any, path: str) -> None:
         raise Failure("Blender could not mix the dialogue down to a WAV file")
 
 
-def render(scene: Any, path: str, total: int, status: Status, parent: int, partials: list[str]):
+def render(
+    scene: Any, path: str, total: int, status: Status, parent: int, partials: list[str]
+) -> None:
     """Render the scene's range to `path`, reporting each frame; stop when Blender is gone."""
     written = [0]
 
@@ -212,8 +225,10 @@ def render(scene: Any, path: str, total: int, status: Status, parent: int, parti
 
 
 def run(spec: dict[str, Any], status: Status) -> None:
+    """Open the copy, move a range before frame 0 to 0, mix the dub, render the picture."""
     if os.path.normpath(bpy.data.filepath) != os.path.normpath(spec["copy"]):
         bpy.ops.wm.open_mainfile(filepath=spec["copy"], load_ui=False)
+    os.remove(spec["copy"])  # loaded: a Blender that dies from here on leaves no big file
     scene = bpy.data.scenes.get(spec["scene"])
     if scene is None or scene.sequence_editor is None:
         raise Failure(f"the saved copy has no scene '{spec['scene']}' with strips")
@@ -255,7 +270,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.stdout.flush()
     code = main()
     sys.stdout.flush()
     sys.stderr.flush()
