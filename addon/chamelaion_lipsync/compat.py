@@ -34,16 +34,51 @@ def ensure_sequencer_scene(context: Any, scene: Any) -> None:
 
 
 def set_ffmpeg_output(scene: Any) -> None:
-    """H.264 MP4 output; 5.0 wants media_type set before file_format accepts FFMPEG."""
+    """8-bit RGB H.264 in MP4 at high quality, no sound, one file; 5.0 wants media_type set
+    before file_format accepts FFMPEG."""
     settings = scene.render.image_settings
     if hasattr(settings, "media_type"):
         settings.media_type = "VIDEO"
     settings.file_format = "FFMPEG"
+    settings.color_mode = "RGB"
+    settings.color_depth = "8"
     ffmpeg = scene.render.ffmpeg
     ffmpeg.format = "MPEG4"
     ffmpeg.codec = "H264"
     ffmpeg.constant_rate_factor = "HIGH"
+    ffmpeg.ffmpeg_preset = "GOOD"
+    ffmpeg.use_autosplit = False
     ffmpeg.audio_codec = "NONE"
+
+
+def holders(editor: Any) -> dict[str, Any]:
+    """Strip name -> the meta strip that directly holds it (top-level strips are absent)."""
+    metas = [strip for strip in all_strips(editor) if strip.type == "META"]
+    return {child.name: meta for meta in metas for child in meta.strips}
+
+
+def channel_of(editor: Any, strip: Any, held_by: dict[str, Any]) -> Any:
+    """The channel a strip sits in: its meta's own channels inside a meta."""
+    holder = held_by.get(strip.name)
+    return (holder.channels if holder is not None else editor.channels)[strip.channel]
+
+
+def fcurves(owner: Any) -> list[Any]:
+    """The F-curves animating `owner` (layered actions since 4.4, the only kind in 5.0)."""
+    animation = owner.animation_data
+    action = animation.action if animation else None
+    if action is None:
+        return []
+    if not hasattr(action, "layers"):
+        return list(action.fcurves)
+    return [
+        curve
+        for layer in action.layers
+        for strip in layer.strips
+        for bag in strip.channelbags
+        if bag.slot == animation.action_slot
+        for curve in bag.fcurves
+    ]
 
 
 @contextlib.contextmanager

@@ -1,7 +1,9 @@
-"""Turn the active picture strip and the dialogue into the two files a job needs.
+"""Plan what a lip-sync job sends for the active picture strip, on the main thread and fast.
 
-An untouched movie strip is not rendered: the bridge cuts its source by `video_range`.
-Anything else is rendered by Blender over exactly the strip's visible frames.
+A take is a drop-in replacement. A movie strip whose timing is 1:1 with its file is not
+rendered: the bridge cuts the source by `video_range` and the strip later switches to the
+take ("switch"). Anything else is rendered raw in a background Blender (background.py) and
+the take sits above the strip that shows it ("overlay"). Held frames are never sent.
 """
 
 from __future__ import annotations
@@ -25,16 +27,27 @@ class ExportError(Exception):
     """Why this strip cannot be sent, as one sentence for the editor."""
 
 
-@dataclass
-class Export:
-    video_path: str
-    audio_path: str
-    video_range: dict[str, float] | None
-    frame_start: int
-    frame_duration: int
-    channel: int
+@dataclass(frozen=True)
+class ExportPlan:
+    """Everything a job and the later placement of its take need, fixed when Lip Sync runs."""
+
+    reference_id: str
+    scene: str  # the scene's name
+    source_tag: str  # tag_of(the selected picture strip)
+    source_name: str
+    placement: str  # "switch" (the strip itself shows the take) | "overlay" (a strip above)
+    cover_tag: str  # tag_of(the strip an overlay take sits directly above); source's for switch
+    cover_channel: int
+    start: int  # timeline frames [start, end) the take covers: content, never held frames
+    end: int
     fps: float
-    rendered: bool
+    source_first: int  # switch: the file's frame index shown at `start`; 0 for overlay
+    video_path: str  # switch: the movie file; overlay: where the render will be written
+    audio_path: str  # where the mixdown will be written
+    video_range: dict[str, float] | None  # switch: the bridge's cut of video_path
+    warning: str  # '' or a sentence for the editor
+    sounds: tuple[str, ...] = ()  # the dialogue's sound strips, by name
+    picture: tuple[str, ...] = ()  # overlay: the cover first, then every strip feeding it
 
 
 def tag_of(strip: Any) -> str:
@@ -65,160 +78,171 @@ def picture_strip(scene: Any) -> Any:
     return strip
 
 
-def effects_on(editor: Any, strip: Any) -> list[Any]:
-    """Effect strips that take `strip` as an input, directly or through other effects."""
-    found: list[Any] = []
-    frontier = [strip]
-    candidates = [s for s in compat.all_strips(editor) if hasattr(s, "input_1")]
-    while frontier:
-        current = frontier.pop()
-        for effect in candidates:
-            inputs = (getattr(effect, "input_1", None), getattr(effect, "input_2", None))
-            if current in inputs and effect not in found and not effect.mute:
-                found.append(effect)
-                frontier.append(effect)
+def effect_chain(editor: Any, strip: Any) -> list[Any]:
+    """The unmuted one-input effects stacked on `strip` (a speed effect on it, a transform on
+    that ...), lowest first; where two share an input, the one on the higher channel."""
+    effects = [s for s in compat.all_strips(editor) if getattr(s, "input_count", 0) == 1]
+    chain: list[Any] = []
+    current = strip
+    while True:
+        above = [e for e in effects if not e.mute and e.input_1 == current and e not in chain]
+        if not above:
+            return chain
+        current = max(above, key=lambda e: e.channel)
+        chain.append(current)
+
+
+def fed_by(strip: Any) -> list[Any]:
+    """`strip` and every strip it takes pixels from (effect inputs, recursively)."""
+    found = [strip]
+    for name in ("input_1", "input_2"):
+        source = getattr(strip, name, None)
+        if source is not None:
+            found.extend(fed_by(source))
     return found
 
 
-def is_untouched(editor: Any, strip: Any, scene: Any, movie_fps: float) -> bool:
-    """True when the bridge can cut the source file itself and get the same picture."""
-    if strip.type != "MOVIE" or len(strip.modifiers) or effects_on(editor, strip):
-        return False
-    t, c = strip.transform, strip.crop
+def movie_fps(strip: Any, fps: float) -> float:
+    """The movie's own rate (reading it opens the file), after refusing a missing file; the
+    scene's rate for other strips."""
+    if strip.type != "MOVIE":
+        return fps
+    path = bpy.path.abspath(strip.filepath)
+    if not os.path.isfile(path):
+        raise ExportError(
+            f"The source file of strip '{strip.name}' is missing ({path}); "
+            "relink it (Strip > Movie > File) and try again."
+        )
+    return strip.fps
+
+
+def is_one_to_one(strip: Any, chain: list[Any], rate: float, fps: float) -> bool:
+    """True when timeline frame n shows file frame n + constant: the bridge can cut the file.
+    Retiming keys are only counted (adding one headless crashes Blender)."""
     return (
-        (t.offset_x, t.offset_y, t.rotation) == (0, 0, 0)
-        and (t.scale_x, t.scale_y) == (1, 1)
-        and (c.min_x, c.max_x, c.min_y, c.max_y) == (0, 0, 0, 0)
-        and getattr(strip, "speed_factor", 1.0) == 1.0
-        and strip.color_saturation == 1.0
-        and strip.color_multiply == 1.0
-        and not (strip.use_flip_x or strip.use_flip_y or strip.use_reverse_frames)
+        strip.type == "MOVIE"
+        and len(strip.retiming_keys) == 0
+        and not any(effect.type == "SPEED" for effect in chain)
+        and not strip.use_reverse_frames
         and strip.strobe <= 1.0
-        and abs(movie_fps - compat.scene_fps(scene)) < 1e-3
+        and abs(rate - fps) < 1e-3
     )
 
 
-def check_source(strip: Any, scene: Any) -> float:
-    """Refuse a missing source or a frame-rate mismatch with the fix in the sentence; returns
-    the movie's fps (reading it opens the file, so read it once)."""
-    movie_fps = 0.0
+def rate_warning(strip: Any, rate: float, fps: float) -> str:
+    """A movie at another rate than the scene is rendered as Blender plays it: say so."""
+    if rate <= 0 or abs(rate - fps) < 1e-3:
+        return ""
+    return (
+        f"Strip '{strip.name}' is {rate:g} fps in a {fps:g} fps scene, so the picture is sent "
+        f"as Blender plays it (one movie frame per scene frame); set the scene to {rate:g} fps "
+        "(Output Properties > Format) to send the movie itself."
+    )
+
+
+def content_range(strip: Any, cover: Any) -> tuple[int, int, str]:
+    """The visible frames that show content, not a held first or last frame, within what the
+    cover shows; with a sentence naming the held frames left out."""
+    first, last = round(strip.frame_start), round(strip.frame_start) + strip.frame_duration
+    shown = (
+        max(strip.frame_final_start, cover.frame_final_start),
+        min(strip.frame_final_end, cover.frame_final_end),
+    )
+    start, end = max(shown[0], first), min(shown[1], last)
+    if start >= end:
+        raise ExportError(
+            f"Strip '{strip.name}' shows only held still frames ({shown[0]}-{shown[1] - 1}); "
+            "trim it so moving picture is visible, then run Lip Sync again."
+        )
+    held = [(a, b) for a, b in ((shown[0], start), (end, shown[1])) if a < b]
+    if not held:
+        return start, end, ""
+    spans = " and ".join(f"{a}-{b - 1}" if b - a > 1 else str(a) for a, b in held)
+    return start, end, f"Frames {spans} hold a still and are not sent."
+
+
+def is_audible(editor: Any, strip: Any, held_by: dict[str, Any]) -> bool:
+    """Not muted itself, nor its channel, nor any meta around it."""
+    while strip is not None:
+        if strip.mute or compat.channel_of(editor, strip, held_by).mute:
+            return False
+        strip = held_by.get(strip.name)
+    return True
+
+
+def own_files(strip: Any) -> set[str]:
+    """The movie files the picture is made of: their sound is the original, not the dub."""
     if strip.type == "MOVIE":
-        path = bpy.path.abspath(strip.filepath)
-        if not os.path.isfile(path):
-            raise ExportError(
-                f"The source file of strip '{strip.name}' is missing ({path}); "
-                "relink it (Strip > Movie > File) and try again."
-            )
-        movie_fps, fps = strip.fps, compat.scene_fps(scene)
-        if movie_fps > 0 and abs(movie_fps - fps) > 1e-3:
-            raise ExportError(
-                f"Strip '{strip.name}' is {movie_fps:g} fps but the scene is {fps:g} fps, so "
-                "picture and dubbed sound would drift; set the scene's frame rate to "
-                f"{movie_fps:g} (Output Properties > Format) or use a {fps:g} fps copy."
-            )
-    return movie_fps
+        return {os.path.normpath(bpy.path.abspath(strip.filepath))}
+    if strip.type == "META":
+        return {path for child in strip.strips for path in own_files(child)}
+    return set()
 
 
-def sound_strips(scene: Any, picture: Any) -> list[Any]:
-    """The dialogue: selected sound strips, else every audible one; never the movie's own."""
-    own = bpy.path.abspath(picture.filepath) if picture.type == "MOVIE" else None
-    sounds = [
+def dialogue(editor: Any, picture: Any, start: int, end: int) -> list[Any]:
+    """The dub: selected sound strips over [start, end), else every audible one there; found
+    inside metas too, never the picture's own sound."""
+    own = own_files(picture)
+    under = [
         s
-        for s in compat.strips(scene.sequence_editor)
-        if s.type == "SOUND" and not (own and s.sound and bpy.path.abspath(s.sound.filepath) == own)
+        for s in compat.all_strips(editor)
+        if s.type == "SOUND"
+        and s.sound is not None
+        and os.path.normpath(bpy.path.abspath(s.sound.filepath)) not in own
+        and s.frame_final_start < end
+        and s.frame_final_end > start
     ]
-    chosen = [s for s in sounds if s.select] or [s for s in sounds if not s.mute]
-    start, end = picture.frame_final_start, picture.frame_final_end
-    audible = [s for s in chosen if s.frame_final_start < end and s.frame_final_end > start]
-    if not audible:
+    held_by = compat.holders(editor)
+    chosen = [s for s in under if s.select] or [s for s in under if is_audible(editor, s, held_by)]
+    if not chosen:
         raise ExportError(
             "No sound under the picture strip: add the dubbed dialogue as a sound strip over "
             "it (and select it), then run Lip Sync again."
         )
-    return audible
+    return chosen
 
 
-def mixdown(context: Any, scene: Any, keep: list[Any], start: int, end: int, path: Path) -> None:
-    """Mix only `keep` over [start, end) to 16-bit PCM WAV, then restore the scene."""
-    keep_names = {s.name for s in keep}
-    sounds = [s for s in compat.all_strips(scene.sequence_editor) if s.type == "SOUND"]
-    saved_mute = {s.name: s.mute for s in sounds}
-    saved_range = (scene.frame_start, scene.frame_end)
-    try:
-        for s in sounds:
-            s.mute = s.name not in keep_names
-        scene.frame_start, scene.frame_end = start, end - 1
-        with compat.scene_override(context, scene):
-            result = bpy.ops.sound.mixdown(
-                filepath=str(path),
-                check_existing=False,
-                relative_path=False,
-                container="WAV",
-                codec="PCM",
-                format="S16",
-                accuracy=16,
-            )
-        if "FINISHED" not in result:
-            raise ExportError("Blender could not mix the dialogue down to a WAV file.")
-    finally:
-        for s in sounds:
-            s.mute = saved_mute[s.name]
-        scene.frame_start, scene.frame_end = saved_range
-
-
-def render_picture(context: Any, scene: Any, strip: Any, start: int, end: int, path: Path) -> None:
-    """Render just this strip (and the effects on it) over [start, end) to an H.264 MP4."""
-    editor = scene.sequence_editor
-    keep = {strip.name, *(e.name for e in effects_on(editor, strip))}
-    everything = list(compat.all_strips(editor))
-    saved_mute = {s.name: s.mute for s in everything}
-    render = scene.render
-    saved = (scene.frame_start, scene.frame_end, render.filepath, render.use_sequencer)
-    settings = render.image_settings
-    saved_format = (getattr(settings, "media_type", None), settings.file_format)
-    try:
-        for s in everything:
-            s.mute = s.name not in keep and s.type != "META"
-        scene.frame_start, scene.frame_end = start, end - 1
-        render.filepath = str(path)
-        render.use_sequencer = True
-        render.use_file_extension = False
-        compat.set_ffmpeg_output(scene)
-        with compat.scene_override(context, scene):
-            bpy.ops.render.render(animation=True, scene=scene.name)
-    finally:
-        for s in everything:
-            s.mute = saved_mute[s.name]
-        scene.frame_start, scene.frame_end, render.filepath, render.use_sequencer = saved
-        if saved_format[0] is not None:
-            settings.media_type = saved_format[0]
-        settings.file_format = saved_format[1]
-    if not path.is_file():
-        raise ExportError(f"Blender did not render strip '{strip.name}'; see the console.")
-
-
-def export(context: Any, scene: Any, strip: Any, reference_id: str) -> Export:
-    """Write the job's inputs; the untouched case writes only the audio."""
-    movie_fps = check_source(strip, scene)
-    start, duration = int(strip.frame_final_start), int(strip.frame_final_duration)
-    end = start + duration
-    fps = compat.scene_fps(scene)
-    folder = export_folder(reference_id)
-    sounds = sound_strips(scene, strip)
-    audio = folder / f"{reference_id}.audio.wav"
-    mixdown(context, scene, sounds, start, end, audio)
-    if is_untouched(scene.sequence_editor, strip, scene, movie_fps):
-        first = round(strip.frame_offset_start) + round(getattr(strip, "animation_offset_start", 0))
-        return Export(
-            video_path=bpy.path.abspath(strip.filepath),
-            audio_path=str(audio),
-            video_range={"start_seconds": first / fps, "duration_seconds": duration / fps},
-            frame_start=start,
-            frame_duration=duration,
-            channel=strip.channel,
-            fps=fps,
-            rendered=False,
+def plan(context: Any, scene: Any, strip: Any, reference_id: str) -> ExportPlan:
+    """Check the strip and the dialogue and fix the job's numbers; writes nothing but the
+    export folder (and our tag on the strips)."""
+    if strip.type not in PICTURE_TYPES:
+        raise ExportError(
+            f"Strip '{strip.name}' is not a picture; select a movie strip and run Lip Sync again."
         )
-    video = folder / f"{reference_id}.video.mp4"
-    render_picture(context, scene, strip, start, end, video)
-    return Export(str(video), str(audio), None, start, duration, strip.channel, fps, True)
+    editor = scene.sequence_editor
+    fps = compat.scene_fps(scene)
+    rate = movie_fps(strip, fps)
+    chain = effect_chain(editor, strip)
+    switch = is_one_to_one(strip, chain, rate, fps)
+    cover = strip if switch or not chain else chain[-1]
+    start, end, held = content_range(strip, cover)
+    sounds = dialogue(editor, strip, start, end)
+    folder = export_folder(reference_id)
+    common = {
+        "reference_id": reference_id,
+        "scene": scene.name,
+        "source_tag": tag_of(strip),
+        "source_name": strip.name,
+        "cover_tag": tag_of(cover),
+        "cover_channel": cover.channel,
+        "start": start,
+        "end": end,
+        "fps": fps,
+        "audio_path": str(folder / f"{reference_id}.audio.wav"),
+        "warning": " ".join(w for w in (held, rate_warning(strip, rate, fps)) if w),
+        "sounds": tuple(s.name for s in sounds),
+        "picture": tuple(dict.fromkeys(s.name for s in fed_by(cover))),
+    }
+    if not switch:
+        video = str(folder / f"{reference_id}.video.mp4")
+        return ExportPlan(
+            placement="overlay", source_first=0, video_path=video, video_range=None, **common
+        )
+    first = start - round(strip.frame_start) + strip.animation_offset_start
+    return ExportPlan(
+        placement="switch",
+        source_first=first,
+        video_path=os.path.normpath(bpy.path.abspath(strip.filepath)),
+        video_range={"start_seconds": first / fps, "duration_seconds": (end - start) / fps},
+        **common,
+    )
