@@ -94,3 +94,8 @@ def scene_fps(scene: Any) -> float:
 
 def blend_saved() -> bool:
     return bool(bpy.data.filepath)
+
+
+def online_access() -> bool:
+    """Blender's "Allow Online Access" (one place, so tests can stand in for the user)."""
+    return bool(getattr(bpy.app, "online_access", True))

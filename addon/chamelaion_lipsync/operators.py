@@ -1,48 +1,92 @@
-"""The add-on's operators: the pinned `chamelaion_lipsync` and `chamelaion_sync`, and the
-per-job actions of the panel."""
+"""The add-on's operators: the pinned `chamelaion_lipsync` and `chamelaion_sync`, the per-job
+actions of the panel and switching a strip's takes."""
 
-import json
-import time
-from pathlib import Path
+from __future__ import annotations
+
 from typing import Any
 from urllib.parse import urlparse
 
 import bpy
-from bpy.props import IntProperty
+from bpy.props import EnumProperty, IntProperty, StringProperty
 
 from bridge import discovery
 from bridge.errors import InputError
 from bridge.jobs import check_reference_id, new_reference_id, safe_reference_id
 
-from . import compat, export, props, sync
+from . import compat, export, props, sync, takes
+from .background import ExportTask
+from .takes import PlacementProblem
 from .worker import Request
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+OFFICIAL_API = "https://api.chamelaion.com/api"
 
 
 def auto_reference_id(strip: Any) -> str:
     """Readable and unique: file name, strip name, UTC time, a random suffix."""
-    blend = Path(bpy.data.filepath).stem if bpy.data.filepath else "untitled"
+    blend = bpy.path.display_name_from_filepath(bpy.data.filepath) or "untitled"
     return new_reference_id(safe_reference_id(f"{blend}-{strip.name}", max_len=36))
 
 
+def is_local(url: str) -> bool:
+    return urlparse(url).hostname in LOOPBACK
+
+
 def online_problem() -> str | None:
-    """The add-on talks only to loopback; another bridge URL needs Blender's online access."""
-    url = props.worker_settings().url or discovery.DEFAULT_URL
-    if urlparse(url).hostname in LOOPBACK or bpy.app.online_access:
+    """Blender's rule for extensions: nothing goes online while online access is off. The
+    bridge on loopback is local; the API it talks to (the emulator, or the service) may not be."""
+    if compat.online_access():
         return None
-    return (
-        f"The bridge URL {url} is not on this computer and Blender's online access is off; "
-        "allow it in Preferences > System > Network or clear the bridge URL."
-    )
+    bridge_url = props.worker_settings().url or discovery.DEFAULT_URL
+    if not is_local(bridge_url):
+        return (
+            f"The bridge URL {bridge_url} is not on this computer and Blender's online access "
+            "is off; allow it in Preferences > System > Network or clear the bridge URL."
+        )
+    api = props.worker_settings().api_base or sync.status.get("api_base") or OFFICIAL_API
+    if not is_local(api):
+        return (
+            "Lip Sync uploads the footage to the Chamelaion service, and Blender's online access "
+            "is off; turn on Allow Online Access in Preferences > System > Network (the local "
+            "emulator works without it)."
+        )
+    return None
+
+
+def request_body(plan: export.ExportPlan, options: Any, strip: Any, cover: Any) -> dict:
+    """The bridge job, carrying in `client` all it takes to place the take later."""
+    overlay = plan.placement == "overlay"
+    body: dict[str, Any] = {
+        "video_path": plan.video_path,
+        "audio_path": plan.audio_path,
+        "reference_id": plan.reference_id,
+        "disable_active_speaker_detection": options.disable_active_speaker_detection,
+        "client": {
+            "file": sync.file_id(create=True),
+            "scene": plan.scene,
+            "name": strip.name,
+            "placement": plan.placement,
+            "source": plan.source_tag,
+            "cover": plan.cover_tag if overlay else "",
+            "cover_name": cover.name if overlay else "",
+            "start": plan.start,
+            "end": plan.end,
+            "first": plan.start - cover.frame_final_start if overlay else plan.source_first,
+        },
+    }
+    if plan.video_range:
+        body["video_range"] = plan.video_range
+    if bpy.data.filepath:
+        body["output_dir"] = bpy.path.abspath("//chamelaion")
+    return body
 
 
 class SEQUENCER_OT_chamelaion_lipsync(bpy.types.Operator):
-    """Send the active movie strip and the dialogue under it to Chamelaion lip sync"""
+    """Send the active picture strip and the dialogue under it to Chamelaion lip sync"""
 
     bl_idname = "sequencer.chamelaion_lipsync"
     bl_label = "Lip Sync"
-    bl_options = {"REGISTER"}
+    bl_options = {"REGISTER", "UNDO"}
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         scene = compat.sequencer_scene(context)
@@ -59,74 +103,73 @@ class SEQUENCER_OT_chamelaion_lipsync(bpy.types.Operator):
             strip = export.picture_strip(scene)
             reference_id = options.reference_id.strip() or auto_reference_id(strip)
             check_reference_id(reference_id)
-            if any(job.reference_id == reference_id for _, job in sync.file_jobs()):
+            if reference_id in sync.known_references():
                 raise export.ExportError(
                     f"Reference ID '{reference_id}' is already used in this file; "
                     "clear the field or pick another."
                 )
-            result = export.export(context, scene, strip, reference_id)
+            plan = export.plan(context, scene, strip, reference_id)
+            cover = takes.find_tagged(scene.sequence_editor, plan.cover_tag)
+            body = request_body(plan, options, strip, cover)
+            task = ExportTask.start(context, plan)
         except (export.ExportError, InputError) as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
-        body: dict[str, Any] = {
-            "video_path": result.video_path,
-            "audio_path": result.audio_path,
-            "reference_id": reference_id,
-            "disable_active_speaker_detection": options.disable_active_speaker_detection,
-        }
-        if result.video_range:
-            body["video_range"] = result.video_range
-        if bpy.data.filepath:
-            body["output_dir"] = bpy.path.abspath("//chamelaion")
-        job = options.jobs.add()
-        job.reference_id = reference_id
-        job.created = repr(time.time())
-        job.source_name, job.source_tag = strip.name, export.tag_of(strip)
-        job.frame_start, job.frame_duration = result.frame_start, result.frame_duration
-        job.channel, job.fps = result.channel, result.fps
-        job.mute_source = options.mute_source
-        job.request_body = json.dumps(body)
-        options.active_job = len(options.jobs) - 1
-        sync.send(scene, job)
-        self.report({"INFO"}, f"Lip sync queued as {reference_id}.")
+        sync.start_job(reference_id, task, body)
+        sync.keep_file_id()
+        if plan.warning:
+            self.report({"WARNING"}, plan.warning)
+        self.report({"INFO"}, f"Lip sync of '{strip.name}' queued as {reference_id}.")
         return {"FINISHED"}
 
 
 class SEQUENCER_OT_chamelaion_sync(bpy.types.Operator):
-    """Update this file's lip-sync jobs from the bridge and import finished takes"""
+    """Update this file's lip-sync jobs from the bridge and place finished takes"""
 
     bl_idname = "sequencer.chamelaion_sync"
     bl_label = "Sync Lip-Sync Jobs"
     bl_options = {"REGISTER"}
 
     def execute(self, context: bpy.types.Context) -> set[str]:
-        for sentence in sync.tick():
-            self.report({"ERROR"}, sentence)
+        for level, sentence in sync.tick():
+            self.report({level}, sentence)
+        return {"FINISHED"}
+
+
+class SEQUENCER_OT_chamelaion_report(bpy.types.Operator):
+    """Show a lip-sync message in the status bar"""
+
+    bl_idname = "sequencer.chamelaion_report"
+    bl_label = "Lip-Sync Message"
+    bl_options = {"INTERNAL"}
+
+    level: EnumProperty(items=[("ERROR", "Error", ""), ("WARNING", "Warning", "")])
+    message: StringProperty()
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        self.report({self.level}, self.message)
         return {"FINISHED"}
 
 
 class _JobOperator:
-    index: IntProperty(options={"HIDDEN"})
-
-    def job(self, context: bpy.types.Context) -> Any:
-        jobs = compat.sequencer_scene(context).chamelaion.jobs
-        return jobs[self.index] if 0 <= self.index < len(jobs) else None
+    reference_id: StringProperty(options={"HIDDEN"})
 
 
 class SEQUENCER_OT_chamelaion_cancel(_JobOperator, bpy.types.Operator):
-    """Cancel this lip-sync job"""
+    """Cancel this lip-sync job (a request the service already runs is still billed)"""
 
     bl_idname = "sequencer.chamelaion_cancel"
     bl_label = "Cancel Lip-Sync Job"
 
     def execute(self, context: bpy.types.Context) -> set[str]:
-        job = self.job(context)
-        if job is None or job.is_final:
-            return {"CANCELLED"}
-        if not job.job_id:
-            job.state, job.error = "canceled", ""
+        export_job = sync.memory.exports.get(self.reference_id)
+        if export_job is not None:
+            export_job.task.cancel()
             return {"FINISHED"}
-        sync.worker().submit(Request("cancel", job.job_id, tag=job.job_id))
+        job = sync.memory.rows.get(self.reference_id)
+        if job is None or job.get("state") in sync.FINAL_STATES:
+            return {"CANCELLED"}
+        sync.worker().submit(Request("cancel", job["id"], tag=self.reference_id))
         return {"FINISHED"}
 
 
@@ -137,41 +180,104 @@ class SEQUENCER_OT_chamelaion_retry(_JobOperator, bpy.types.Operator):
     bl_label = "Retry Lip-Sync Job"
 
     def execute(self, context: bpy.types.Context) -> set[str]:
-        job = self.job(context)
-        if job is None or job.state not in ("failed", "canceled"):
+        unsent = sync.memory.local_errors.get(self.reference_id)
+        if unsent is not None and unsent.body is not None:
+            sync.send(self.reference_id, unsent.body)  # the cause may be fixed: send it now
+            return {"FINISHED"}
+        job = sync.memory.rows.get(self.reference_id)
+        if job is None or job.get("state") not in ("failed", "canceled"):
+            self.report({"ERROR"}, "Only a failed or canceled job can be retried.")
             return {"CANCELLED"}
-        job.imported, job.warning = False, ""
-        if job.job_id:
-            sync.worker().submit(Request("retry", job.job_id, tag=job.job_id))
-        else:
-            sync.send(compat.sequencer_scene(context), job)
+        sync.memory.placed.discard(self.reference_id)
+        sync.worker().submit(Request("retry", job["id"], tag=self.reference_id))
         return {"FINISHED"}
 
 
-class SEQUENCER_OT_chamelaion_select_result(_JobOperator, bpy.types.Operator):
-    """Select the take this job put on the timeline"""
+class SEQUENCER_OT_chamelaion_place_take(_JobOperator, bpy.types.Operator):
+    """Place this finished take where its source strip is now"""
 
-    bl_idname = "sequencer.chamelaion_select_result"
+    bl_idname = "sequencer.chamelaion_place_take"
+    bl_label = "Place Take"
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        job = sync.memory.rows.get(self.reference_id)
+        if job is None or job.get("state") != "completed":
+            self.report({"ERROR"}, "Only a completed job has a take to place.")
+            return {"CANCELLED"}
+        news: sync.News = []
+        placed = sync.place(job, news)
+        for level, sentence in news:
+            self.report({level}, sentence)
+        if not placed:
+            return {"CANCELLED"}
+        return {"FINISHED"}
+
+
+class SEQUENCER_OT_chamelaion_select_take(_JobOperator, bpy.types.Operator):
+    """Select the strip that holds this take"""
+
+    bl_idname = "sequencer.chamelaion_select_take"
     bl_label = "Select Take"
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         scene = compat.sequencer_scene(context)
-        job = self.job(context)
-        strip = compat.all_strips(scene.sequence_editor).get(job.result_name) if job else None
+        editor = scene.sequence_editor
+        strip = takes.showing(editor, self.reference_id) if editor else None
         if strip is None:
-            self.report({"ERROR"}, "That take is not on the timeline any more.")
+            self.report({"ERROR"}, "That take is not on the timeline; click Place Take.")
             return {"CANCELLED"}
-        for other in compat.all_strips(scene.sequence_editor):
+        for other in compat.all_strips(editor):
             other.select = False
         strip.select = True
-        scene.sequence_editor.active_strip = strip
+        editor.active_strip = strip
+        return {"FINISHED"}
+
+
+class SEQUENCER_OT_chamelaion_switch_take(bpy.types.Operator):
+    """Show this take on the active strip (take 0 is the original)"""
+
+    bl_idname = "sequencer.chamelaion_switch_take"
+    bl_label = "Switch Take"
+    bl_options = {"REGISTER", "UNDO"}
+
+    index: IntProperty(min=0)
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        scene = compat.sequencer_scene(context)
+        strip = takes.holder(scene.sequence_editor) if scene.sequence_editor else None
+        if strip is None:
+            self.report({"ERROR"}, "Make a strip with lip-sync takes active first.")
+            return {"CANCELLED"}
+        try:
+            takes.switch(scene.sequence_editor, strip, self.index)
+        except PlacementProblem as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        return {"FINISHED"}
+
+
+class SEQUENCER_OT_chamelaion_clear_finished(bpy.types.Operator):
+    """Remove this file's finished jobs from the list; their takes and files stay"""
+
+    bl_idname = "sequencer.chamelaion_clear_finished"
+    bl_label = "Clear Finished"
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        sync.memory.local_errors.clear()
+        for job in sync.memory.rows.values():
+            if job.get("state") in sync.FINAL_STATES:
+                sync.worker().submit(Request("clear", job["id"], tag=job["reference_id"]))
         return {"FINISHED"}
 
 
 classes = (
     SEQUENCER_OT_chamelaion_lipsync,
     SEQUENCER_OT_chamelaion_sync,
+    SEQUENCER_OT_chamelaion_report,
     SEQUENCER_OT_chamelaion_cancel,
     SEQUENCER_OT_chamelaion_retry,
-    SEQUENCER_OT_chamelaion_select_result,
+    SEQUENCER_OT_chamelaion_place_take,
+    SEQUENCER_OT_chamelaion_select_take,
+    SEQUENCER_OT_chamelaion_switch_take,
+    SEQUENCER_OT_chamelaion_clear_finished,
 )

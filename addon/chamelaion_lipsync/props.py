@@ -1,54 +1,15 @@
-"""What the add-on stores: per-scene options and jobs (in the .blend), and the preferences."""
+"""What the add-on stores: per-scene options (in the .blend) and the preferences. Jobs are
+the bridge's record, so that undo cannot take them away."""
 
 import os
 from pathlib import Path
 
 import bpy
-from bpy.props import (
-    BoolProperty,
-    CollectionProperty,
-    FloatProperty,
-    IntProperty,
-    PointerProperty,
-    StringProperty,
-)
+from bpy.props import BoolProperty, PointerProperty, StringProperty
 
 from bridge import discovery
 
 from .worker import Settings
-
-FINAL_STATES = {"completed", "failed", "canceled"}
-
-
-class ChamelaionJob(bpy.types.PropertyGroup):
-    """One lip-sync job of this file, with the insert target kept from when it was queued."""
-
-    reference_id: StringProperty(name="Reference ID")
-    job_id: StringProperty()
-    request_id: StringProperty()
-    state: StringProperty(default="sending")
-    progress: FloatProperty(min=0.0, max=1.0, subtype="FACTOR")
-    error: StringProperty()
-    note: StringProperty()  # why a running job waits (e.g. the API is rate-limiting)
-    warning: StringProperty()
-    created: StringProperty(description="Seconds since the epoch, as text (floats are 32-bit)")
-    finished: StringProperty()
-    source_name: StringProperty()
-    source_tag: StringProperty(description="Our uuid on the source strip: names change")
-    frame_start: IntProperty()
-    frame_duration: IntProperty()
-    channel: IntProperty()
-    fps: FloatProperty()
-    mute_source: BoolProperty()
-    request_body: StringProperty(description="The job request, to send again if it never arrived")
-    output_path: StringProperty()
-    result_name: StringProperty()
-    imported: BoolProperty()
-    reported: BoolProperty(description="Its error was already reported once")
-
-    @property
-    def is_final(self) -> bool:
-        return self.state in FINAL_STATES
 
 
 class ChamelaionSceneSettings(bpy.types.PropertyGroup):
@@ -60,11 +21,6 @@ class ChamelaionSceneSettings(bpy.types.PropertyGroup):
         name="Reference ID",
         description="Optional; left empty, a unique one is made from the file and strip names",
     )
-    mute_source: BoolProperty(
-        name="Mute source on import", description="Mute the source strip when the take arrives"
-    )
-    jobs: CollectionProperty(type=ChamelaionJob)
-    active_job: IntProperty()
 
 
 class ChamelaionPreferences(bpy.types.AddonPreferences):
@@ -129,7 +85,7 @@ def log_path() -> Path:
     return worker_settings().data_dir / discovery.LOG_FILE
 
 
-classes = (ChamelaionJob, ChamelaionSceneSettings, ChamelaionPreferences)
+classes = (ChamelaionSceneSettings, ChamelaionPreferences)
 
 
 def register() -> None:

@@ -1,25 +1,75 @@
-"""The main thread's side of the worker: one pass applies answers, imports finished takes
-and asks for the next poll. `chamelaion_sync`, the timer and the load handler all run it."""
+"""The main thread's side of the worker: one pass applies the bridge's answers, follows the
+exports running in background Blender processes, places finished takes and asks for more.
+`chamelaion_sync`, the timer and the load handler all run it.
+
+The bridge is the record of a file's jobs: everything here lives in memory and is rebuilt
+from the bridge, so undo, redo and reopening never lose a job.
+"""
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import bpy
 
-from . import importer, props
+from . import placement, props, takes
+from .background import ExportTask
+from .takes import PlacementProblem
 from .worker import Request, Result, Worker
 
 POLL_ACTIVE = 1.0
 POLL_IDLE = 5.0
 HEALTH_EVERY = 5.0
-IMPORT_BUDGET = 0.015
+PLACE_BUDGET = 0.015
+FILE_ID = "chamelaion_file"
+FINAL_STATES = frozenset({"completed", "failed", "canceled"})
+
+News = list[tuple[str, str]]  # (report level "ERROR" | "WARNING", sentence) for the editor
 
 _worker: Worker | None = None
 status: dict[str, Any] = {"text": "Not checked yet", "ok": False, "checked": float("-inf")}
-_sending: set[str] = set()
+
+
+@dataclass
+class Export:
+    """A job still being written by a background Blender, then handed to the bridge."""
+
+    task: ExportTask
+    body: dict[str, Any]
+    created: float = field(default_factory=time.time)
+
+
+@dataclass
+class Unsent:
+    """A job that never reached the bridge: why, and its request when it can be sent again
+    (its files are whole; a failed export has none)."""
+
+    error: str
+    body: dict[str, Any] | None = None
+    created: float = field(default_factory=time.time)
+
+
+@dataclass
+class Memory:
+    """What this Blender session knows beyond the bridge's record."""
+
+    file_id: str | None = None
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)  # the bridge's jobs, by ref
+    listed: bool = False  # rows came from the bridge at least once for this file
+    exports: dict[str, Export] = field(default_factory=dict)
+    sending: dict[str, dict[str, Any]] = field(default_factory=dict)  # create bodies in flight
+    local_errors: dict[str, Unsent] = field(default_factory=dict)  # never reached the bridge
+    placed: set[str] = field(default_factory=set)  # placed once: an undo of it is respected
+    problems: dict[str, str] = field(default_factory=dict)  # why a take is not placed
+    warnings: dict[str, str] = field(default_factory=dict)
+
+
+memory = Memory()
 
 
 def worker() -> Worker:
@@ -38,82 +88,88 @@ def stop_worker() -> None:
     if _worker is not None:
         _worker.stop()
         _worker = None
-    _sending.clear()
+    for export in memory.exports.values():
+        export.task.cancel()
+    memory.exports.clear()
 
 
-def file_jobs() -> Iterator[tuple[Any, Any]]:
-    """(scene, job) for every job this .blend tracks."""
+def file_id(create: bool = False) -> str | None:
+    """This file's id: kept in every scene, and in memory so an undo cannot take it away."""
+    if memory.file_id is None:
+        memory.file_id = next(
+            (str(s[FILE_ID]) for s in bpy.data.scenes if s.get(FILE_ID)), None
+        ) or (uuid.uuid4().hex if create else None)
+    return memory.file_id
+
+
+def keep_file_id() -> None:
+    """Write the id back where an undo removed it (a no-op when it is there)."""
+    if memory.file_id is None:
+        return
     for scene in bpy.data.scenes:
-        settings = getattr(scene, "chamelaion", None)
-        if settings is not None:
-            for job in settings.jobs:
-                yield scene, job
+        if scene.get(FILE_ID) != memory.file_id:
+            scene[FILE_ID] = memory.file_id
 
 
-def send(scene: Any, job: Any) -> None:
-    """Hand the stored job request to the worker (first time, or after it never arrived)."""
-    import json
-
-    _sending.add(job.reference_id)
-    job.state, job.error = "sending", ""
-    worker().submit(Request("create", json.loads(job.request_body), tag=job.reference_id))
+def start_job(reference_id: str, task: ExportTask, body: dict[str, Any]) -> None:
+    """Follow an export; its job goes to the bridge when the files are whole."""
+    memory.exports[reference_id] = Export(task, body)
 
 
-def find_job(key: str) -> tuple[Any, Any] | tuple[None, None]:
-    for scene, job in file_jobs():
-        if key and key in (job.job_id, job.reference_id):
-            return scene, job
-    return None, None
+def send(reference_id: str, body: dict[str, Any]) -> None:
+    memory.sending[reference_id] = body
+    memory.local_errors.pop(reference_id, None)
+    worker().submit(Request("create", body, tag=reference_id))
 
 
-def update_job(job: Any, data: dict[str, Any], news: list[str]) -> None:
-    """Copy the bridge's view of a job into the .blend; a new failure becomes news."""
-    was_failed = job.state == "failed"
-    job.job_id = data.get("id") or job.job_id
-    job.reference_id = data.get("reference_id") or job.reference_id
-    job.request_id = data.get("request_id") or ""
-    job.state = data.get("state") or job.state
-    job.progress = float(data.get("progress") or 0.0)
-    job.error = data.get("error") or ""
-    job.note = data.get("note") or ""
-    job.output_path = data.get("output_path") or ""
-    if job.is_final and not job.finished:
-        job.finished = repr(time.time())
-    if not job.is_final:
-        job.finished = ""
-    if job.state == "failed" and not was_failed:
-        news.append(f"Lip sync {job.reference_id} failed: {job.error or 'no reason given'}")
+def known_references() -> set[str]:
+    return {*memory.rows, *memory.exports, *memory.sending, *memory.local_errors}
 
 
-def apply(result: Result, news: list[str]) -> None:
-    """Fold one worker answer into the file's jobs and the bridge status."""
-    kind, value, error = result.request.kind, result.value, result.error
+def apply(result: Result, news: News) -> None:
+    """Fold one worker answer into memory and the bridge status."""
+    kind, value, error, tag = result.request.kind, result.value, result.error, result.request.tag
     if result.unavailable or kind == "health":
         set_status(value, error)
+    if kind == "health":
+        return
     if kind == "list":
-        if error is None:
-            for data in value:
-                _, job = find_job(data.get("id", ""))
-                if job is None:
-                    _, job = find_job(data.get("reference_id", ""))
-                if job is not None:
-                    update_job(job, data, news)
+        if error is None and result.request.payload == memory.file_id:
+            update_rows(value, news)
         return
     if kind == "create":
-        _sending.discard(result.request.tag)
-    _, job = find_job(result.request.tag)
-    if job is None:
-        return
-    if error is None and isinstance(value, dict):
-        update_job(job, value, news)
-        return
-    if error is not None and kind == "create" and result.status == 409:
-        job.state = "queued"  # the bridge already has it: the next poll brings its state
-        return
+        body = memory.sending.pop(tag, None)
+        if error is None or result.status == 409:  # 409: the bridge has it already
+            if isinstance(value, dict):
+                memory.rows[tag] = value
+            return
+        if body is not None and body["client"]["file"] == memory.file_id:
+            memory.local_errors[tag] = Unsent(error, body)
     if error is not None:
-        if kind == "create":
-            job.state, job.error = "failed", error
-        news.append(error)
+        news.append(("ERROR", error))
+        return
+    if kind == "clear":
+        memory.rows.pop(value.get("reference_id", ""), None)
+    elif isinstance(value, dict) and value.get("reference_id") in memory.rows:
+        update_rows([*other_rows(value["reference_id"]), value], news)
+
+
+def other_rows(reference_id: str) -> list[dict[str, Any]]:
+    return [row for ref, row in memory.rows.items() if ref != reference_id]
+
+
+def update_rows(jobs: list[dict[str, Any]], news: News) -> None:
+    """The bridge's list replaces ours; a job that newly failed becomes news."""
+    fresh = {job["reference_id"]: job for job in jobs}
+    for ref, job in fresh.items():
+        before = memory.rows.get(ref, {}).get("state")
+        if job.get("state") == "failed" and before not in (None, "failed"):
+            news.append(
+                ("ERROR", f"Lip sync {ref} failed: {job.get('error') or 'no reason given'}")
+            )
+        if job.get("state") != "completed":
+            memory.placed.discard(ref)  # retried: its new take lands again
+    memory.rows, memory.listed = fresh, True
 
 
 def set_status(health: Any, error: str | None) -> None:
@@ -122,42 +178,87 @@ def set_status(health: Any, error: str | None) -> None:
         status.update(text=error, ok=False)
         return
     key = "API key set" if health.get("api_key_configured") else "no API key"
-    status.update(text=f"Bridge {health.get('version', '?')} running ({key})", ok=True)
+    status.update(
+        text=f"Bridge {health.get('version', '?')} running ({key})",
+        ok=True,
+        api_base=health.get("api_base", ""),
+    )
 
 
-def import_finished(news: list[str], budget: float) -> None:
-    """Import completed takes until the time budget is spent; the rest wait for next pass."""
+def follow_exports(news: News) -> None:
+    """Hand finished exports to the bridge; a failed one becomes a row with its sentence."""
+    for ref, export in list(memory.exports.items()):
+        state = export.task.poll()
+        if state.stage == "done":
+            del memory.exports[ref]
+            send(ref, export.body)
+        elif state.stage in ("failed", "canceled"):
+            del memory.exports[ref]
+            if state.stage == "failed":
+                if export.body["client"]["file"] == memory.file_id:
+                    memory.local_errors[ref] = Unsent(state.error)
+                news.append(("ERROR", state.error))
+
+
+def place_finished(news: News, budget: float) -> None:
+    """Place completed takes that no strip holds yet, until the time budget is spent."""
+    done = [
+        job
+        for ref, job in memory.rows.items()
+        if job.get("state") == "completed" and ref not in memory.placed
+    ]
+    if not done:
+        return
     deadline = time.perf_counter() + budget
-    for scene, job in file_jobs():
-        if job.state != "completed" or job.imported or not job.output_path:
+    held = set().union(
+        *(takes.references_in(s.sequence_editor) for s in bpy.data.scenes if s.sequence_editor)
+    )
+    for job in done:
+        ref = job["reference_id"]
+        memory.placed.add(ref)
+        if ref in held:
             continue
-        try:
-            strip, warning = importer.import_result(scene, job)
-        except (importer.ImportProblem, RuntimeError) as exc:
-            job.imported, job.warning = True, str(exc)
-            news.append(str(exc))
-            continue
-        job.imported, job.result_name, job.warning = True, strip.name, warning
-        if warning:
-            news.append(warning)
+        place(job, news)
         if time.perf_counter() > deadline:
             break
 
 
-def tick(budget: float = IMPORT_BUDGET) -> list[str]:
-    """One pass; returns the new error sentences for the caller to report."""
-    news: list[str] = []
+def place(job: dict[str, Any], news: News) -> bool:
+    """Place one take as an undo step of its own; a problem is kept for the panel."""
+    ref = job["reference_id"]
+    try:
+        _, warning = placement.place(job)
+    except (PlacementProblem, RuntimeError, KeyError, ValueError) as exc:
+        memory.problems[ref] = str(exc)
+        news.append(("ERROR", str(exc)))
+        return False
+    memory.problems.pop(ref, None)
+    memory.warnings[ref] = warning
+    if warning:
+        news.append(("WARNING", warning))
+    bpy.ops.ed.undo_push(message=f"Place lip-sync take {ref}")
+    return True
+
+
+def needs_listing() -> bool:
+    return not memory.listed or any(
+        job.get("state") not in FINAL_STATES
+        or (job.get("state") == "completed" and job["reference_id"] not in memory.placed)
+        for job in memory.rows.values()
+    )
+
+
+def tick(budget: float = PLACE_BUDGET) -> News:
+    """One pass; returns the new sentences for the caller to report."""
+    news: News = []
     w = worker()
     for result in w.drain():
         apply(result, news)
-    import_finished(news, budget)
-    active = [(s, j) for s, j in file_jobs() if not j.is_final]
-    for scene, job in active:
-        if job.state == "sending" and job.reference_id not in _sending and job.request_body:
-            send(scene, job)
-    keys = [j.job_id or j.reference_id for _, j in active if j.state != "sending"]
-    if keys and not w.busy("list"):
-        w.submit(Request("list", keys))
+    follow_exports(news)
+    keep_file_id()
+    place_finished(news, budget)
+    if memory.file_id and needs_listing() and not w.busy("list"):
+        w.submit(Request("list", memory.file_id))
     if time.monotonic() - status["checked"] > HEALTH_EVERY and not w.busy("health"):
         status["checked"] = time.monotonic()
         w.submit(Request("health"))
@@ -165,11 +266,10 @@ def tick(budget: float = IMPORT_BUDGET) -> list[str]:
     return news
 
 
-def has_active_jobs() -> bool:
-    return any(
-        not job.is_final or (job.state == "completed" and not job.imported)
-        for _, job in file_jobs()
-    )
+def busy() -> bool:
+    """Whether the timer should come back soon."""
+    waiting = memory.file_id is not None and needs_listing()
+    return bool(memory.exports or memory.sending) or waiting
 
 
 def redraw() -> None:
@@ -181,13 +281,73 @@ def redraw() -> None:
 
 
 def timer() -> float:
-    """bpy.app.timers callback: the same pass as the operator, more often while busy."""
-    tick()
-    return POLL_ACTIVE if has_active_jobs() or _sending else POLL_IDLE
+    """bpy.app.timers callback: the same pass as the operator, more often while busy; its
+    failures reach the status bar through a report of their own."""
+    for level, sentence in tick():
+        report(level, sentence)
+    return POLL_ACTIVE if busy() else POLL_IDLE
+
+
+def report(level: str, sentence: str) -> None:
+    """Show a sentence in Blender's status bar and Info log (a timer has no operator)."""
+    wm = bpy.context.window_manager
+    window = wm.windows[0] if wm and wm.windows else None
+    if window is None:
+        return
+    with bpy.context.temp_override(window=window):
+        bpy.ops.sequencer.chamelaion_report(level=level, message=sentence)
 
 
 @bpy.app.handlers.persistent
 def on_load(*_args: Any) -> None:
-    """A file just opened: ask at once for its jobs so results that came meanwhile land."""
-    _sending.clear()
+    """A file just opened: forget the last file's rows and ask at once for this one's jobs.
+    Exports of the file just closed carry on: their jobs reach the bridge all the same."""
+    global memory
+    memory = Memory(exports=memory.exports, sending=memory.sending)
+    file_id()
     tick()
+
+
+def rows() -> Iterator[dict[str, Any]]:
+    """What the panel shows, newest first: exports, local failures and the bridge's jobs."""
+    items: list[dict[str, Any]] = []
+    for ref, export in memory.exports.items():
+        state = export.task.poll()
+        items.append(
+            {
+                "reference_id": ref,
+                "state": state.stage,
+                "progress": state.progress,
+                "created": export.created,
+                "local": True,
+            }
+        )
+    for ref in memory.sending:
+        items.append({"reference_id": ref, "state": "sending", "created": time.time()})
+    for ref, unsent in memory.local_errors.items():
+        items.append(
+            {
+                "reference_id": ref,
+                "state": "failed",
+                "error": unsent.error,
+                "local": unsent.body is None,  # nothing to send again: Lip Sync anew
+                "created": unsent.created,
+            }
+        )
+    items.extend(dict(job) for job in memory.rows.values())
+    for item in items:
+        ref = item["reference_id"]
+        item["problem"] = memory.problems.get(ref, "")
+        item["warning"] = memory.warnings.get(ref, "")
+    yield from sorted(items, key=created_seconds, reverse=True)
+
+
+def created_seconds(item: dict[str, Any]) -> float:
+    """Seconds since the epoch; the bridge's rows say it as ISO 8601 text."""
+    value = item.get("created_at") or item.get("created") or 0.0
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return 0.0
+    return float(value)

@@ -1,28 +1,45 @@
-"""The Sequencer sidebar's "Lip Sync" tab."""
+"""The Sequencer sidebar's "Lip Sync" tab: the bridge's status, Lip Sync, the active strip's
+takes and this file's jobs, each sentence shown whole."""
 
 from __future__ import annotations
 
+import textwrap
 import time
+from typing import Any
 
 import bpy
 
-from . import compat, sync
+from . import compat, sync, takes
 
 STATE_ICONS = {
     "completed": "CHECKMARK",
     "failed": "ERROR",
     "canceled": "CANCEL",
 }
+PIXELS_PER_CHARACTER = 7
 
 
-def elapsed(job: bpy.types.PropertyGroup) -> str:
-    try:
-        start = float(job.created)
-        end = float(job.finished) if job.finished else time.time()
-    except ValueError:
+def elapsed(job: dict[str, Any]) -> str:
+    start = sync.created_seconds(job)
+    if not start:
         return ""
-    seconds = max(0, int(end - start))
+    seconds = max(0, int(time.time() - start))
     return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def sentence(layout: Any, context: Any, text: str, icon: str) -> None:
+    """A whole sentence, wrapped to the sidebar's width (a label alone would clip it)."""
+    width = max(24, int(context.region.width / PIXELS_PER_CHARACTER)) if context.region else 60
+    column = layout.column(align=True)
+    for number, line in enumerate(textwrap.wrap(text, width)):
+        column.label(text=line, icon=icon if number == 0 else "BLANK1")
+
+
+def state_text(job: dict[str, Any]) -> str:
+    state = job.get("state", "")
+    if state in ("uploading", "mixing", "rendering"):
+        state += f" {float(job.get('progress') or 0.0):.0%}"
+    return f"{state}  {elapsed(job)}" if state not in sync.FINAL_STATES else state
 
 
 class SEQUENCER_PT_chamelaion(bpy.types.Panel):
@@ -35,38 +52,62 @@ class SEQUENCER_PT_chamelaion(bpy.types.Panel):
         layout = self.layout
         scene = compat.sequencer_scene(context)
         options = scene.chamelaion
-        row = layout.row()
-        row.label(text=sync.status["text"], icon="CHECKMARK" if sync.status["ok"] else "INFO")
+        sentence(layout, context, sync.status["text"], "CHECKMARK" if sync.status["ok"] else "INFO")
         col = layout.column()
         col.prop(options, "disable_active_speaker_detection")
-        col.prop(options, "mute_source")
         col.prop(options, "reference_id")
         layout.operator("sequencer.chamelaion_lipsync", icon="SPEAKER")
-        if not options.jobs:
+        editor = scene.sequence_editor
+        if editor is not None:
+            self.draw_takes(layout, editor)
+        self.draw_jobs(layout, context, editor)
+
+    @staticmethod
+    def draw_takes(layout: Any, editor: Any) -> None:
+        strip = takes.holder(editor)
+        if strip is None:
             return
         layout.separator()
+        layout.label(text=f"Takes of '{strip.name}'")
+        column = layout.column(align=True)
+        shown = takes.active_index(strip)
+        for index, take in enumerate(takes.takes_of(strip)):
+            text = take.reference_id or "Original"
+            op = column.operator(
+                "sequencer.chamelaion_switch_take", text=text, depress=index == shown
+            )
+            op.index = index
+
+    @staticmethod
+    def draw_jobs(layout: Any, context: Any, editor: Any) -> None:
+        jobs = list(sync.rows())
+        if not jobs:
+            return
+        held = takes.references_in(editor) if editor else set()
+        layout.separator()
         layout.label(text="Jobs in this file")
-        for index, job in reversed(list(enumerate(options.jobs))):
+        for job in jobs:
+            ref, state = job["reference_id"], job.get("state", "")
             box = layout.box()
             head = box.row()
-            head.label(text=job.reference_id, icon=STATE_ICONS.get(job.state, "TIME"))
-            state = job.state
-            if job.state == "uploading":
-                state += f" {job.progress:.0%}"
-            if job.state == "completed" and not job.imported:
-                state += ", importing"
-            head.label(text=f"{state}  {elapsed(job)}")
-            for text in (job.error, job.warning):
+            head.label(text=ref, icon=STATE_ICONS.get(state, "TIME"))
+            head.label(text=state_text(job))
+            for text in (job.get("error"), job.get("problem"), job.get("warning")):
                 if text:
-                    box.label(text=text, icon="ERROR")
-            if job.note and not job.is_final:
-                box.label(text=job.note, icon="INFO")
+                    sentence(box, context, text, "ERROR")
+            if job.get("note") and state not in sync.FINAL_STATES:
+                sentence(box, context, job["note"], "INFO")
             actions = box.row(align=True)
-            if not job.is_final:
-                actions.operator("sequencer.chamelaion_cancel", text="Cancel").index = index
-            if job.state in ("failed", "canceled"):
-                actions.operator("sequencer.chamelaion_retry", text="Retry").index = index
-            if job.result_name:
-                op = actions.operator("sequencer.chamelaion_select_result", text="Select Take")
-                op.index = index
-        layout.operator("sequencer.chamelaion_sync", text="Refresh", icon="FILE_REFRESH")
+            if state not in sync.FINAL_STATES:
+                actions.operator("sequencer.chamelaion_cancel", text="Cancel").reference_id = ref
+            if state in ("failed", "canceled") and not job.get("local"):
+                actions.operator("sequencer.chamelaion_retry", text="Retry").reference_id = ref
+            if state == "completed" and ref in held:
+                op = actions.operator("sequencer.chamelaion_select_take", text="Select Take")
+                op.reference_id = ref
+            elif state == "completed" and ref in sync.memory.placed:
+                op = actions.operator("sequencer.chamelaion_place_take", text="Place Take")
+                op.reference_id = ref
+        row = layout.row(align=True)
+        row.operator("sequencer.chamelaion_sync", text="Refresh", icon="FILE_REFRESH")
+        row.operator("sequencer.chamelaion_clear_finished", icon="TRASH")

@@ -41,7 +41,7 @@ class Settings:
 
 @dataclass(frozen=True)
 class Request:
-    kind: str  # health | create | list | cancel | retry
+    kind: str  # health | create | list | cancel | retry | clear
     payload: Any = None
     tag: str = ""  # the local job this is about (scene name / local id)
 
@@ -175,9 +175,10 @@ class Worker:
         calls: dict[str, Callable[[BridgeClient], Any]] = {
             "health": lambda c: c.health(),
             "create": lambda c: c.create_job(payload),
-            "list": lambda c: c.list_jobs(keys=payload),
+            "list": lambda c: c.list_jobs(file=payload),
             "cancel": lambda c: c.cancel(payload),
             "retry": lambda c: c.retry(payload),
+            "clear": lambda c: c.clear(payload),
         }
         return calls[kind]
 

@@ -94,6 +94,8 @@ def fresh(addon: Any) -> Any:
     scene = bpy.context.scene
     scene.render.fps, scene.render.fps_base = FPS, 1.0
     scene.sequence_editor_create()
+    if hasattr(bpy.context.workspace, "sequencer_scene"):  # 5.0: as the UI has it (else
+        bpy.context.workspace.sequencer_scene = scene  # strip modifiers crash the process)
     return scene
 
 
@@ -145,3 +147,48 @@ def first_frame_index(path: Path) -> int:
     with av.open(str(path)) as container:
         frame = next(container.decode(video=0))
         return media.frame_index_of(frame)
+
+
+def addon_module(name: str) -> Any:
+    """One of the installed add-on's modules (e.g. "sync", "takes")."""
+    import importlib
+
+    return importlib.import_module(f"{ADDON}.{name}")
+
+
+def lipsync(scene: Any, reference_id: str = "") -> str:
+    """Run Lip Sync on the active strip under a reference_id of the test's choosing."""
+    import secrets
+
+    reference_id = reference_id or f"t-{secrets.token_hex(4)}"
+    scene.chamelaion.reference_id = reference_id
+    try:
+        # As a click in the UI does: an undo step after the operator.
+        assert bpy.ops.sequencer.chamelaion_lipsync("EXEC_DEFAULT", True) == {"FINISHED"}
+    finally:
+        scene.chamelaion.reference_id = ""
+    return reference_id
+
+
+def row(reference_id: str) -> dict[str, Any]:
+    """The panel's row of a job (exports, local failures and the bridge's jobs)."""
+    found = [r for r in addon_module("sync").rows() if r["reference_id"] == reference_id]
+    return found[0] if found else {}
+
+
+def take_of(scene: Any, reference_id: str) -> Any:
+    """The strip showing this take, once placed."""
+    editor = scene.sequence_editor
+    every = editor.strips_all if hasattr(editor, "strips_all") else editor.sequences_all
+    return next((s for s in every if s.get("chamelaion_reference_id") == reference_id), None)
+
+
+def new_effect(scene: Any, name: str, kind: str, channel: int, start: int, end: int) -> Any:
+    """An effect strip over [start, end) (5.0 takes a length, 4.5 an end frame)."""
+    collection = strips(scene)
+    try:
+        return collection.new_effect(
+            name, kind, channel=channel, frame_start=start, length=end - start
+        )
+    except TypeError:
+        return collection.new_effect(name, kind, channel=channel, frame_start=start, frame_end=end)

@@ -1,4 +1,5 @@
-"""The add-on in real Blender: install from the zip, refusals, export and import placement."""
+"""The add-on in real Blender: install from the zip, refusals, and placing takes (from a
+finished job's record, the way the bridge hands it back)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from typing import Any
 import bpy
 import pytest
 
-from tests.addon.conftest import FPS, shot, strips
+from bridge import media
+from tests.addon.conftest import FPS, addon_module, lipsync, new_effect, shot, strips
 
 pytestmark = pytest.mark.blender
 
@@ -29,9 +31,10 @@ def test_zip_installs_with_its_wheels_and_pinned_operators(addon: Any, addon_zip
 def test_no_movie_strip_selected_is_refused(fresh: Any, dub: Path) -> None:
     sound = strips(fresh).new_sound("dub", str(dub), channel=1, frame_start=1)
     fresh.sequence_editor.active_strip = sound
+    before = set(addon_module("sync").known_references())
     with pytest.raises(RuntimeError, match="Select a movie strip"):
         bpy.ops.sequencer.chamelaion_lipsync()
-    assert len(fresh.chamelaion.jobs) == 0
+    assert addon_module("sync").known_references() == before
 
 
 def test_missing_source_file_is_refused(fresh: Any, clip: Path, dub: Path, tmp_path: Path) -> None:
@@ -43,92 +46,154 @@ def test_missing_source_file_is_refused(fresh: Any, clip: Path, dub: Path, tmp_p
         bpy.ops.sequencer.chamelaion_lipsync()
 
 
-def test_frame_rate_mismatch_is_refused_with_the_fix(fresh: Any, clip: Path, dub: Path) -> None:
-    fresh.render.fps = 25
-    shot(fresh, clip, dub)
-    with pytest.raises(RuntimeError, match="24 fps but the scene is 25 fps.*set the scene"):
-        bpy.ops.sequencer.chamelaion_lipsync()
-
-
-def test_untouched_strip_sends_its_visible_range_without_render(
+def test_a_frame_rate_mismatch_is_sent_as_blender_plays_it_with_the_fix_said(
     fresh: Any, clip: Path, dub: Path
 ) -> None:
-    from bl_ext.user_default.chamelaion_lipsync import export
-
-    movie, _ = shot(fresh, clip, dub, start=10, offset=6, tail=10)
-    result = export.export(bpy.context, fresh, movie, "range-test")
-    assert not result.rendered and result.video_path == str(clip)
-    assert result.video_range == pytest.approx(
-        {"start_seconds": 6 / FPS, "duration_seconds": 44 / FPS}
-    )
-    assert (result.frame_start, result.frame_duration) == (10, 44)
-    assert Path(result.audio_path).stat().st_size > 44 / FPS * 48000 * 2 * 0.9
+    fresh.render.fps = 25
+    shot(fresh, clip, dub)
+    ref = lipsync(fresh)
+    plan = addon_module("sync").memory.exports[ref].task.plan
+    assert plan.placement == "overlay"  # rendered one movie frame per scene frame
+    assert "24 fps in a 25 fps scene" in plan.warning and "set the scene to 24 fps" in plan.warning
+    addon_module("sync").memory.exports.pop(ref).task.cancel()
 
 
-def test_transformed_strip_is_rendered_over_its_range(
+def finished_job(scene: Any, source: Any, output: Path, ref: str, **client: Any) -> dict:
+    """The bridge's record of a completed job on `source`'s visible range, as sent."""
+    record = {
+        "file": "test-file",
+        "scene": scene.name,
+        "name": source.name,
+        "placement": "switch",
+        "source": addon_module("export").tag_of(source),
+        "cover": "",
+        "cover_name": "",
+        "start": source.frame_final_start,
+        "end": source.frame_final_end,
+        "first": source.frame_final_start - int(source.frame_start),
+    }
+    record.update(client)
+    return {
+        "id": f"job-{ref}",
+        "reference_id": ref,
+        "request_id": f"req-{ref}",
+        "state": "completed",
+        "output_path": str(output),
+        "client": record,
+    }
+
+
+def layout(scene: Any) -> dict[str, tuple]:
+    return {
+        s.name: (s.channel, s.frame_final_start, s.frame_final_end, s.mute) for s in strips(scene)
+    }
+
+
+def test_a_take_switches_the_strip_and_keeps_its_grades_overlays_and_place(
     fresh: Any, clip: Path, dub: Path, tmp_path: Path
 ) -> None:
-    from bl_ext.user_default.chamelaion_lipsync import export
-
-    fresh.render.resolution_x, fresh.render.resolution_y = 128, 64
     movie, _ = shot(fresh, clip, dub, start=10, offset=6, tail=10)
-    movie.color_saturation = 0.5
-    result = export.export(bpy.context, fresh, movie, "render-test")
-    assert result.rendered and result.video_range is None
-    import av
-
-    with av.open(result.video_path) as container:
-        frames = [media_index(f) for f in container.decode(video=0)]
-    assert len(frames) == 44 and frames[0] == 6
-    assert (fresh.frame_start, movie.mute) == (1, False)
-
-
-def media_index(frame: Any) -> int:
-    from bridge import media
-
-    return media.frame_index_of(frame)
-
-
-def add_job(scene: Any, movie: Any, output: Path, reference_id: str) -> Any:
-    from bl_ext.user_default.chamelaion_lipsync import export
-
-    job = scene.chamelaion.jobs.add()
-    job.reference_id, job.request_id = reference_id, "req-1"
-    job.source_name, job.source_tag = movie.name, export.tag_of(movie)
-    job.frame_start, job.frame_duration = movie.frame_final_start, movie.frame_final_duration
-    job.channel, job.output_path = movie.channel, str(output)
-    return job
-
-
-def test_take_skips_an_occupied_channel_and_moves_nothing(
-    fresh: Any, clip: Path, dub: Path, tmp_path: Path
-) -> None:
-    from bl_ext.user_default.chamelaion_lipsync import importer
-
-    movie, sound = shot(fresh, clip, dub)
-    blocker = strips(fresh).new_sound("music", str(dub), channel=2, frame_start=30)
-    before = {s.name: (s.channel, s.frame_final_start, s.frame_final_end) for s in strips(fresh)}
+    grade = movie.modifiers.new("grade", "BRIGHT_CONTRAST")
+    grade.bright = 30
+    movie.transform.offset_x, movie.blend_alpha = 12, 0.8
+    text = new_effect(fresh, "subtitle", "TEXT", 2, 10, 40)
+    before = layout(fresh)
     take = tmp_path / "take.mp4"
-    from bridge import media
-
     media.make_test_video(take, 44, FPS, (128, 64))
-    strip, warning = importer.import_result(fresh, add_job(fresh, movie, take, "take-a"))
-    assert warning == ""
-    assert strip.channel == 4  # 2 is busy over the range, 3 holds the dialogue
-    assert (strip.frame_final_start, strip.frame_final_duration) == (10, 44)
-    assert strip["chamelaion_reference_id"] == "take-a" and "take-a" in strip.name
-    after = {s.name: (s.channel, s.frame_final_start, s.frame_final_end) for s in strips(fresh)}
-    assert {k: after[k] for k in before} == before
-    assert blocker.channel == 2 and sound.channel == 3
+    strip, warning = addon_module("placement").place(finished_job(fresh, movie, take, "sw-1"))
+    assert strip == movie and warning == ""
+    assert Path(movie.filepath) == take and movie["chamelaion_reference_id"] == "sw-1"
+    assert layout(fresh) == before and text.channel == 2
+    assert [m.name for m in movie.modifiers] == ["grade"] and movie.transform.offset_x == 12
+    assert movie.blend_alpha == pytest.approx(0.8)
 
 
-def test_jobs_persist_in_the_saved_file(fresh: Any, clip: Path, dub: Path, tmp_path: Path) -> None:
-    movie, _ = shot(fresh, clip, dub)
-    add_job(fresh, movie, tmp_path / "none.mp4", "persisted-1")
-    path = tmp_path / "edit.blend"
-    bpy.ops.wm.save_as_mainfile(filepath=str(path))
-    bpy.ops.wm.read_homefile(use_empty=True)
-    bpy.ops.wm.open_mainfile(filepath=str(path))
-    jobs = bpy.context.scene.chamelaion.jobs
-    assert [j.reference_id for j in jobs] == ["persisted-1"]
-    assert (jobs[0].frame_start, jobs[0].frame_duration) == (10, 44)
+def test_a_source_moved_while_its_job_ran_gets_the_take_where_it_is_now(
+    fresh: Any, clip: Path, dub: Path, tmp_path: Path
+) -> None:
+    movie, _ = shot(fresh, clip, dub, start=10, offset=6, tail=10)
+    job = finished_job(fresh, movie, tmp_path / "take.mp4", "moved-1")
+    media.make_test_video(Path(job["output_path"]), 44, FPS, (128, 64))
+    movie.frame_start += 7  # the editor slides the shot while the job runs
+    strip, warning = addon_module("placement").place(job)
+    assert (strip.frame_final_start, strip.frame_final_end) == (17, 61) and warning == ""
+    assert strip.frame_start == 17  # the take's first frame is the one sent for frame 10
+
+
+def test_a_source_trimmed_wider_while_its_job_ran_says_which_frames_the_take_lacks(
+    fresh: Any, clip: Path, dub: Path, tmp_path: Path
+) -> None:
+    movie, _ = shot(fresh, clip, dub, start=10, offset=6, tail=10)
+    job = finished_job(fresh, movie, tmp_path / "take.mp4", "wider-1")
+    media.make_test_video(Path(job["output_path"]), 44, FPS, (128, 64))
+    movie.frame_offset_end = 5
+    _, warning = addon_module("placement").place(job)
+    assert (movie.frame_final_start, movie.frame_final_end) == (10, 59)
+    assert "frames 54-58" in warning and "run Lip Sync again" in warning
+
+
+def test_hold_frames_stay_holds_of_the_take(
+    fresh: Any, clip: Path, dub: Path, tmp_path: Path
+) -> None:
+    movie, _ = shot(fresh, clip, dub, start=10, offset=0, tail=10)
+    movie.frame_offset_start = -4  # frames 6-9 hold the first frame
+    job = finished_job(fresh, movie, tmp_path / "take.mp4", "hold-1", start=10, first=0)
+    media.make_test_video(Path(job["output_path"]), 50, FPS, (128, 64))
+    addon_module("placement").place(job)
+    assert (movie.frame_final_start, movie.frame_final_end) == (6, 60)
+    assert movie.frame_offset_start == -4 and movie.frame_start == 10
+
+
+def test_a_rendered_take_sits_directly_above_its_cover_with_its_look(
+    fresh: Any, clip: Path, dub: Path, tmp_path: Path
+) -> None:
+    movie, _ = shot(fresh, clip, dub, start=10, offset=6, tail=10)
+    movie.color_saturation, movie.blend_type = 0.5, "ADD"
+    movie.modifiers.new("grade", "BRIGHT_CONTRAST").bright = 30
+    tag = addon_module("export").tag_of(movie)
+    job = finished_job(
+        fresh,
+        movie,
+        tmp_path / "r.mp4",
+        "ov-1",
+        placement="overlay",
+        cover=tag,
+        cover_name=movie.name,
+        first=0,
+    )
+    media.make_test_video(Path(job["output_path"]), 44, FPS, (128, 64))
+    strip, _ = addon_module("placement").place(job)
+    assert (strip.channel, strip.frame_final_start, strip.frame_final_end) == (2, 10, 54)
+    assert (strip.color_saturation, strip.blend_type) == (0.5, "ADD")
+    assert [m.bright for m in strip.modifiers] == [30] and movie.mute and not strip.mute
+    fresh.sequence_editor.active_strip = movie  # the covered strip offers its takes too
+    assert bpy.ops.sequencer.chamelaion_switch_take(index=0) == {"FINISHED"}
+    assert strip.mute and not movie.mute
+
+
+def test_a_take_without_room_is_explained_and_placed_later(
+    fresh: Any, clip: Path, dub: Path, tmp_path: Path
+) -> None:
+    movie, _ = shot(fresh, clip, dub, start=10, offset=6, tail=10)
+    blocker = new_effect(fresh, "sub", "TEXT", 2, 20, 30)
+    tag = addon_module("export").tag_of(movie)
+    job = finished_job(
+        fresh,
+        movie,
+        tmp_path / "r.mp4",
+        "late-1",
+        placement="overlay",
+        cover=tag,
+        cover_name=movie.name,
+        first=0,
+    )
+    media.make_test_video(Path(job["output_path"]), 44, FPS, (128, 64))
+    sync = addon_module("sync")
+    sync.memory.rows["late-1"] = job
+    news: list[tuple[str, str]] = []
+    assert not sync.place(job, news)
+    assert "channel 2 directly above it, which holds strip 'sub'" in news[0][1]
+    strips(fresh).remove(blocker)
+    assert bpy.ops.sequencer.chamelaion_place_take(reference_id="late-1") == {"FINISHED"}
+    assert addon_module("takes").showing(fresh.sequence_editor, "late-1").channel == 2
+    del sync.memory.rows["late-1"]

@@ -22,11 +22,14 @@ from tests.addon.conftest import (
     ADDON,
     EMULATOR_KEY,
     USER_RESOURCES,
+    addon_module,
     configure,
     first_frame_index,
+    lipsync,
+    row,
     shot,
-    strips,
     sync_until,
+    take_of,
 )
 from tests.helpers import impostor, plant_stale_discovery, wait_until
 
@@ -34,48 +37,40 @@ pytestmark = pytest.mark.blender
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def last_job(scene: Any) -> Any:
-    return scene.chamelaion.jobs[len(scene.chamelaion.jobs) - 1]
-
-
-def take_of(scene: Any, reference_id: str) -> Any:
-    return next(
-        (s for s in strips(scene) if s.get("chamelaion_reference_id") == reference_id), None
-    )
-
-
-def test_trimmed_strip_comes_back_aligned_and_same_length(
-    fresh: Any, clip: Path, dub: Path
-) -> None:
-    movie, _ = shot(fresh, clip, dub, start=10, offset=6, tail=10)
-    assert bpy.ops.sequencer.chamelaion_lipsync() == {"FINISHED"}
-    job = last_job(fresh)
-    take = sync_until(lambda: take_of(fresh, job.reference_id), message="the take")
-    assert take.channel == 2 and take.type == "MOVIE"
-    assert (take.frame_final_start, take.frame_final_duration) == (10, 44)
-    assert job.reference_id in take.name and take["chamelaion_request_id"] == job.request_id
-    assert job.request_id and job.warning == ""
+def test_trimmed_strip_switches_to_its_take_in_place(fresh: Any, clip: Path, dub: Path) -> None:
+    movie, sound = shot(fresh, clip, dub, start=10, offset=6, tail=10)
+    ref = lipsync(fresh)
+    take = sync_until(lambda: take_of(fresh, ref), message="the take")
+    assert take == movie  # the strip itself shows the take: same channel, grades, stack place
+    assert (take.channel, take.frame_final_start, take.frame_final_duration) == (1, 10, 44)
+    assert take["chamelaion_request_id"] == row(ref)["request_id"] != ""
     assert first_frame_index(Path(bpy.path.abspath(take.filepath))) == 6
-    assert (movie.frame_final_start, movie.channel, movie.mute) == (10, 1, False)
+    assert not movie.mute and sound.channel == 3
+    assert row(ref)["state"] == "completed" and not row(ref)["warning"]
 
 
-def test_two_takes_land_on_the_next_free_channels(
+def test_two_takes_and_the_original_switch_on_one_strip(
     fresh: Any, clip: Path, dub: Path, tmp_path: Path
 ) -> None:
     bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "takes.blend"))
     scene = bpy.context.scene
     movie, _ = shot(scene, clip, dub)
-    scene.chamelaion.mute_source = True
-    bpy.ops.sequencer.chamelaion_lipsync()
-    first = last_job(scene).reference_id
-    bpy.ops.sequencer.chamelaion_lipsync()
-    second = last_job(scene).reference_id
-    assert first != second
-    sync_until(lambda: take_of(scene, first) and take_of(scene, second), message="two takes")
-    assert {take_of(scene, first).channel, take_of(scene, second).channel} == {2, 4}
-    take = take_of(scene, first)
-    assert take.filepath.startswith("//chamelaion/") and movie.mute
-    assert (tmp_path / "chamelaion" / Path(take.filepath).name).is_file()
+    first, second = lipsync(scene), lipsync(scene)
+    takes = addon_module("takes")
+    sync_until(
+        lambda: {first, second} <= takes.references_in(scene.sequence_editor), message="2 takes"
+    )
+    assert [t.reference_id for t in takes.takes_of(movie)][0] == ""
+    assert movie.filepath.startswith("//chamelaion/")
+    assert (tmp_path / "chamelaion" / Path(movie.filepath).name).is_file()
+    assert bpy.ops.sequencer.chamelaion_switch_take(index=0) == {"FINISHED"}
+    assert Path(bpy.path.abspath(movie.filepath)) == clip and "chamelaion_reference_id" not in movie
+    assert (movie.frame_final_start, movie.frame_final_duration) == (10, 44)
+    index = [t.reference_id for t in takes.takes_of(movie)].index(first)
+    assert bpy.ops.sequencer.chamelaion_switch_take(index=index) == {"FINISHED"}
+    assert movie["chamelaion_reference_id"] == first
+    assert (movie.frame_final_start, movie.frame_final_duration) == (10, 44)
+    assert first_frame_index(Path(bpy.path.abspath(movie.filepath))) == 6
 
 
 def test_failed_remote_job_shows_the_api_message(
@@ -83,12 +78,11 @@ def test_failed_remote_job_shows_the_api_message(
 ) -> None:
     emulator.state.fail_next(1, "video URL is not accessible")
     shot(fresh, clip, dub)
-    bpy.ops.sequencer.chamelaion_lipsync()
-    job = last_job(fresh)
+    ref = lipsync(fresh)
     with pytest.raises(RuntimeError, match="failed: .*video URL is not accessible"):
-        sync_until(lambda: job.state == "failed", message="the job to fail")
-    assert "video URL is not accessible" in job.error
-    assert take_of(fresh, job.reference_id) is None
+        sync_until(lambda: row(ref).get("state") == "failed", message="the job to fail")
+    assert "video URL is not accessible" in row(ref)["error"]
+    assert take_of(fresh, ref) is None
 
 
 def test_bridge_down_gives_a_readable_error(
@@ -100,11 +94,10 @@ def test_bridge_down_gives_a_readable_error(
     configure(tmp_path, emulator.base_url, auto_start=False, url=f"http://127.0.0.1:{port}")
     try:
         shot(fresh, clip, dub)
-        assert bpy.ops.sequencer.chamelaion_lipsync() == {"FINISHED"}
-        job = last_job(fresh)
+        ref = lipsync(fresh)
         with pytest.raises(RuntimeError, match="not answering"):
-            sync_until(lambda: job.state == "failed", message="the error")
-        assert job.state == "failed" and f"127.0.0.1:{port} is not answering" in job.error
+            sync_until(lambda: row(ref).get("state") == "failed", message="the error")
+        assert f"127.0.0.1:{port} is not answering" in row(ref)["error"]
     finally:
         configure(bridge_data, emulator.base_url)
 
@@ -139,11 +132,12 @@ def test_reopened_file_gets_the_result_of_a_job_still_running(
         bpy.ops.wm.save_as_mainfile(filepath=str(blend))
         scene = bpy.context.scene
         shot(scene, clip, dub)
-        bpy.ops.sequencer.chamelaion_lipsync()
-        job = last_job(scene)
-        sync_until(lambda: job.state in ("submitted", "processing"), message="a running job")
+        reference_id = lipsync(scene)
+        sync_until(
+            lambda: row(reference_id).get("state") in ("submitted", "processing"),
+            message="a running job",
+        )
         bpy.ops.wm.save_mainfile()
-        reference_id = job.reference_id
         bpy.ops.wm.read_homefile(use_empty=True)
     finally:
         config.processing_seconds = 0.3
@@ -164,7 +158,7 @@ def test_reopened_file_gets_the_result_of_a_job_still_running(
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     assert lines, done.stdout + done.stderr
     take = json.loads(lines[0][len("RESULT ") :])
-    assert take == {"start": 10, "duration": 44, "channel": 2, "reference_id": reference_id}
+    assert take == {"start": 10, "duration": 44, "channel": 1, "reference_id": reference_id}
 
 
 def test_a_key_entered_after_the_bridge_started_reaches_it(
@@ -183,9 +177,8 @@ def test_a_key_entered_after_the_bridge_started_reaches_it(
     configure(data, emulator.base_url)  # the editor has since entered the key
     try:
         shot(fresh, clip, dub)
-        assert bpy.ops.sequencer.chamelaion_lipsync() == {"FINISHED"}
-        job = last_job(fresh)
-        assert sync_until(lambda: take_of(fresh, job.reference_id), message="the take")
+        ref = lipsync(fresh)
+        assert sync_until(lambda: take_of(fresh, ref), message="the take")
         assert keyless.poll() is None  # the same bridge took the key: no restart
         health = BridgeClient(info["url"], data_dir=data).health()
         assert health["api_key_fingerprint"] == key_fingerprint(
@@ -206,17 +199,16 @@ def test_a_corrected_key_reaches_the_bridge_and_retry_lands_the_take(
     prefs.api_key = "a-key-with-a-typo"
     try:
         shot(fresh, clip, dub)
-        assert bpy.ops.sequencer.chamelaion_lipsync() == {"FINISHED"}
-        job = last_job(fresh)
+        ref = lipsync(fresh)
         with pytest.raises(RuntimeError, match="refused the API key"):
-            sync_until(lambda: job.state == "failed", message="the refused key")
-        assert "refused the API key" in job.error
+            sync_until(lambda: row(ref).get("state") == "failed", message="the refused key")
+        assert "refused the API key" in row(ref)["error"]
     finally:
         prefs.api_key = EMULATOR_KEY  # the editor fixes the key in Preferences
-    assert bpy.ops.sequencer.chamelaion_retry(index=len(fresh.chamelaion.jobs) - 1) == {"FINISHED"}
-    take = sync_until(lambda: take_of(fresh, job.reference_id), message="the take after retry")
+    assert bpy.ops.sequencer.chamelaion_retry(reference_id=ref) == {"FINISHED"}
+    take = sync_until(lambda: take_of(fresh, ref), message="the take after retry")
     assert (take.frame_final_start, take.frame_final_duration) == (10, 44)
-    assert job.state == "completed" and job.error == ""
+    assert row(ref)["state"] == "completed" and not row(ref)["error"]
 
 
 def test_a_stale_bridge_json_never_gets_the_token_and_a_real_bridge_takes_the_job(
@@ -228,9 +220,8 @@ def test_a_stale_bridge_json_never_gets_the_token_and_a_real_bridge_takes_the_jo
         configure(data, emulator.base_url)
         try:
             shot(fresh, clip, dub)
-            assert bpy.ops.sequencer.chamelaion_lipsync() == {"FINISHED"}
-            job = last_job(fresh)
-            assert sync_until(lambda: take_of(fresh, job.reference_id), message="the take")
+            ref = lipsync(fresh)
+            assert sync_until(lambda: take_of(fresh, ref), message="the take")
             info = discovery.read_discovery(data)
             assert info["url"] != stranger.url and discovery.read_token(data) == token
         finally:

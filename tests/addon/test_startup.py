@@ -19,7 +19,7 @@ import pytest
 
 from bridge import discovery
 from bridge.cli import stop_process
-from tests.addon.conftest import ADDON, configure, shot, strips, sync_until
+from tests.addon.conftest import ADDON, configure, lipsync, row, shot, sync_until, take_of
 from tests.helpers import plant_stale_discovery, wait_until
 
 pytestmark = pytest.mark.blender
@@ -66,30 +66,19 @@ def health_status() -> str:
     return module("sync").status["text"]
 
 
-def last_job(scene: Any) -> Any:
-    return scene.chamelaion.jobs[len(scene.chamelaion.jobs) - 1]
-
-
-def take_of(scene: Any, job: Any) -> Any:
-    return next(
-        (s for s in strips(scene) if s.get("chamelaion_reference_id") == job.reference_id), None
-    )
-
-
-def lip_sync_fails(scene: Any, match: str) -> Any:
-    """Click Lip Sync and return the job once it failed with a sentence matching `match`."""
-    assert bpy.ops.sequencer.chamelaion_lipsync() == {"FINISHED"}
-    job = last_job(scene)
+def lip_sync_fails(scene: Any, match: str) -> str:
+    """Click Lip Sync and return the job's reference_id once it failed with a sentence
+    matching `match`."""
+    ref = lipsync(scene)
     with pytest.raises(RuntimeError, match=match):
-        sync_until(lambda: job.state == "failed", message="the failure")
-    return job
+        sync_until(lambda: row(ref).get("state") == "failed", message="the failure")
+    return ref
 
 
-def retry_lands_the_take(scene: Any, job: Any) -> Any:
-    index = list(scene.chamelaion.jobs).index(job)
-    assert bpy.ops.sequencer.chamelaion_retry(index=index) == {"FINISHED"}
-    take = sync_until(lambda: take_of(scene, job), message="the take after the retry")
-    assert job.state == "completed" and job.error == ""
+def retry_lands_the_take(scene: Any, ref: str) -> Any:
+    assert bpy.ops.sequencer.chamelaion_retry(reference_id=ref) == {"FINISHED"}
+    take = sync_until(lambda: take_of(scene, ref), message="the take after the retry")
+    assert row(ref)["state"] == "completed" and not row(ref).get("error")
     return take
 
 
@@ -104,9 +93,8 @@ def test_a_fresh_install_says_the_bridge_starts_with_the_next_lip_sync(
     )
     assert not (data / discovery.DISCOVERY_FILE).exists()  # a status check starts nothing
     shot(fresh, clip, dub)
-    assert bpy.ops.sequencer.chamelaion_lipsync() == {"FINISHED"}
-    job = last_job(fresh)
-    assert sync_until(lambda: take_of(fresh, job), message="the take")
+    ref = lipsync(fresh)
+    assert sync_until(lambda: take_of(fresh, ref), message="the take")
     status = health_status()
     assert status.startswith("Bridge ") and status.endswith(" running (API key set)")
 
@@ -129,17 +117,17 @@ def test_a_data_folder_that_cannot_be_created_is_named_and_a_fix_works_at_once(
     folder = blocker / "data"
     configure(folder, emulator.base_url)
     shot(fresh, clip, dub)
-    job = lip_sync_fails(fresh, "cannot be created or written")
+    ref = lip_sync_fails(fresh, "cannot be created or written")
     expected = (
         f"The bridge's data folder {folder} cannot be created or written (Not a directory); "
         "choose another 'Bridge data folder' in the add-on preferences or make this one "
         "writable."
     )
-    assert job.error == expected
+    assert row(ref)["error"] == expected
     assert health_status() == expected  # until the next click, the status says why
 
     blocker.unlink()  # the editor fixes it
-    retry_lands_the_take(fresh, job)
+    retry_lands_the_take(fresh, ref)
     assert (folder / discovery.DISCOVERY_FILE).is_file()
 
 
@@ -148,19 +136,21 @@ def test_a_failed_start_is_tried_again_at_once_on_the_next_click(
 ) -> None:
     # However long polls wait between starts, a click after a fix must not wait at all.
     monkeypatch.setattr(module("launcher"), "SPAWN_INTERVAL", 3600.0)
+    monkeypatch.setattr(module("compat"), "online_access", lambda: True)  # allowed online
     configure(data, "ftp://api.example.com")
     shot(fresh, clip, dub)
-    job = lip_sync_fails(fresh, "stopped at start")
-    assert "CHAMELAION_BASE_URL 'ftp://api.example.com' is not an http(s) URL" in job.error
+    ref = lip_sync_fails(fresh, "stopped at start")
+    error = row(ref)["error"]
+    assert "CHAMELAION_BASE_URL 'ftp://api.example.com' is not an http(s) URL" in error
     launcher = module("sync").worker().launcher
     failed = launcher.process
     assert failed.returncode == 7
 
-    poll = answer_of("list", [job.reference_id])  # a poll does not start the bridge again
-    assert poll.error == job.error and launcher.process is failed
+    poll = answer_of("list", "a-file-id")  # a poll does not start the bridge again
+    assert poll.error == error and launcher.process is failed
 
     bpy.context.preferences.addons[ADDON].preferences.api_base = emulator.base_url
-    retry_lands_the_take(fresh, job)
+    retry_lands_the_take(fresh, ref)
     assert launcher.process is not failed and launcher.process.poll() is None
 
 
@@ -205,10 +195,9 @@ def test_a_stale_bridge_json_naming_a_plain_http_server_leads_to_a_fresh_bridge(
     token = plant_stale_discovery(data, stale_url, port)
     configure(data, emulator.base_url)
     shot(fresh, clip, dub)
-    assert bpy.ops.sequencer.chamelaion_lipsync() == {"FINISHED"}
-    job = last_job(fresh)
-    assert sync_until(lambda: take_of(fresh, job), message="the take")
-    assert job.state == "completed" and job.error == ""
+    ref = lipsync(fresh)
+    assert sync_until(lambda: take_of(fresh, ref), message="the take")
+    assert row(ref)["state"] == "completed" and not row(ref).get("error")
     info = discovery.read_discovery(data)
     assert info["url"] != stale_url and discovery.read_token(data) == token
     assert seen and all(line.startswith("GET /v1/health?challenge=") for line in seen)

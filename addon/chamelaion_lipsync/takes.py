@@ -1,0 +1,293 @@
+"""A strip's takes: the original (take 0) and each lip-synced result, and switching between them.
+
+A take is a drop-in replacement. A movie strip whose timing is 1:1 with its file switches its
+own file to the take, so its modifiers, transform, grades, effects and place in the stack all
+stay. Anything rendered gets a take strip directly above the strip it covers, with that
+strip's look copied; the covered strip is muted while a take shows.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import bpy
+
+from . import compat
+from .export import TAG
+
+TAKES = "chamelaion_takes"  # JSON list of Take on the strip that shows takes
+ACTIVE = "chamelaion_take"  # the index shown; 0 is the original (or, on a take strip, the cover)
+COVER = "chamelaion_cover"  # on a take strip: the tag of the strip it covers
+REFERENCE = "chamelaion_reference_id"
+REQUEST = "chamelaion_request_id"
+MAX_CHANNEL = 128
+
+LOOK = (
+    "blend_type",
+    "blend_alpha",
+    "color_saturation",
+    "color_multiply",
+    "use_flip_x",
+    "use_flip_y",
+)
+
+
+class PlacementProblem(Exception):
+    """The take cannot be placed now; one sentence saying why and what to do."""
+
+
+@dataclass
+class Take:
+    """One file a strip can show; `first` is the original frame its first frame shows."""
+
+    filepath: str
+    first: int
+    length: int = 0  # frames of content it shows (the original's: between its animation offsets)
+    reference_id: str = ""
+    request_id: str = ""
+    animation_start: int = 0
+    animation_end: int = 0
+    stream_index: int = 0
+
+
+def takes_of(strip: Any) -> list[Take]:
+    raw = strip.get(TAKES)
+    return [Take(**item) for item in json.loads(raw)] if raw else []
+
+
+def active_index(strip: Any) -> int:
+    return int(strip.get(ACTIVE, 0))
+
+
+def references_in(editor: Any) -> set[str]:
+    """Every reference_id some strip of this editor holds as a take."""
+    found: set[str] = set()
+    for strip in compat.all_strips(editor):
+        if strip.get(TAKES):
+            found.update(take.reference_id for take in takes_of(strip) if take.reference_id)
+    return found
+
+
+def find_tagged(editor: Any, tag: str) -> Any | None:
+    return next((s for s in compat.all_strips(editor) if tag and s.get(TAG) == tag), None)
+
+
+def find_source(editor: Any, tag: str, name: str) -> Any | None:
+    """The tagged strip, else an untagged strip of that name (an undo of Lip Sync takes the
+    tag away with it); that strip gets its tag back."""
+    strip = find_tagged(editor, tag)
+    if strip is None:
+        strip = compat.all_strips(editor).get(name)
+        if strip is None or strip.get(TAG):
+            return None
+        strip[TAG] = tag
+    return strip
+
+
+def take_strip_over(editor: Any, cover_tag: str) -> Any | None:
+    return next((s for s in compat.all_strips(editor) if s.get(COVER) == cover_tag), None)
+
+
+def holder(editor: Any) -> Any | None:
+    """The strip whose takes the panel offers: the active one, or the take strip over it."""
+    active = editor.active_strip
+    if active is None:
+        return None
+    if active.get(TAKES):
+        return active
+    return take_strip_over(editor, active.get(TAG, ""))
+
+
+def showing(editor: Any, reference_id: str) -> Any | None:
+    """The strip that holds this take (shown or not)."""
+    for strip in compat.all_strips(editor):
+        if strip.get(TAKES) and any(t.reference_id == reference_id for t in takes_of(strip)):
+            return strip
+    return None
+
+
+def _save(strip: Any, takes: list[Take], index: int) -> None:
+    strip[TAKES] = json.dumps([asdict(take) for take in takes])
+    strip[ACTIVE] = index
+    take = takes[index] if index < len(takes) else None
+    if take is not None and take.reference_id:
+        strip[REFERENCE], strip[REQUEST] = take.reference_id, take.request_id
+    else:
+        for key in (REFERENCE, REQUEST):
+            if key in strip:
+                del strip[key]
+
+
+def _origin(editor: Any, strip: Any, takes: list[Take]) -> int:
+    """The timeline frame the takes' `first` counts from; it moves with the strip.
+
+    For a strip showing its own takes it is where the original file's frame 0 sits now; for a
+    take strip it is the first visible frame of the strip it covers.
+    """
+    if strip.get(COVER):
+        cover = find_tagged(editor, strip[COVER])
+        if cover is None:
+            raise PlacementProblem(
+                f"The strip that take strip '{strip.name}' covered is gone; delete the take strip."
+            )
+        return int(cover.frame_final_start)
+    shown = takes[active_index(strip)]
+    return int(strip.frame_start) - int(strip.animation_offset_start) - shown.first
+
+
+def _show_file(strip: Any, take: Take, origin: int) -> None:
+    """Make `strip` show `take` with every original frame at its place and the same handles."""
+    start, end = strip.frame_final_start, strip.frame_final_end
+    colorspace = strip.colorspace_settings.name
+    strip.filepath = take.filepath
+    strip.stream_index = take.stream_index
+    strip.colorspace_settings.name = colorspace
+    strip.animation_offset_start = take.animation_start
+    strip.animation_offset_end = take.animation_end
+    content_start = origin + take.first + take.animation_start
+    strip.frame_start = content_start
+    strip.frame_offset_start = start - content_start
+    strip.frame_offset_end = content_start + strip.frame_duration - end
+
+
+def switch(editor: Any, strip: Any, index: int) -> None:
+    """Show take `index` (0 = the original) on a strip that has takes."""
+    takes = takes_of(strip)
+    if not 0 <= index < len(takes):
+        raise PlacementProblem(f"Strip '{strip.name}' has no take {index}.")
+    origin = _origin(editor, strip, takes)
+    if strip.get(COVER):
+        if index > 0:
+            _show_file(strip, takes[index], origin)
+        strip.mute = index == 0
+        find_tagged(editor, strip[COVER]).mute = index > 0
+    else:
+        _show_file(strip, takes[index], origin)
+    _save(strip, takes, index)
+
+
+def uncovered(editor: Any, strip: Any, take: Take) -> str:
+    """A sentence when the strip shows frames the original has and the take lacks (held
+    frames were holds before, and stay holds)."""
+    takes = takes_of(strip)
+    origin, original = _origin(editor, strip, takes), takes[0]
+    content = (
+        origin + original.animation_start,
+        origin + original.animation_start + original.length,
+    )
+    start, end = max(strip.frame_final_start, content[0]), min(strip.frame_final_end, content[1])
+    take_start, take_end = origin + take.first, origin + take.first + take.length
+    gaps = [(start, min(end, take_start)), (max(start, take_end), end)]
+    gaps = [(a, b) for a, b in gaps if a < b]
+    if not gaps:
+        return ""
+    frames = ", ".join(f"{a}-{b - 1}" for a, b in gaps)
+    return (
+        f"Strip '{strip.name}' now shows frames {frames} that take {take.reference_id} does not "
+        "cover (they hold its first or last frame); run Lip Sync again to sync them."
+    )
+
+
+def add_to_source(editor: Any, source: Any, take: Take) -> str:
+    """Switch a 1:1 movie strip to a new take; returns a warning sentence or ''."""
+    takes = takes_of(source)
+    if not takes:
+        takes = [
+            Take(
+                filepath=source.filepath,
+                first=0,
+                length=int(source.frame_duration),
+                animation_start=int(source.animation_offset_start),
+                animation_end=int(source.animation_offset_end),
+                stream_index=int(source.stream_index),
+            )
+        ]
+        _save(source, takes, 0)
+    takes.append(take)
+    source[TAKES] = json.dumps([asdict(t) for t in takes])
+    switch(editor, source, len(takes) - 1)
+    return uncovered(editor, source, take)
+
+
+def add_over_cover(scene: Any, cover: Any, take: Take, name: str) -> Any:
+    """Put a rendered take directly above the strip it covers, with the cover's look; its
+    `first` counts from the cover's first visible frame."""
+    editor = scene.sequence_editor
+    strip = take_strip_over(editor, cover[TAG])
+    if strip is None:
+        strip = _new_take_strip(scene, cover, take, name)
+        takes = [Take(filepath="", first=0), take]
+    else:
+        takes = [*takes_of(strip), take]
+    strip[TAKES] = json.dumps([asdict(t) for t in takes])
+    switch(editor, strip, len(takes) - 1)
+    return strip
+
+
+def _new_take_strip(scene: Any, cover: Any, take: Take, name: str) -> Any:
+    editor = scene.sequence_editor
+    channel = cover.channel + 1
+    low, high = cover.frame_final_start, cover.frame_final_end
+    siblings = _siblings(editor, cover)
+    busy = [
+        s
+        for s in siblings
+        if s.channel == channel and s.frame_final_start < high and s.frame_final_end > low
+    ]
+    if busy or channel > MAX_CHANNEL:
+        what = f"strip '{busy[0].name}'" if busy else "nothing (it is the last channel)"
+        raise PlacementProblem(
+            f"The take of '{cover.name}' goes on channel {channel} directly above it, which holds "
+            f"{what} over frames {low}-{high - 1}; make room there and click Place Take."
+        )
+    strip = siblings.new_movie(
+        name=name[:63], filepath=take.filepath, channel=channel, frame_start=low + take.first
+    )
+    strip[COVER] = cover[TAG]
+    strip.frame_offset_start = low - strip.frame_start
+    strip.frame_offset_end = strip.frame_start + strip.frame_duration - high
+    _copy_look(scene, cover, strip)
+    return strip
+
+
+def _siblings(editor: Any, strip: Any) -> Any:
+    """The strip collection `strip` lives in (top level or inside a meta)."""
+    for meta in compat.all_strips(editor):
+        if meta.type == "META" and strip.name in compat.strips(meta):
+            return compat.strips(meta)
+    return compat.strips(editor)
+
+
+def _copy_look(scene: Any, source: Any, target: Any) -> None:
+    """The cover's blend, colour, transform, crop and modifiers, so the take looks like it."""
+    for name in LOOK:
+        setattr(target, name, getattr(source, name))
+    for group in ("transform", "crop"):
+        copy_from, copy_to = getattr(source, group), getattr(target, group)
+        for prop in copy_from.bl_rna.properties:
+            if not prop.is_readonly and prop.identifier != "rna_type":
+                setattr(copy_to, prop.identifier, getattr(copy_from, prop.identifier))
+    if len(source.modifiers):
+        _copy_modifiers(scene, source, target)
+
+
+def _copy_modifiers(scene: Any, source: Any, target: Any) -> None:
+    """Blender's own modifier copy (it knows every modifier's curves and wheels); the
+    selection it needs is restored afterwards."""
+    editor = scene.sequence_editor
+    selected = [s for s in compat.all_strips(editor) if s.select]
+    active = editor.active_strip
+    try:
+        for strip in selected:
+            strip.select = False
+        source.select = target.select = True
+        editor.active_strip = source
+        with compat.scene_override(bpy.context, scene):
+            bpy.ops.sequencer.strip_modifier_copy(type="REPLACE")
+    finally:
+        source.select = target.select = False
+        for strip in selected:
+            strip.select = True
+        editor.active_strip = active
