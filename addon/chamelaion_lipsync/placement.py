@@ -69,10 +69,10 @@ def place(job: dict[str, Any]) -> tuple[Any, str]:
 
 def check_take(scene: Any, strip: Any, length: int) -> str:
     """A sentence when the take's file would not line up with what was sent."""
-    fps = compat.scene_fps(scene)
+    fps, take_fps = compat.scene_fps(scene), strip.fps  # reading fps opens the file: once
     problems = []
-    if strip.fps and abs(strip.fps - fps) > 1e-3:
-        problems.append(f"it is {strip.fps:g} fps, the scene {fps:g} fps")
+    if take_fps and abs(take_fps - fps) > 1e-3:
+        problems.append(f"it is {take_fps:g} fps, the scene {fps:g} fps")
     if strip.frame_duration != length:
         problems.append(f"it is {strip.frame_duration} frames long, {length} were sent")
     if not problems:

@@ -140,10 +140,11 @@ def _origin(editor: Any, strip: Any, takes: list[Take]) -> int:
 def _show_file(strip: Any, take: Take, origin: int) -> None:
     """Make `strip` show `take` with every original frame at its place and the same handles."""
     start, end = strip.frame_final_start, strip.frame_final_end
-    colorspace = strip.colorspace_settings.name
-    strip.filepath = take.filepath
+    if strip.filepath != take.filepath:  # each assignment reopens the movie: only if new
+        colorspace = strip.colorspace_settings.name
+        strip.filepath = take.filepath
+        strip.colorspace_settings.name = colorspace
     strip.stream_index = take.stream_index
-    strip.colorspace_settings.name = colorspace
     strip.animation_offset_start = take.animation_start
     strip.animation_offset_end = take.animation_end
     content_start = origin + take.first + take.animation_start
