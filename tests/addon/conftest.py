@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +34,24 @@ from tests.helpers import wait_until  # noqa: E402
 ADDON = "bl_ext.user_default.chamelaion_lipsync"
 EMULATOR_KEY = "emulator-key"
 FPS = 24
+
+
+_exit_status = 0
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    global _exit_status
+    _exit_status = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """End the process once pytest is done (reports written): Blender's audio device thread
+    can deadlock the bpy module's exit, which would hang the suite after its last test."""
+    if bpy is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_exit_status)
 
 
 @pytest.fixture(scope="session")
