@@ -108,7 +108,8 @@ class SEQUENCER_OT_chamelaion_lipsync(bpy.types.Operator):
                     f"Reference ID '{reference_id}' is already used in this file; "
                     "clear the field or pick another."
                 )
-            plan = export.plan(context, scene, strip, reference_id)
+            with takes.original_shown(scene.sequence_editor, strip):
+                plan = export.plan(context, scene, strip, reference_id)
             cover = takes.find_tagged(scene.sequence_editor, plan.cover_tag)
             body = request_body(plan, options, strip, cover)
             task = ExportTask.start(context, plan)

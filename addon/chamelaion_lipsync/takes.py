@@ -8,7 +8,9 @@ strip's look copied; the covered strip is muted while a take shows.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -166,6 +168,21 @@ def switch(editor: Any, strip: Any, index: int) -> None:
     else:
         _show_file(strip, takes[index], origin)
     _save(strip, takes, index)
+
+
+@contextlib.contextmanager
+def original_shown(editor: Any, strip: Any) -> Iterator[None]:
+    """While inside, a strip that switched its file to a take shows its original again: Lip
+    Sync on it sends the source footage (not a re-encoded take) over all it shows, and the new
+    take counts its frames from the original like every other take."""
+    index = 0 if strip.get(COVER) else active_index(strip)
+    if index:
+        switch(editor, strip, 0)
+    try:
+        yield
+    finally:
+        if index:
+            switch(editor, strip, index)
 
 
 def uncovered(editor: Any, strip: Any, take: Take) -> str:

@@ -1,0 +1,47 @@
+"""The add-on against an editor who does what editors do: Lip Sync again on a strip that shows
+a take, Save As elsewhere, delete takes' files, Cancel at any moment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import bpy
+import pytest
+
+from tests.addon.conftest import (
+    addon_module,
+    first_frame_index,
+    lipsync,
+    row,
+    shot,
+    sync_until,
+    take_of,
+)
+
+pytestmark = pytest.mark.blender
+
+
+def shown_at(strip: Any, frame: int) -> int:
+    """The clip frame index the strip shows at timeline `frame` (its file carries them)."""
+    path = Path(bpy.path.abspath(strip.filepath))
+    offset = frame - int(strip.frame_start) + strip.animation_offset_start
+    return first_frame_index(path) + offset
+
+
+def test_lip_sync_on_a_strip_showing_a_take_sends_the_original_and_lands_in_sync(
+    fresh: Any, clip: Path, dub: Path
+) -> None:
+    movie, _ = shot(fresh, clip, dub, start=10, offset=6, tail=10)
+    first = lipsync(fresh)
+    sync_until(lambda: take_of(fresh, first), message="take 1")
+    movie.frame_offset_end -= 5  # the editor opens the shot 5 frames longer, then syncs again
+    second = lipsync(fresh)
+    plan = addon_module("sync").memory.exports[second].task.plan
+    assert (plan.video_path, plan.start, plan.end, plan.source_first) == (str(clip), 10, 59, 6)
+    sync_until(lambda: take_of(fresh, second), message="take 2")
+    assert (movie.frame_final_start, movie.frame_final_end) == (10, 59)
+    assert shown_at(movie, 10) == 6 and shown_at(movie, 58) == 54
+    assert row(second)["warning"] == ""
+    original = addon_module("takes").takes_of(movie)[0]
+    assert (original.reference_id, Path(original.filepath)) == ("", clip)
