@@ -51,6 +51,7 @@ def place(job: dict[str, Any]) -> tuple[Any, str]:
     length = int(client["end"]) - int(client["start"])
     take = Take(
         filepath=strip_path(output),
+        absolute=str(output),
         first=int(client["first"]),
         length=length,
         reference_id=job["reference_id"],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -52,6 +53,14 @@ class Take:
     animation_start: int = 0
     animation_end: int = 0
     stream_index: int = 0
+    absolute: str = ""  # `filepath` resolved when recorded: a Save As elsewhere strands "//"
+
+    def path(self) -> str:
+        """As recorded while it finds the file (a relative path follows a moved project), else
+        the absolute one (Blender remaps the strip's own path on Save As, not this record)."""
+        if self.absolute and not os.path.isfile(bpy.path.abspath(self.filepath)):
+            return self.absolute
+        return self.filepath
 
 
 def takes_of(strip: Any) -> list[Take]:
@@ -143,7 +152,7 @@ def _show_file(strip: Any, take: Take, origin: int) -> None:
     """Make `strip` show `take` with every original frame at its place and the same handles."""
     start, end = strip.frame_final_start, strip.frame_final_end
     colorspace = strip.colorspace_settings.name
-    strip.filepath = take.filepath
+    strip.filepath = take.path()
     strip.stream_index = take.stream_index
     strip.colorspace_settings.name = colorspace
     strip.animation_offset_start = take.animation_start
@@ -214,6 +223,7 @@ def add_to_source(editor: Any, source: Any, take: Take) -> str:
         takes = [
             Take(
                 filepath=source.filepath,
+                absolute=os.path.normpath(bpy.path.abspath(source.filepath)),
                 first=0,
                 length=int(source.frame_duration),
                 animation_start=int(source.animation_offset_start),

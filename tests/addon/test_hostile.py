@@ -45,3 +45,26 @@ def test_lip_sync_on_a_strip_showing_a_take_sends_the_original_and_lands_in_sync
     assert row(second)["warning"] == ""
     original = addon_module("takes").takes_of(movie)[0]
     assert (original.reference_id, Path(original.filepath)) == ("", clip)
+
+
+def test_after_save_as_in_another_folder_the_original_and_the_take_switch_back(
+    fresh: Any, clip: Path, dub: Path, tmp_path: Path
+) -> None:
+    project, versions = tmp_path / "project", tmp_path / "project" / "versions"
+    (project / "media").mkdir(parents=True)
+    versions.mkdir()
+    footage = project / "media" / "shot.mp4"
+    footage.write_bytes(clip.read_bytes())
+    bpy.ops.wm.save_as_mainfile(filepath=str(project / "edit.blend"))
+    scene = bpy.context.scene
+    movie, _ = shot(scene, footage, dub)
+    movie.filepath = "//media/shot.mp4"
+    ref = lipsync(scene)
+    take_file = Path(bpy.path.abspath(sync_until(lambda: take_of(scene, ref)).filepath))
+    bpy.ops.wm.save_as_mainfile(filepath=str(versions / "edit_v2.blend"))
+    movie = bpy.context.scene.sequence_editor.active_strip
+    assert bpy.ops.sequencer.chamelaion_switch_take(index=0) == {"FINISHED"}
+    assert Path(bpy.path.abspath(movie.filepath)).resolve() == footage
+    assert bpy.ops.sequencer.chamelaion_switch_take(index=1) == {"FINISHED"}
+    assert Path(bpy.path.abspath(movie.filepath)).resolve() == take_file
+    assert shown_at(movie, 10) == 6
