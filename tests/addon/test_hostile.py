@@ -68,3 +68,21 @@ def test_after_save_as_in_another_folder_the_original_and_the_take_switch_back(
     assert bpy.ops.sequencer.chamelaion_switch_take(index=1) == {"FINISHED"}
     assert Path(bpy.path.abspath(movie.filepath)).resolve() == take_file
     assert shown_at(movie, 10) == 6
+
+
+def test_a_take_file_gone_before_placing_says_a_fix_the_panel_offers(
+    fresh: Any, clip: Path, dub: Path
+) -> None:
+    shot(fresh, clip, dub)
+    bpy.ops.ed.undo_push(message="the edit")
+    ref = lipsync(fresh)
+    take_file = Path(bpy.path.abspath(sync_until(lambda: take_of(fresh, ref)).filepath))
+    bpy.ops.ed.undo()  # the placement waits for Place Take ...
+    kept = take_file.read_bytes()
+    take_file.unlink()  # ... and meanwhile its file is deleted
+    with pytest.raises(RuntimeError, match="is missing; put it back and click Place Take"):
+        bpy.ops.sequencer.chamelaion_place_take(reference_id=ref)
+    assert "put it back and click Place Take" in row(ref)["problem"]
+    take_file.write_bytes(kept)
+    assert bpy.ops.sequencer.chamelaion_place_take(reference_id=ref) == {"FINISHED"}
+    assert take_of(bpy.context.scene, ref) is not None and not row(ref)["problem"]
