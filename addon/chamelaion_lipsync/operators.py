@@ -113,7 +113,7 @@ class SEQUENCER_OT_chamelaion_lipsync(bpy.types.Operator):
             cover = takes.find_tagged(scene.sequence_editor, plan.cover_tag)
             body = request_body(plan, options, strip, cover)
             task = ExportTask.start(context, plan)
-        except (export.ExportError, InputError) as exc:
+        except (export.ExportError, InputError, PlacementProblem) as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
         sync.start_job(reference_id, task, body)

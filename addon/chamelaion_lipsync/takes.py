@@ -149,10 +149,18 @@ def _origin(editor: Any, strip: Any, takes: list[Take]) -> int:
 
 
 def _show_file(strip: Any, take: Take, origin: int) -> None:
-    """Make `strip` show `take` with every original frame at its place and the same handles."""
+    """Make `strip` show `take` with every original frame at its place and the same handles;
+    a file that is gone is refused before anything changes (Blender would show black)."""
+    path = take.path()
+    if not os.path.isfile(bpy.path.abspath(path)):
+        what = f"take {take.reference_id}" if take.reference_id else f"strip '{strip.name}'"
+        raise PlacementProblem(
+            f"The file of {what} is missing ({bpy.path.abspath(path)}); put it back, or show "
+            "another take."
+        )
     start, end = strip.frame_final_start, strip.frame_final_end
     colorspace = strip.colorspace_settings.name
-    strip.filepath = take.path()
+    strip.filepath = path
     strip.stream_index = take.stream_index
     strip.colorspace_settings.name = colorspace
     strip.animation_offset_start = take.animation_start

@@ -86,3 +86,33 @@ def test_a_take_file_gone_before_placing_says_a_fix_the_panel_offers(
     take_file.write_bytes(kept)
     assert bpy.ops.sequencer.chamelaion_place_take(reference_id=ref) == {"FINISHED"}
     assert take_of(bpy.context.scene, ref) is not None and not row(ref)["problem"]
+
+
+def test_switching_to_a_take_whose_file_is_gone_is_refused_and_the_shot_stays(
+    fresh: Any, clip: Path, dub: Path
+) -> None:
+    movie, _ = shot(fresh, clip, dub)
+    ref = lipsync(fresh)
+    take_file = Path(bpy.path.abspath(sync_until(lambda: take_of(fresh, ref)).filepath))
+    assert bpy.ops.sequencer.chamelaion_switch_take(index=0) == {"FINISHED"}
+    take_file.unlink()
+    with pytest.raises(RuntimeError, match=f"The file of take {ref} is missing"):
+        bpy.ops.sequencer.chamelaion_switch_take(index=1)
+    assert Path(movie.filepath) == clip and "chamelaion_reference_id" not in movie
+    assert (movie.frame_final_start, movie.frame_final_end, shown_at(movie, 10)) == (10, 54, 6)
+
+
+def test_lip_sync_again_with_the_original_gone_says_so_and_keeps_the_take(
+    fresh: Any, clip: Path, dub: Path, tmp_path: Path
+) -> None:
+    footage = tmp_path / "shot.mp4"
+    footage.write_bytes(clip.read_bytes())
+    movie, _ = shot(fresh, footage, dub)
+    ref = lipsync(fresh)
+    take_file = Path(bpy.path.abspath(sync_until(lambda: take_of(fresh, ref)).filepath))
+    footage.unlink()
+    with pytest.raises(
+        RuntimeError, match=f"^Error: The file of strip 'shot' is missing \\({footage}\\)"
+    ):
+        bpy.ops.sequencer.chamelaion_lipsync()
+    assert Path(movie.filepath) == take_file and movie["chamelaion_reference_id"] == ref
