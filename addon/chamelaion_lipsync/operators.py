@@ -167,6 +167,10 @@ class SEQUENCER_OT_chamelaion_cancel(_JobOperator, bpy.types.Operator):
         if export_job is not None:
             export_job.task.cancel()
             return {"FINISHED"}
+        if self.reference_id in sync.memory.sending:
+            # The worker serves in order: this reaches the bridge after the job's create.
+            sync.worker().submit(Request("cancel", self.reference_id, tag=self.reference_id))
+            return {"FINISHED"}
         job = sync.memory.rows.get(self.reference_id)
         if job is None or job.get("state") in sync.FINAL_STATES:
             return {"CANCELLED"}

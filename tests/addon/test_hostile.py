@@ -18,8 +18,10 @@ from tests.addon.conftest import (
     sync_until,
     take_of,
 )
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.blender
+FINAL = ("completed", "failed", "canceled")
 
 
 def shown_at(strip: Any, frame: int) -> int:
@@ -116,3 +118,24 @@ def test_lip_sync_again_with_the_original_gone_says_so_and_keeps_the_take(
     ):
         bpy.ops.sequencer.chamelaion_lipsync()
     assert Path(movie.filepath) == take_file and movie["chamelaion_reference_id"] == ref
+
+
+def test_cancel_while_the_job_is_being_sent_cancels_it(
+    fresh: Any, clip: Path, dub: Path, emulator: Any
+) -> None:
+    sync = addon_module("sync")
+    shot(fresh, clip, dub)
+    emulator.state.config.processing_seconds = 3.0
+    try:
+        ref = lipsync(fresh)
+
+        def sending() -> bool:
+            sync.follow_exports([])  # the export finishes and its job goes to the bridge
+            return row(ref).get("state") == "sending"
+
+        wait_until(sending, timeout=60, message="the job on its way to the bridge")
+        assert bpy.ops.sequencer.chamelaion_cancel(reference_id=ref) == {"FINISHED"}
+        sync_until(lambda: row(ref).get("state") in FINAL, message="the job to end")
+    finally:
+        emulator.state.config.processing_seconds = 0.3
+    assert row(ref)["state"] == "canceled" and take_of(fresh, ref) is None
