@@ -15,6 +15,7 @@ from tests.addon.conftest import (
     lipsync,
     row,
     shot,
+    strips,
     sync_until,
     take_of,
 )
@@ -139,3 +140,34 @@ def test_cancel_while_the_job_is_being_sent_cancels_it(
     finally:
         emulator.state.config.processing_seconds = 0.3
     assert row(ref)["state"] == "canceled" and take_of(fresh, ref) is None
+
+
+def duplicate(scene: Any, strip: Any) -> Any:
+    """Shift+D on `strip`, as in the Sequencer (the copy carries its custom properties)."""
+    for other in strips(scene):
+        other.select = other == strip
+    area = bpy.context.window.screen.areas[-1]
+    area.type = "SEQUENCE_EDITOR"
+    region = next(r for r in area.regions if r.type == "WINDOW")
+    with bpy.context.temp_override(scene=scene, area=area, region=region):
+        assert bpy.ops.sequencer.duplicate() == {"FINISHED"}
+    return next(s for s in strips(scene) if s.select and s != strip)
+
+
+def test_a_duplicated_shot_gets_its_own_take_and_the_original_keeps_its_own(
+    fresh: Any, clip: Path, dub: Path
+) -> None:
+    movie, _ = shot(fresh, clip, dub)
+    first = lipsync(fresh)
+    sync_until(lambda: take_of(fresh, first), message="the original's take")
+    copy = duplicate(fresh, movie)  # the same shot used again later in the edit
+    copy.frame_start += 100
+    copy.channel = 1
+    sound = strips(fresh).new_sound("dub 2", str(dub), channel=3, frame_start=110)
+    for strip in strips(fresh):
+        strip.select = strip in (copy, sound)
+    fresh.sequence_editor.active_strip = copy
+    second = lipsync(fresh)
+    assert sync_until(lambda: take_of(fresh, second), message="the copy's take") == copy
+    assert movie["chamelaion_reference_id"] == first
+    assert (copy.frame_final_start, copy.frame_final_end, shown_at(copy, 110)) == (110, 154, 6)
