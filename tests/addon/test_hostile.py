@@ -171,3 +171,23 @@ def test_a_duplicated_shot_gets_its_own_take_and_the_original_keeps_its_own(
     assert sync_until(lambda: take_of(fresh, second), message="the copy's take") == copy
     assert movie["chamelaion_reference_id"] == first
     assert (copy.frame_final_start, copy.frame_final_end, shown_at(copy, 110)) == (110, 154, 6)
+
+
+def test_a_rendered_take_lands_with_its_grade_while_the_sequencer_shows_another_scene(
+    fresh: Any, clip: Path, dub: Path
+) -> None:
+    movie, _ = shot(fresh, clip, dub)
+    movie.use_reverse_frames = True  # rendered: the take strip copies the cover's modifiers
+    movie.modifiers.new("grade", "BRIGHT_CONTRAST").bright = 30
+    ref = lipsync(fresh)
+    other = bpy.data.scenes.new("Other")  # the editor turns to another scene meanwhile
+    other.sequence_editor_create()
+    strips(other).new_sound("music", str(dub), channel=1, frame_start=1).select = True
+    bpy.context.window.scene = other
+    if hasattr(bpy.context.workspace, "sequencer_scene"):
+        bpy.context.workspace.sequencer_scene = other
+    take = sync_until(lambda: take_of(fresh, ref), message="the take")
+    assert [m.bright for m in take.modifiers] == [30] and not row(ref)["problem"]
+    assert [len(s.modifiers) for s in strips(other)] == [0]
+    if hasattr(bpy.context.workspace, "sequencer_scene"):
+        assert bpy.context.workspace.sequencer_scene == other
