@@ -269,8 +269,10 @@ class SEQUENCER_OT_chamelaion_clear_finished(bpy.types.Operator):
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         sync.memory.local_errors.clear()
+        held = sync.held_references()  # a take no strip holds waits for Place Take: kept
         for job in sync.memory.rows.values():
-            if job.get("state") in sync.FINAL_STATES:
+            state = job.get("state")
+            if state in sync.FINAL_STATES and (state != "completed" or job["reference_id"] in held):
                 sync.worker().submit(Request("clear", job["id"], tag=job["reference_id"]))
         return {"FINISHED"}
 

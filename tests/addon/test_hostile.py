@@ -191,3 +191,20 @@ def test_a_rendered_take_lands_with_its_grade_while_the_sequencer_shows_another_
     assert [len(s.modifiers) for s in strips(other)] == [0]
     if hasattr(bpy.context.workspace, "sequencer_scene"):
         assert bpy.context.workspace.sequencer_scene == other
+
+
+def test_clear_finished_keeps_a_take_that_waits_for_place_take(
+    fresh: Any, clip: Path, dub: Path
+) -> None:
+    shot(fresh, clip, dub)
+    bpy.ops.ed.undo_push(message="the edit")
+    ref = lipsync(fresh)
+    sync_until(lambda: take_of(fresh, ref), message="the take")
+    bpy.ops.ed.undo()  # the placement is undone: the take waits for Place Take
+    assert bpy.ops.sequencer.chamelaion_clear_finished() == {"FINISHED"}
+    sync_until(lambda: not addon_module("sync").worker().busy("clear"), message="the clear")
+    bpy.ops.sequencer.chamelaion_sync()
+    assert row(ref)["state"] == "completed", "a take nobody placed stays on the list"
+    assert bpy.ops.sequencer.chamelaion_place_take(reference_id=ref) == {"FINISHED"}
+    assert bpy.ops.sequencer.chamelaion_clear_finished() == {"FINISHED"}
+    sync_until(lambda: not row(ref), message="the placed take's row to go")
