@@ -83,9 +83,18 @@ def fcurves(owner: Any) -> list[Any]:
 
 @contextlib.contextmanager
 def scene_override(context: Any, scene: Any) -> Iterator[None]:
-    """Run operators against `scene` whatever the window shows."""
-    with context.temp_override(scene=scene):
-        yield
+    """Run operators against `scene` whatever the window shows; 5.0's sequencer operators act
+    on the workspace's sequencer scene, so that is `scene` meanwhile too."""
+    workspace = getattr(context, "workspace", None)
+    shown = getattr(workspace, "sequencer_scene", None)
+    if shown is not None and shown != scene:
+        workspace.sequencer_scene = scene
+    try:
+        with context.temp_override(scene=scene):
+            yield
+    finally:
+        if shown is not None and shown != scene:
+            workspace.sequencer_scene = shown
 
 
 def scene_fps(scene: Any) -> float:

@@ -57,6 +57,15 @@ def tag_of(strip: Any) -> str:
     return strip[TAG]
 
 
+def own_tag(editor: Any, strip: Any) -> str:
+    """tag_of, made new when another strip carries the same one (a duplicate copies custom
+    properties): a job names one strip, the one it was made for."""
+    tag = tag_of(strip)
+    if any(other.get(TAG) == tag and other != strip for other in compat.all_strips(editor)):
+        strip[TAG] = tag = uuid.uuid4().hex
+    return tag
+
+
 def export_folder(reference_id: str) -> Path:
     """`//chamelaion/` beside the saved .blend, else a temporary folder."""
     if bpy.data.filepath:
@@ -221,9 +230,9 @@ def plan(context: Any, scene: Any, strip: Any, reference_id: str) -> ExportPlan:
     common = {
         "reference_id": reference_id,
         "scene": scene.name,
-        "source_tag": tag_of(strip),
+        "source_tag": own_tag(editor, strip),
         "source_name": strip.name,
-        "cover_tag": tag_of(cover),
+        "cover_tag": own_tag(editor, cover),
         "cover_channel": cover.channel,
         "start": start,
         "end": end,

@@ -108,11 +108,12 @@ class SEQUENCER_OT_chamelaion_lipsync(bpy.types.Operator):
                     f"Reference ID '{reference_id}' is already used in this file; "
                     "clear the field or pick another."
                 )
-            plan = export.plan(context, scene, strip, reference_id)
+            with takes.original_shown(scene.sequence_editor, strip):
+                plan = export.plan(context, scene, strip, reference_id)
             cover = takes.find_tagged(scene.sequence_editor, plan.cover_tag)
             body = request_body(plan, options, strip, cover)
             task = ExportTask.start(context, plan)
-        except (export.ExportError, InputError) as exc:
+        except (export.ExportError, InputError, PlacementProblem) as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
         sync.start_job(reference_id, task, body)
@@ -165,6 +166,10 @@ class SEQUENCER_OT_chamelaion_cancel(_JobOperator, bpy.types.Operator):
         export_job = sync.memory.exports.get(self.reference_id)
         if export_job is not None:
             export_job.task.cancel()
+            return {"FINISHED"}
+        if self.reference_id in sync.memory.sending:
+            # The worker serves in order: this reaches the bridge after the job's create.
+            sync.worker().submit(Request("cancel", self.reference_id, tag=self.reference_id))
             return {"FINISHED"}
         job = sync.memory.rows.get(self.reference_id)
         if job is None or job.get("state") in sync.FINAL_STATES:
@@ -264,8 +269,10 @@ class SEQUENCER_OT_chamelaion_clear_finished(bpy.types.Operator):
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         sync.memory.local_errors.clear()
+        held = sync.held_references()  # a take no strip holds waits for Place Take: kept
         for job in sync.memory.rows.values():
-            if job.get("state") in sync.FINAL_STATES:
+            state = job.get("state")
+            if state in sync.FINAL_STATES and (state != "completed" or job["reference_id"] in held):
                 sync.worker().submit(Request("clear", job["id"], tag=job["reference_id"]))
         return {"FINISHED"}
 

@@ -35,7 +35,8 @@ def place(job: dict[str, Any]) -> tuple[Any, str]:
     name = client.get("name", "?")
     if not output.is_file():
         raise PlacementProblem(
-            f"The take file {output} is missing; click Retry to fetch the result again."
+            f"The take file {output} is missing; put it back and click Place Take, or run "
+            "Lip Sync again (a finished job cannot fetch its result twice)."
         )
     overlay = client.get("placement") == "overlay"
     tag = client["cover"] if overlay else client["source"]
@@ -51,6 +52,7 @@ def place(job: dict[str, Any]) -> tuple[Any, str]:
     length = int(client["end"]) - int(client["start"])
     take = Take(
         filepath=strip_path(output),
+        absolute=str(output),
         first=int(client["first"]),
         length=length,
         reference_id=job["reference_id"],

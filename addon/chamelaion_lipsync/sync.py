@@ -210,9 +210,7 @@ def place_finished(news: News, budget: float) -> None:
     if not done:
         return
     deadline = time.perf_counter() + budget
-    held = set().union(
-        *(takes.references_in(s.sequence_editor) for s in bpy.data.scenes if s.sequence_editor)
-    )
+    held = held_references()
     for job in done:
         ref = job["reference_id"]
         memory.placed.add(ref)
@@ -221,6 +219,13 @@ def place_finished(news: News, budget: float) -> None:
         place(job, news)
         if time.perf_counter() > deadline:
             break
+
+
+def held_references() -> set[str]:
+    """Every take some strip of this file holds, in any scene."""
+    return set().union(
+        *(takes.references_in(s.sequence_editor) for s in bpy.data.scenes if s.sequence_editor)
+    )
 
 
 def place(job: dict[str, Any], news: News) -> bool:

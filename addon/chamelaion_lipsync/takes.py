@@ -8,7 +8,10 @@ strip's look copied; the covered strip is muted while a take shows.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -50,6 +53,14 @@ class Take:
     animation_start: int = 0
     animation_end: int = 0
     stream_index: int = 0
+    absolute: str = ""  # `filepath` resolved when recorded: a Save As elsewhere strands "//"
+
+    def path(self) -> str:
+        """As recorded while it finds the file (a relative path follows a moved project), else
+        the absolute one (Blender remaps the strip's own path on Save As, not this record)."""
+        if self.absolute and not os.path.isfile(bpy.path.abspath(self.filepath)):
+            return self.absolute
+        return self.filepath
 
 
 def takes_of(strip: Any) -> list[Take]:
@@ -138,11 +149,19 @@ def _origin(editor: Any, strip: Any, takes: list[Take]) -> int:
 
 
 def _show_file(strip: Any, take: Take, origin: int) -> None:
-    """Make `strip` show `take` with every original frame at its place and the same handles."""
+    """Make `strip` show `take` with every original frame at its place and the same handles;
+    a file that is gone is refused before anything changes (Blender would show black)."""
+    path = take.path()
+    if not os.path.isfile(bpy.path.abspath(path)):
+        what = f"take {take.reference_id}" if take.reference_id else f"strip '{strip.name}'"
+        raise PlacementProblem(
+            f"The file of {what} is missing ({bpy.path.abspath(path)}); put it back, or show "
+            "another take."
+        )
     start, end = strip.frame_final_start, strip.frame_final_end
-    if strip.filepath != take.filepath:  # each assignment reopens the movie: only if new
+    if strip.filepath != path:  # each assignment reopens the movie: only if new
         colorspace = strip.colorspace_settings.name
-        strip.filepath = take.filepath
+        strip.filepath = path
         strip.colorspace_settings.name = colorspace
     strip.stream_index = take.stream_index
     strip.animation_offset_start = take.animation_start
@@ -167,6 +186,21 @@ def switch(editor: Any, strip: Any, index: int) -> None:
     else:
         _show_file(strip, takes[index], origin)
     _save(strip, takes, index)
+
+
+@contextlib.contextmanager
+def original_shown(editor: Any, strip: Any) -> Iterator[None]:
+    """While inside, a strip that switched its file to a take shows its original again: Lip
+    Sync on it sends the source footage (not a re-encoded take) over all it shows, and the new
+    take counts its frames from the original like every other take."""
+    index = 0 if strip.get(COVER) else active_index(strip)
+    if index:
+        switch(editor, strip, 0)
+    try:
+        yield
+    finally:
+        if index:
+            switch(editor, strip, index)
 
 
 def uncovered(editor: Any, strip: Any, take: Take) -> str:
@@ -198,6 +232,7 @@ def add_to_source(editor: Any, source: Any, take: Take) -> str:
         takes = [
             Take(
                 filepath=source.filepath,
+                absolute=os.path.normpath(bpy.path.abspath(source.filepath)),
                 first=0,
                 length=int(source.frame_duration),
                 animation_start=int(source.animation_offset_start),
