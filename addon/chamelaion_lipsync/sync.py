@@ -8,7 +8,9 @@ from the bridge, so undo, redo and reopening never lose a job.
 
 from __future__ import annotations
 
+import contextlib
 import time
+import traceback
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -286,21 +288,35 @@ def redraw() -> None:
 
 
 def timer() -> float:
-    """bpy.app.timers callback: the same pass as the operator, more often while busy; its
-    failures reach the status bar through a report of their own."""
-    for level, sentence in tick():
-        report(level, sentence)
+    """bpy.app.timers callback: the same pass as the operator, more often while busy. It runs
+    in a window's context, as a click would (placing a take runs operators), and its failures
+    reach the status bar through a report of their own."""
+    try:
+        with in_window():
+            for level, sentence in tick():
+                report(level, sentence)
+    except Exception:  # noqa: BLE001 - Blender drops a timer that raises: keep it alive
+        traceback.print_exc()
     return POLL_ACTIVE if busy() else POLL_IDLE
 
 
 def report(level: str, sentence: str) -> None:
-    """Show a sentence in Blender's status bar and Info log (a timer has no operator)."""
+    """Into the status bar and the Info log, through an operator (a timer has none)."""
+    # bpy.ops raises on an ERROR report once it has shown it: showing it was the point.
+    with contextlib.suppress(RuntimeError):
+        bpy.ops.sequencer.chamelaion_report(level=level, message=sentence)
+
+
+@contextlib.contextmanager
+def in_window() -> Iterator[None]:
+    """The first window's context when there is one (a timer has none of its own)."""
     wm = bpy.context.window_manager
     window = wm.windows[0] if wm and wm.windows else None
     if window is None:
+        yield
         return
     with bpy.context.temp_override(window=window):
-        bpy.ops.sequencer.chamelaion_report(level=level, message=sentence)
+        yield
 
 
 @bpy.app.handlers.persistent

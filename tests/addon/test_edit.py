@@ -19,6 +19,7 @@ from tests.addon.conftest import (
     sync_until,
     take_of,
 )
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.blender
 
@@ -109,4 +110,30 @@ def test_a_strip_name_with_umlauts_gives_a_readable_reference_id(
     movie.name = "Ärger"
     assert bpy.ops.sequencer.chamelaion_lipsync() == {"FINISHED"}
     sync = addon_module("sync")
-    assert any("Aerger" in ref for ref in sync.known_references())
+    made = [ref for ref in sync.memory.exports if "-Aerger-" in ref]
+    assert made, sync.known_references()
+    sync.memory.exports.pop(made[0]).task.cancel()  # the name was the point, not the take
+
+
+def test_the_timer_reports_failures_and_outlives_an_exception(
+    fresh: Any, clip: Path, dub: Path, emulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sync = addon_module("sync")
+    emulator.state.fail_next(1, "video URL is not accessible")
+    shot(fresh, clip, dub)
+    ref = lipsync(fresh)
+    shown: list[tuple[str, str]] = []
+    monkeypatch.setattr(sync, "report", lambda level, sentence: shown.append((level, sentence)))
+    wait_until(lambda: sync.timer() and row(ref).get("state") == "failed", message="the failure")
+    assert any(
+        level == "ERROR"
+        and sentence.startswith(f"Lip sync {ref} failed: ")
+        and "video URL is not accessible" in sentence
+        for level, sentence in shown
+    )
+
+    def broken(*_args: Any) -> Any:
+        raise ValueError("a bug in one pass")
+
+    monkeypatch.setattr(sync, "tick", broken)
+    assert sync.timer() in (sync.POLL_ACTIVE, sync.POLL_IDLE)  # Blender keeps calling it
