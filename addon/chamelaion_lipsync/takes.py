@@ -284,7 +284,14 @@ def _new_take_strip(scene: Any, cover: Any, take: Take, name: str) -> Any:
     strip[COVER] = cover[TAG]
     strip.frame_offset_start = low - strip.frame_start
     strip.frame_offset_end = strip.frame_start + strip.frame_duration - high
-    _copy_look(scene, cover, strip)
+    try:
+        _copy_look(scene, cover, strip)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        siblings.remove(strip)  # no half-made take strip left to block the next try
+        raise PlacementProblem(
+            f"The take of '{cover.name}' could not take on its look ({exc}); click Place Take "
+            "to try again."
+        ) from None
     return strip
 
 

@@ -197,3 +197,35 @@ def test_a_take_without_room_is_explained_and_placed_later(
     assert bpy.ops.sequencer.chamelaion_place_take(reference_id="late-1") == {"FINISHED"}
     assert addon_module("takes").showing(fresh.sequence_editor, "late-1").channel == 2
     del sync.memory.rows["late-1"]
+
+
+def test_a_take_whose_look_cannot_be_copied_leaves_nothing_half_made(
+    fresh: Any, clip: Path, dub: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    movie, _ = shot(fresh, clip, dub, start=10, offset=6, tail=10)
+    movie.modifiers.new("grade", "BRIGHT_CONTRAST")
+    tag = addon_module("export").tag_of(movie)
+    job = finished_job(
+        fresh,
+        movie,
+        tmp_path / "r.mp4",
+        "look-1",
+        placement="overlay",
+        cover=tag,
+        cover_name=movie.name,
+        first=0,
+    )
+    media.make_test_video(Path(job["output_path"]), 44, FPS, (128, 64))
+    takes = addon_module("takes")
+
+    def refused(*_args: Any) -> None:
+        raise RuntimeError("Operator bpy.ops.sequencer.strip_modifier_copy.poll() failed")
+
+    before = layout(fresh)
+    monkeypatch.setattr(takes, "_copy_modifiers", refused)
+    with pytest.raises(takes.PlacementProblem, match="could not take on its look"):
+        addon_module("placement").place(job)
+    assert layout(fresh) == before  # no take strip left over channel 2
+    monkeypatch.undo()
+    strip, _ = addon_module("placement").place(job)
+    assert strip.channel == 2 and [m.name for m in strip.modifiers] == ["grade"]
