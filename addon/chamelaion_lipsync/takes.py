@@ -23,6 +23,7 @@ from .export import TAG
 TAKES = "chamelaion_takes"  # JSON list of Take on the strip that shows takes
 ACTIVE = "chamelaion_take"  # the index shown; 0 is the original (or, on a take strip, the cover)
 COVER = "chamelaion_cover"  # on a take strip: the tag of the strip it covers
+HIDDEN = "chamelaion_hidden"  # on a cover: muted because its take strip shows a take
 REFERENCE = "chamelaion_reference_id"
 REQUEST = "chamelaion_request_id"
 MAX_CHANNEL = 128
@@ -138,14 +139,19 @@ def _origin(editor: Any, strip: Any, takes: list[Take]) -> int:
     take strip it is the first visible frame of the strip it covers.
     """
     if strip.get(COVER):
-        cover = find_tagged(editor, strip[COVER])
-        if cover is None:
-            raise PlacementProblem(
-                f"The strip that take strip '{strip.name}' covered is gone; delete the take strip."
-            )
-        return int(cover.frame_final_start)
+        return int(cover_of(editor, strip).frame_final_start)
     shown = takes[active_index(strip)]
     return int(strip.frame_start) - int(strip.animation_offset_start) - shown.first
+
+
+def cover_of(editor: Any, strip: Any) -> Any:
+    """The strip a take strip covers; a sentence when the editor deleted it."""
+    cover = find_tagged(editor, strip[COVER])
+    if cover is None:
+        raise PlacementProblem(
+            f"The strip that take strip '{strip.name}' covered is gone; delete the take strip."
+        )
+    return cover
 
 
 def _show_file(strip: Any, take: Take, origin: int) -> None:
@@ -182,10 +188,19 @@ def switch(editor: Any, strip: Any, index: int) -> None:
         if index > 0:
             _show_file(strip, takes[index], origin)
         strip.mute = index == 0
-        find_tagged(editor, strip[COVER]).mute = index > 0
+        cover = cover_of(editor, strip)
+        cover.mute = cover[HIDDEN] = index > 0
     else:
         _show_file(strip, takes[index], origin)
     _save(strip, takes, index)
+
+
+def show_orphaned_covers(editor: Any) -> None:
+    """A cover muted for a take strip the editor deleted shows again (else its shot would
+    vanish from the render); the take waits for Place Take."""
+    for strip in compat.all_strips(editor):
+        if strip.get(HIDDEN) and take_strip_over(editor, strip.get(TAG, "")) is None:
+            strip.mute = strip[HIDDEN] = False
 
 
 @contextlib.contextmanager
