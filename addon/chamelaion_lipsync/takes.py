@@ -154,6 +154,12 @@ def cover_of(editor: Any, strip: Any) -> Any:
     return cover
 
 
+def original_of(editor: Any, strip: Any) -> Any:
+    """The strip Lip Sync runs on: a take strip stands for the strip it covers, so its own
+    picture is synced again, never a take."""
+    return cover_of(editor, strip) if strip.get(COVER) else strip
+
+
 def _show_file(strip: Any, take: Take, origin: int) -> None:
     """Make `strip` show `take` with every original frame at its place and the same handles;
     a file that is gone is refused before anything changes (Blender would show black)."""
