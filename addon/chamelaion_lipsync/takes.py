@@ -179,9 +179,53 @@ def _show_file(strip: Any, take: Take, origin: int) -> None:
     strip.animation_offset_start = take.animation_start
     strip.animation_offset_end = take.animation_end
     content_start = origin + take.first + take.animation_start
-    strip.frame_start = content_start
-    strip.frame_offset_start = start - content_start
-    strip.frame_offset_end = content_start + strip.frame_duration - end
+    _move_content(strip, content_start)
+    # The handle setters (not frame_offset_*) also bring the effects fed by it along.
+    if start >= strip.frame_final_end:
+        strip.frame_final_end = end
+    strip.frame_final_start, strip.frame_final_end = start, end
+
+
+def _move_content(strip: Any, content_start: int) -> None:
+    """Slide the strip's content to start at `content_start`, as Blender's Slip does: setting
+    frame_start would drag the strip's keyframes and every effect fed by it along."""
+    while (delta := int(content_start - strip.frame_start)) != 0:
+        length = int(strip.frame_duration)
+        step = max(-(length - 1), min(length - 1, delta))
+        # Slip keeps the handles inside the content: first narrow them to one frame that the
+        # content covers before and after the step; the caller sets the real ones afterwards.
+        frame = int(strip.frame_start) + max(step, 0)
+        strip.frame_offset_start = frame - strip.frame_start
+        strip.frame_offset_end = strip.frame_start + length - frame - 1
+        with only_selected(strip):
+            bpy.ops.sequencer.slip(offset=step, slip_keyframes=False)
+        if int(content_start - strip.frame_start) == delta:  # Slip could not reach it
+            strip.frame_start = content_start
+            return
+
+
+@contextlib.contextmanager
+def only_selected(*chosen: Any) -> Iterator[None]:
+    """`chosen` selected (the first active) for an operator on the strip's scene; the
+    editor's selection is restored afterwards."""
+    scene = chosen[0].id_data
+    editor = scene.sequence_editor
+    selected = [s for s in compat.all_strips(editor) if s.select]
+    active = editor.active_strip
+    try:
+        for strip in selected:
+            strip.select = False
+        for strip in chosen:
+            strip.select = True
+        editor.active_strip = chosen[0]
+        with compat.scene_override(bpy.context, scene):
+            yield
+    finally:
+        for strip in chosen:
+            strip.select = False
+        for strip in selected:
+            strip.select = True
+        editor.active_strip = active
 
 
 def switch(editor: Any, strip: Any, index: int) -> None:
@@ -334,24 +378,10 @@ def _copy_look(scene: Any, source: Any, target: Any) -> None:
             if not prop.is_readonly and prop.identifier != "rna_type":
                 setattr(copy_to, prop.identifier, getattr(copy_from, prop.identifier))
     if len(source.modifiers):
-        _copy_modifiers(scene, source, target)
+        _copy_modifiers(source, target)
 
 
-def _copy_modifiers(scene: Any, source: Any, target: Any) -> None:
-    """Blender's own modifier copy (it knows every modifier's curves and wheels); the
-    selection it needs is restored afterwards."""
-    editor = scene.sequence_editor
-    selected = [s for s in compat.all_strips(editor) if s.select]
-    active = editor.active_strip
-    try:
-        for strip in selected:
-            strip.select = False
-        source.select = target.select = True
-        editor.active_strip = source
-        with compat.scene_override(bpy.context, scene):
-            bpy.ops.sequencer.strip_modifier_copy(type="REPLACE")
-    finally:
-        source.select = target.select = False
-        for strip in selected:
-            strip.select = True
-        editor.active_strip = active
+def _copy_modifiers(source: Any, target: Any) -> None:
+    """Blender's own modifier copy (it knows every modifier's curves and wheels)."""
+    with only_selected(source, target):
+        bpy.ops.sequencer.strip_modifier_copy(type="REPLACE")

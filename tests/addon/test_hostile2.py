@@ -9,7 +9,9 @@ from typing import Any
 import bpy
 import pytest
 
+from tests.addon import edits, frames
 from tests.addon.conftest import (
+    FPS,
     addon_module,
     lipsync,
     row,
@@ -18,8 +20,11 @@ from tests.addon.conftest import (
     sync_until,
     take_of,
 )
+from tests.addon.edits import HEIGHT, SHOT, WIDTH, Edit, Media, add_effect, over
+from tests.addon.test_dropin import media as footage
 
 pytestmark = pytest.mark.blender
+media = footage  # the drop-in suite's footage fixture, for the edits below
 
 
 def rendered_shot(scene: Any, clip: Path, dub: Path) -> Any:
@@ -63,3 +68,81 @@ def test_lip_sync_on_a_take_strip_syncs_the_shot_again_as_its_next_take(
     assert sync_until(lambda: take_of(fresh, second), message="take 2") == take
     assert [t.reference_id for t in addon_module("takes").takes_of(take)] == ["", first, second]
     assert strips(fresh)["shot"].mute and not take.mute
+
+
+def fade(strip: Any, start: int, end: int) -> None:
+    """Keyframe the strip's opacity from 1 at `start` to 0.2 at `end`, as an editor fades."""
+    strip.blend_alpha = 1.0
+    strip.keyframe_insert("blend_alpha", frame=start)
+    strip.blend_alpha = 0.2
+    strip.keyframe_insert("blend_alpha", frame=end)
+
+
+def held_with_animation_offsets(scene: Any, media: Media) -> Edit:
+    movie, sound = shot(scene, media.clip, media.dub, start=10, offset=0, tail=0)
+    movie.animation_offset_start, movie.animation_offset_end = 4, 6
+    movie.frame_offset_start, movie.frame_offset_end = -5, -7  # holds at both ends
+    sound.frame_start = movie.frame_final_start
+    return Edit(movie, (6, 12, 30, 55, 60))
+
+
+def fading_under_a_blur(scene: Any, media: Media) -> Edit:
+    movie, _ = shot(scene, media.clip, media.dub)
+    blur = add_effect(scene, "blur", "GAUSSIAN_BLUR", 2, over(movie), input1=movie)
+    blur.size_x = blur.size_y = 12
+    fade(movie, 20, 50)
+    return Edit(movie, SHOT)
+
+
+def second_scene_as_a_scene_strip(scene: Any, media: Media) -> Edit:
+    inner = bpy.data.scenes.new("cut")
+    inner.render.fps, inner.render.fps_base = FPS, 1.0
+    inner.render.resolution_x, inner.render.resolution_y = WIDTH, HEIGHT
+    inner.sequence_editor_create()
+    strips(inner).new_movie("inner shot", str(media.clip), channel=1, frame_start=1)
+    inner.frame_start, inner.frame_end = 1, 60
+    strip = strips(scene).new_scene("cut", inner, channel=1, frame_start=4)
+    strip.scene_input = "SEQUENCER"
+    strip.frame_offset_start, strip.frame_offset_end = 6, 10
+    strips(scene).new_sound("dub", str(media.dub), channel=3, frame_start=10)
+    return Edit(strip, SHOT)
+
+
+DROP_INS = {
+    "held-with-animation-offsets": held_with_animation_offsets,
+    "fading-under-a-blur": fading_under_a_blur,
+    "second-scene-as-a-scene-strip": second_scene_as_a_scene_strip,
+}
+
+
+@pytest.mark.parametrize("name", list(DROP_INS))
+def test_more_edits_render_the_same_with_the_take(
+    name: str, fresh: Any, media: Media, tmp_path: Path
+) -> None:
+    edits.prepare(fresh)
+    made = DROP_INS[name](fresh, media)
+    for strip in strips(fresh):
+        strip.select = strip == made.picture or strip.type == "SOUND"
+    fresh.sequence_editor.active_strip = made.picture
+    before = frames.capture(fresh, frames.neighbourhood(made.frames), tmp_path / "before")
+    assert frames.moves(before, made.frames), f"edit {name} shows no moving picture"
+    ref = lipsync(fresh)
+    sync_until(lambda: take_of(fresh, ref), message="the take")
+    after = frames.capture(fresh, made.frames, tmp_path / "after")
+    matches = [frames.match(f, after[f], before) for f in made.frames]
+    assert all(m.ok for m in matches), "\n".join(map(str, matches))
+
+
+def test_switching_takes_leaves_the_shots_fade_and_effects_where_they_were(
+    fresh: Any, clip: Path, dub: Path
+) -> None:
+    movie, _ = shot(fresh, clip, dub)  # its first visible frame shows file frame 6
+    blur = add_effect(fresh, "blur", "GAUSSIAN_BLUR", 2, (10, 54), input1=movie)
+    fade(movie, 20, 50)
+    ref = lipsync(fresh)
+    sync_until(lambda: take_of(fresh, ref), message="the take")
+    keys = addon_module("compat").fcurves(fresh)[0].keyframe_points
+    for index in (0, 1, 0):  # the original, the take, the original
+        assert (blur.frame_final_start, blur.frame_final_end) == (10, 54)
+        assert [k.co.x for k in keys] == [20, 50]
+        assert bpy.ops.sequencer.chamelaion_switch_take("EXEC_DEFAULT", True, index=index)
