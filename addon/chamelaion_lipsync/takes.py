@@ -36,6 +36,19 @@ LOOK = (
     "use_flip_x",
     "use_flip_y",
 )
+# A keyframe's settings, the handle types before the handles they would recompute.
+KEY_SETTINGS = (
+    "interpolation",
+    "easing",
+    "back",
+    "amplitude",
+    "period",
+    "handle_left_type",
+    "handle_right_type",
+    "co",
+    "handle_left",
+    "handle_right",
+)
 
 
 class PlacementProblem(Exception):
@@ -351,7 +364,7 @@ def _new_take_strip(scene: Any, cover: Any, take: Take, name: str) -> Any:
     strip.frame_offset_end = strip.frame_start + strip.frame_duration - high
     try:
         _copy_look(scene, cover, strip)
-    except (RuntimeError, TypeError, AttributeError) as exc:
+    except (RuntimeError, TypeError, AttributeError, ValueError) as exc:
         siblings.remove(strip)  # no half-made take strip left to block the next try
         raise PlacementProblem(
             f"The take of '{cover.name}' could not take on its look ({exc}); click Place Take "
@@ -379,6 +392,30 @@ def _copy_look(scene: Any, source: Any, target: Any) -> None:
                 setattr(copy_to, prop.identifier, getattr(copy_from, prop.identifier))
     if len(source.modifiers):
         _copy_modifiers(source, target)
+    for setting, curve in compat.strip_curves(scene, source):
+        if setting in LOOK or setting.startswith(compat.LOOK_GROUPS):
+            _copy_curve(scene, curve, target, setting)
+
+
+def _copy_curve(scene: Any, curve: Any, target: Any, setting: str) -> None:
+    """Animate `setting` of `target` as `curve` does (a fade, a push-in): the take strip sits
+    at the cover's frames, so every key keeps its frame."""
+    points = curve.keyframe_points
+    group, _, name = setting.rpartition(".")  # keyframe_insert takes no nested path
+    owner = target.path_resolve(group) if group else target
+    index = curve.array_index if hasattr(getattr(owner, name), "__len__") else -1
+    owner.keyframe_insert(name, index=index, frame=points[0].co.x)
+    copy = next(
+        c
+        for s, c in compat.strip_curves(scene, target)
+        if s == setting and c.array_index == curve.array_index
+    )
+    copy.keyframe_points.add(len(points) - len(copy.keyframe_points))
+    for source, point in zip(points, copy.keyframe_points, strict=True):
+        for name in KEY_SETTINGS:
+            setattr(point, name, getattr(source, name))
+    copy.extrapolation = curve.extrapolation
+    copy.update()
 
 
 def _copy_modifiers(source: Any, target: Any) -> None:

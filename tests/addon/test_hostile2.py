@@ -108,7 +108,28 @@ def second_scene_as_a_scene_strip(scene: Any, media: Media) -> Edit:
     return Edit(strip, SHOT)
 
 
+def fading_meta(scene: Any, media: Media) -> Edit:
+    made = edits.meta(scene, media)
+    fade(made.picture, 20, 50)
+    return made
+
+
+def fading_image_sequence_over_colour(scene: Any, media: Media) -> Edit:
+    made = edits.image_sequence(scene, media)
+    strips(scene)["dub"].channel = 5
+    made.picture.channel = 2
+    add_effect(scene, "backdrop", "COLOR", 1, (1, 80)).color = (0.3, 0.1, 0.1)
+    fade(made.picture, 20, 50)
+    made.picture.transform.offset_x = 0
+    made.picture.transform.keyframe_insert("offset_x", frame=10)
+    made.picture.transform.offset_x = 40
+    made.picture.transform.keyframe_insert("offset_x", frame=53)
+    return made
+
+
 DROP_INS = {
+    "fading-meta": fading_meta,
+    "fading-sliding-image-sequence-over-colour": fading_image_sequence_over_colour,
     "held-with-animation-offsets": held_with_animation_offsets,
     "fading-under-a-blur": fading_under_a_blur,
     "second-scene-as-a-scene-strip": second_scene_as_a_scene_strip,
