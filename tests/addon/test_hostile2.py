@@ -3,14 +3,20 @@ project reopened elsewhere, the bridge down."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
 import bpy
 import pytest
 
+from bridge import discovery
 from tests.addon import edits, frames
 from tests.addon.conftest import (
+    ADDON,
     FPS,
     addon_module,
     lipsync,
@@ -22,6 +28,7 @@ from tests.addon.conftest import (
 )
 from tests.addon.edits import HEIGHT, SHOT, WIDTH, Edit, Media, add_effect, over
 from tests.addon.test_dropin import media as footage
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.blender
 media = footage  # the drop-in suite's footage fixture, for the edits below
@@ -167,3 +174,85 @@ def test_switching_takes_leaves_the_shots_fade_and_effects_where_they_were(
         assert (blur.frame_final_start, blur.frame_final_end) == (10, 54)
         assert [k.co.x for k in keys] == [20, 50]
         assert bpy.ops.sequencer.chamelaion_switch_take("EXEC_DEFAULT", True, index=index)
+
+
+def test_a_second_rendered_take_and_the_original_switch_as_undo_steps(
+    fresh: Any, clip: Path, dub: Path
+) -> None:
+    rendered_shot(fresh, clip, dub)
+    first = lipsync(fresh)
+    take = sync_until(lambda: take_of(scene_now(), first), message="take 1")
+    fresh.sequence_editor.active_strip = strips(fresh)["shot"]
+    second = lipsync(fresh)
+    assert sync_until(lambda: take_of(fresh, second), message="take 2") == take
+    assert strips(fresh)["shot"].mute and not take.mute
+    assert bpy.ops.sequencer.chamelaion_switch_take("EXEC_DEFAULT", True, index=0) == {"FINISHED"}
+    assert not strips(fresh)["shot"].mute and strips(fresh)[take.name].mute
+    bpy.ops.ed.undo()
+    shown = take_of(scene_now(), second)
+    assert strips(scene_now())["shot"].mute and shown is not None and not shown.mute
+    bpy.ops.ed.redo()
+    assert not strips(scene_now())["shot"].mute and take_of(scene_now(), second) is None
+
+
+def test_a_take_strip_whose_shot_was_deleted_says_so(fresh: Any, clip: Path, dub: Path) -> None:
+    rendered_shot(fresh, clip, dub)
+    ref = lipsync(fresh)
+    take = sync_until(lambda: take_of(scene_now(), ref), message="the take")
+    strips(fresh).remove(strips(fresh)["shot"])
+    fresh.sequence_editor.active_strip = take
+    with pytest.raises(RuntimeError, match="covered is gone; delete the take strip"):
+        bpy.ops.sequencer.chamelaion_switch_take("EXEC_DEFAULT", True, index=0)
+    with pytest.raises(RuntimeError, match="covered is gone; delete the take strip"):
+        bpy.ops.sequencer.chamelaion_lipsync()
+
+
+def test_a_project_saved_closed_and_moved_keeps_switching_and_clearing(
+    fresh: Any, clip: Path, dub: Path, tmp_path: Path
+) -> None:
+    project = tmp_path / "project"
+    (project / "media").mkdir(parents=True)
+    shutil.copy(clip, project / "media" / "shot.mp4")
+    bpy.ops.wm.save_as_mainfile(filepath=str(project / "edit.blend"))
+    movie, _ = shot(scene_now(), project / "media" / "shot.mp4", dub)
+    movie.filepath = "//media/shot.mp4"
+    ref = lipsync(scene_now())
+    sync_until(lambda: take_of(scene_now(), ref), message="the take")
+    bpy.ops.wm.save_mainfile()
+    bpy.ops.wm.read_homefile(use_empty=True)  # closed ...
+    moved = shutil.move(str(project), str(tmp_path / "moved"))  # ... and moved with its folder
+    bpy.ops.wm.open_mainfile(filepath=str(Path(moved) / "edit.blend"))
+    scene = scene_now()
+    if hasattr(bpy.context.workspace, "sequencer_scene"):
+        bpy.context.workspace.sequencer_scene = scene
+    movie = scene.sequence_editor.active_strip = strips(scene)["shot"]
+    assert bpy.ops.sequencer.chamelaion_switch_take("EXEC_DEFAULT", True, index=0) == {"FINISHED"}
+    assert Path(bpy.path.abspath(movie.filepath)) == Path(moved) / "media" / "shot.mp4"
+    assert bpy.ops.sequencer.chamelaion_switch_take("EXEC_DEFAULT", True, index=1) == {"FINISHED"}
+    assert Path(bpy.path.abspath(movie.filepath)).parent == Path(moved) / "chamelaion"
+    sync_until(lambda: row(ref).get("state") == "completed", message="the job after reopening")
+    assert bpy.ops.sequencer.chamelaion_clear_finished() == {"FINISHED"}
+    sync_until(lambda: not row(ref), message="the row to go")
+
+
+def test_lip_sync_with_the_bridge_down_is_retried_once_auto_start_is_on(
+    fresh: Any, clip: Path, dub: Path, tmp_path: Path
+) -> None:
+    prefs = bpy.context.preferences.addons[ADDON].preferences
+    data_dir, folder = prefs.data_dir, tmp_path / "no-bridge-yet"
+    prefs.data_dir, prefs.auto_start = str(folder), False
+    sync = addon_module("sync")
+    try:
+        shot(fresh, clip, dub)
+        ref = lipsync(fresh)
+        wait_until(lambda: sync.tick() is not None and row(ref).get("state") == "failed")
+        assert "turn on 'Start the bridge when needed'" in row(ref)["error"]
+        prefs.auto_start = True
+        assert bpy.ops.sequencer.chamelaion_retry(reference_id=ref) == {"FINISHED"}
+        wait_until(lambda: sync.tick() is not None and take_of(scene_now(), ref), timeout=60)
+    finally:
+        prefs.data_dir, prefs.auto_start = data_dir, True
+        started = discovery.read_discovery(folder)
+        if started:  # the bridge this test started, by its pid
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(started["pid"], signal.SIGTERM)
