@@ -134,7 +134,20 @@ def fading_image_sequence_over_colour(scene: Any, media: Media) -> Edit:
     return made
 
 
+def half_size_meta_over_a_backdrop(scene: Any, media: Media) -> Edit:
+    movie, _ = shot(scene, media.clip, media.dub)
+    movie.channel = 2
+    movie.transform.scale_x = movie.transform.scale_y = 0.5
+    for strip in strips(scene):
+        strip.select = strip == movie
+    assert bpy.ops.sequencer.meta_make() == {"FINISHED"}
+    add_effect(scene, "backdrop", "COLOR", 1, (1, 80)).color = (0.2, 0.5, 0.2)
+    strips(scene)["dub"].channel = 5
+    return Edit(scene.sequence_editor.active_strip, SHOT)
+
+
 DROP_INS = {
+    "half-size-meta-over-a-backdrop": half_size_meta_over_a_backdrop,
     "fading-meta": fading_meta,
     "fading-sliding-image-sequence-over-colour": fading_image_sequence_over_colour,
     "held-with-animation-offsets": held_with_animation_offsets,
@@ -143,7 +156,17 @@ DROP_INS = {
 }
 
 
-@pytest.mark.parametrize("name", list(DROP_INS))
+OPAQUE_TAKE = pytest.mark.xfail(
+    strict=True,
+    reason="a rendered take is an opaque MP4: where its cover was transparent (a picture "
+    "scaled down or cropped inside a meta) it shows black over the strips below",
+)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=OPAQUE_TAKE) if n.endswith("-over-a-backdrop") else n for n in DROP_INS],
+)
 def test_more_edits_render_the_same_with_the_take(
     name: str, fresh: Any, media: Media, tmp_path: Path
 ) -> None:
