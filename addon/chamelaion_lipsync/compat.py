@@ -81,6 +81,19 @@ def fcurves(owner: Any) -> list[Any]:
     ]
 
 
+LOOK_GROUPS = ("transform.", "crop.", "modifiers[")  # a strip's animatable look, by path
+
+
+def strip_curves(scene: Any, strip: Any) -> list[tuple[str, Any]]:
+    """(setting, F-curve) for each curve animating `strip`, the setting's path from the strip."""
+    prefix = strip.path_from_id() + "."
+    return [
+        (curve.data_path.removeprefix(prefix), curve)
+        for curve in fcurves(scene)
+        if curve.data_path.startswith(prefix)
+    ]
+
+
 @contextlib.contextmanager
 def scene_override(context: Any, scene: Any) -> Iterator[None]:
     """Run operators against `scene` whatever the window shows; 5.0's sequencer operators act

@@ -47,8 +47,6 @@ NEUTRAL_VIEW = {
     "use_white_balance": False,
 }
 REPLACE_TRIES = 50
-# Animated settings of the cover that would undo the above (timing curves stay).
-VISUAL_GROUPS = ("transform.", "crop.", "modifiers[")
 
 
 class Failure(Exception):
@@ -133,10 +131,8 @@ def neutralise(scene: Any, cover: Any) -> None:
         if hasattr(cover, group):
             for name, value in values.items():
                 setattr(getattr(cover, group), name, value)
-    prefix = cover.path_from_id() + "."
-    for curve in compat.fcurves(scene):
-        setting = curve.data_path.removeprefix(prefix)
-        if setting != curve.data_path and (setting in NEUTRAL or setting.startswith(VISUAL_GROUPS)):
+    for setting, curve in compat.strip_curves(scene, cover):  # timing curves stay
+        if setting in NEUTRAL or setting.startswith(compat.LOOK_GROUPS):
             curve.mute = True
 
 

@@ -100,7 +100,7 @@ class SEQUENCER_OT_chamelaion_lipsync(bpy.types.Operator):
             problem = online_problem()
             if problem:
                 raise export.ExportError(problem)
-            strip = export.picture_strip(scene)
+            strip = takes.original_of(scene.sequence_editor, export.picture_strip(scene))
             reference_id = options.reference_id.strip() or auto_reference_id(strip)
             check_reference_id(reference_id)
             if reference_id in sync.known_references():

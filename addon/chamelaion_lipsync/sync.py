@@ -263,6 +263,9 @@ def tick(budget: float = PLACE_BUDGET) -> News:
         apply(result, news)
     follow_exports(news)
     keep_file_id()
+    for scene in bpy.data.scenes:
+        if scene.sequence_editor:
+            takes.show_orphaned_covers(scene.sequence_editor)
     place_finished(news, budget)
     if memory.file_id and needs_listing() and not w.busy("list"):
         w.submit(Request("list", memory.file_id))

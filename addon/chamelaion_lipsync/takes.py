@@ -23,6 +23,7 @@ from .export import TAG
 TAKES = "chamelaion_takes"  # JSON list of Take on the strip that shows takes
 ACTIVE = "chamelaion_take"  # the index shown; 0 is the original (or, on a take strip, the cover)
 COVER = "chamelaion_cover"  # on a take strip: the tag of the strip it covers
+HIDDEN = "chamelaion_hidden"  # on a cover: muted because its take strip shows a take
 REFERENCE = "chamelaion_reference_id"
 REQUEST = "chamelaion_request_id"
 MAX_CHANNEL = 128
@@ -34,6 +35,19 @@ LOOK = (
     "color_multiply",
     "use_flip_x",
     "use_flip_y",
+)
+# A keyframe's settings, the handle types before the handles they would recompute.
+KEY_SETTINGS = (
+    "interpolation",
+    "easing",
+    "back",
+    "amplitude",
+    "period",
+    "handle_left_type",
+    "handle_right_type",
+    "co",
+    "handle_left",
+    "handle_right",
 )
 
 
@@ -138,14 +152,25 @@ def _origin(editor: Any, strip: Any, takes: list[Take]) -> int:
     take strip it is the first visible frame of the strip it covers.
     """
     if strip.get(COVER):
-        cover = find_tagged(editor, strip[COVER])
-        if cover is None:
-            raise PlacementProblem(
-                f"The strip that take strip '{strip.name}' covered is gone; delete the take strip."
-            )
-        return int(cover.frame_final_start)
+        return int(cover_of(editor, strip).frame_final_start)
     shown = takes[active_index(strip)]
     return int(strip.frame_start) - int(strip.animation_offset_start) - shown.first
+
+
+def cover_of(editor: Any, strip: Any) -> Any:
+    """The strip a take strip covers; a sentence when the editor deleted it."""
+    cover = find_tagged(editor, strip[COVER])
+    if cover is None:
+        raise PlacementProblem(
+            f"The strip that take strip '{strip.name}' covered is gone; delete the take strip."
+        )
+    return cover
+
+
+def original_of(editor: Any, strip: Any) -> Any:
+    """The strip Lip Sync runs on: a take strip stands for the strip it covers, so its own
+    picture is synced again, never a take."""
+    return cover_of(editor, strip) if strip.get(COVER) else strip
 
 
 def _show_file(strip: Any, take: Take, origin: int) -> None:
@@ -167,9 +192,53 @@ def _show_file(strip: Any, take: Take, origin: int) -> None:
     strip.animation_offset_start = take.animation_start
     strip.animation_offset_end = take.animation_end
     content_start = origin + take.first + take.animation_start
-    strip.frame_start = content_start
-    strip.frame_offset_start = start - content_start
-    strip.frame_offset_end = content_start + strip.frame_duration - end
+    _move_content(strip, content_start)
+    # The handle setters (not frame_offset_*) also bring the effects fed by it along.
+    if start >= strip.frame_final_end:
+        strip.frame_final_end = end
+    strip.frame_final_start, strip.frame_final_end = start, end
+
+
+def _move_content(strip: Any, content_start: int) -> None:
+    """Slide the strip's content to start at `content_start`, as Blender's Slip does: setting
+    frame_start would drag the strip's keyframes and every effect fed by it along."""
+    while (delta := int(content_start - strip.frame_start)) != 0:
+        length = int(strip.frame_duration)
+        step = max(-(length - 1), min(length - 1, delta))
+        # Slip keeps the handles inside the content: first narrow them to one frame that the
+        # content covers before and after the step; the caller sets the real ones afterwards.
+        frame = int(strip.frame_start) + max(step, 0)
+        strip.frame_offset_start = frame - strip.frame_start
+        strip.frame_offset_end = strip.frame_start + length - frame - 1
+        with only_selected(strip):
+            bpy.ops.sequencer.slip(offset=step, slip_keyframes=False)
+        if int(content_start - strip.frame_start) == delta:  # Slip could not reach it
+            strip.frame_start = content_start
+            return
+
+
+@contextlib.contextmanager
+def only_selected(*chosen: Any) -> Iterator[None]:
+    """`chosen` selected (the first active) for an operator on the strip's scene; the
+    editor's selection is restored afterwards."""
+    scene = chosen[0].id_data
+    editor = scene.sequence_editor
+    selected = [s for s in compat.all_strips(editor) if s.select]
+    active = editor.active_strip
+    try:
+        for strip in selected:
+            strip.select = False
+        for strip in chosen:
+            strip.select = True
+        editor.active_strip = chosen[0]
+        with compat.scene_override(bpy.context, scene):
+            yield
+    finally:
+        for strip in chosen:
+            strip.select = False
+        for strip in selected:
+            strip.select = True
+        editor.active_strip = active
 
 
 def switch(editor: Any, strip: Any, index: int) -> None:
@@ -182,10 +251,19 @@ def switch(editor: Any, strip: Any, index: int) -> None:
         if index > 0:
             _show_file(strip, takes[index], origin)
         strip.mute = index == 0
-        find_tagged(editor, strip[COVER]).mute = index > 0
+        cover = cover_of(editor, strip)
+        cover.mute = cover[HIDDEN] = index > 0
     else:
         _show_file(strip, takes[index], origin)
     _save(strip, takes, index)
+
+
+def show_orphaned_covers(editor: Any) -> None:
+    """A cover muted for a take strip the editor deleted shows again (else its shot would
+    vanish from the render); the take waits for Place Take."""
+    for strip in compat.all_strips(editor):
+        if strip.get(HIDDEN) and take_strip_over(editor, strip.get(TAG, "")) is None:
+            strip.mute = strip[HIDDEN] = False
 
 
 @contextlib.contextmanager
@@ -286,7 +364,7 @@ def _new_take_strip(scene: Any, cover: Any, take: Take, name: str) -> Any:
     strip.frame_offset_end = strip.frame_start + strip.frame_duration - high
     try:
         _copy_look(scene, cover, strip)
-    except (RuntimeError, TypeError, AttributeError) as exc:
+    except (RuntimeError, TypeError, AttributeError, ValueError) as exc:
         siblings.remove(strip)  # no half-made take strip left to block the next try
         raise PlacementProblem(
             f"The take of '{cover.name}' could not take on its look ({exc}); click Place Take "
@@ -313,24 +391,34 @@ def _copy_look(scene: Any, source: Any, target: Any) -> None:
             if not prop.is_readonly and prop.identifier != "rna_type":
                 setattr(copy_to, prop.identifier, getattr(copy_from, prop.identifier))
     if len(source.modifiers):
-        _copy_modifiers(scene, source, target)
+        _copy_modifiers(source, target)
+    for setting, curve in compat.strip_curves(scene, source):
+        if setting in LOOK or setting.startswith(compat.LOOK_GROUPS):
+            _copy_curve(scene, curve, target, setting)
 
 
-def _copy_modifiers(scene: Any, source: Any, target: Any) -> None:
-    """Blender's own modifier copy (it knows every modifier's curves and wheels); the
-    selection it needs is restored afterwards."""
-    editor = scene.sequence_editor
-    selected = [s for s in compat.all_strips(editor) if s.select]
-    active = editor.active_strip
-    try:
-        for strip in selected:
-            strip.select = False
-        source.select = target.select = True
-        editor.active_strip = source
-        with compat.scene_override(bpy.context, scene):
-            bpy.ops.sequencer.strip_modifier_copy(type="REPLACE")
-    finally:
-        source.select = target.select = False
-        for strip in selected:
-            strip.select = True
-        editor.active_strip = active
+def _copy_curve(scene: Any, curve: Any, target: Any, setting: str) -> None:
+    """Animate `setting` of `target` as `curve` does (a fade, a push-in): the take strip sits
+    at the cover's frames, so every key keeps its frame."""
+    points = curve.keyframe_points
+    group, _, name = setting.rpartition(".")  # keyframe_insert takes no nested path
+    owner = target.path_resolve(group) if group else target
+    index = curve.array_index if hasattr(getattr(owner, name), "__len__") else -1
+    owner.keyframe_insert(name, index=index, frame=points[0].co.x)
+    copy = next(
+        c
+        for s, c in compat.strip_curves(scene, target)
+        if s == setting and c.array_index == curve.array_index
+    )
+    copy.keyframe_points.add(len(points) - len(copy.keyframe_points))
+    for source, point in zip(points, copy.keyframe_points, strict=True):
+        for name in KEY_SETTINGS:
+            setattr(point, name, getattr(source, name))
+    copy.extrapolation = curve.extrapolation
+    copy.update()
+
+
+def _copy_modifiers(source: Any, target: Any) -> None:
+    """Blender's own modifier copy (it knows every modifier's curves and wheels)."""
+    with only_selected(source, target):
+        bpy.ops.sequencer.strip_modifier_copy(type="REPLACE")
