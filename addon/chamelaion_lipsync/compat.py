@@ -99,14 +99,15 @@ def scene_override(context: Any, scene: Any) -> Iterator[None]:
     """Run operators against `scene` whatever the window shows; 5.0's sequencer operators act
     on the workspace's sequencer scene, so that is `scene` meanwhile too."""
     workspace = getattr(context, "workspace", None)
-    shown = getattr(workspace, "sequencer_scene", None)
-    if shown is not None and shown != scene:
+    switch = hasattr(workspace, "sequencer_scene") and workspace.sequencer_scene != scene
+    shown = workspace.sequencer_scene if switch else None
+    if switch:  # also when it shows none: 5.0's operators crash on a missing one
         workspace.sequencer_scene = scene
     try:
         with context.temp_override(scene=scene):
             yield
     finally:
-        if shown is not None and shown != scene:
+        if switch:
             workspace.sequencer_scene = shown
 
 

@@ -200,21 +200,18 @@ def _show_file(strip: Any, take: Take, origin: int) -> None:
 
 
 def _move_content(strip: Any, content_start: int) -> None:
-    """Slide the strip's content to start at `content_start`, as Blender's Slip does: setting
-    frame_start would drag the strip's keyframes and every effect fed by it along."""
-    while (delta := int(content_start - strip.frame_start)) != 0:
-        length = int(strip.frame_duration)
-        step = max(-(length - 1), min(length - 1, delta))
-        # Slip keeps the handles inside the content: first narrow them to one frame that the
-        # content covers before and after the step; the caller sets the real ones afterwards.
-        frame = int(strip.frame_start) + max(step, 0)
-        strip.frame_offset_start = frame - strip.frame_start
-        strip.frame_offset_end = strip.frame_start + length - frame - 1
-        with only_selected(strip):
-            bpy.ops.sequencer.slip(offset=step, slip_keyframes=False)
-        if int(content_start - strip.frame_start) == delta:  # Slip could not reach it
-            strip.frame_start = content_start
-            return
+    """Slide the strip's content to start at `content_start`, as Blender's Slip does: the
+    frame_start setter drags the strip's keyframes along, so they are moved back (plain data:
+    the Slip operator itself can crash a Blender whose workspace shows no sequencer scene)."""
+    delta = int(content_start - strip.frame_start)
+    if delta == 0:
+        return
+    strip.frame_start = content_start
+    for _, curve in compat.strip_curves(strip.id_data, strip):
+        for point in curve.keyframe_points:
+            for position in (point.co, point.handle_left, point.handle_right):
+                position.x -= delta
+        curve.update()
 
 
 @contextlib.contextmanager
