@@ -83,6 +83,16 @@ def finished_job(scene: Any, source: Any, output: Path, ref: str, **client: Any)
     }
 
 
+def rendered_job(scene: Any, cover: Any, output: Path, ref: str) -> dict:
+    """A finished job whose take was rendered for `cover` (44 frames from its first one)."""
+    tag = addon_module("export").tag_of(cover)
+    job = finished_job(
+        scene, cover, output, ref, placement="overlay", cover=tag, cover_name=cover.name, first=0
+    )
+    media.make_test_video(output, 44, FPS, (128, 64))
+    return job
+
+
 def layout(scene: Any) -> dict[str, tuple]:
     return {
         s.name: (s.channel, s.frame_final_start, s.frame_final_end, s.mute) for s in strips(scene)
@@ -150,18 +160,7 @@ def test_a_rendered_take_sits_directly_above_its_cover_with_its_look(
     movie, _ = shot(fresh, clip, dub, start=10, offset=6, tail=10)
     movie.color_saturation, movie.blend_type = 0.5, "ADD"
     movie.modifiers.new("grade", "BRIGHT_CONTRAST").bright = 30
-    tag = addon_module("export").tag_of(movie)
-    job = finished_job(
-        fresh,
-        movie,
-        tmp_path / "r.mp4",
-        "ov-1",
-        placement="overlay",
-        cover=tag,
-        cover_name=movie.name,
-        first=0,
-    )
-    media.make_test_video(Path(job["output_path"]), 44, FPS, (128, 64))
+    job = rendered_job(fresh, movie, tmp_path / "r.mp4", "ov-1")
     strip, _ = addon_module("placement").place(job)
     assert (strip.channel, strip.frame_final_start, strip.frame_final_end) == (2, 10, 54)
     assert (strip.color_saturation, strip.blend_type) == (0.5, "ADD")
@@ -176,18 +175,7 @@ def test_a_take_without_room_is_explained_and_placed_later(
 ) -> None:
     movie, _ = shot(fresh, clip, dub, start=10, offset=6, tail=10)
     blocker = new_effect(fresh, "sub", "TEXT", 2, 20, 30)
-    tag = addon_module("export").tag_of(movie)
-    job = finished_job(
-        fresh,
-        movie,
-        tmp_path / "r.mp4",
-        "late-1",
-        placement="overlay",
-        cover=tag,
-        cover_name=movie.name,
-        first=0,
-    )
-    media.make_test_video(Path(job["output_path"]), 44, FPS, (128, 64))
+    job = rendered_job(fresh, movie, tmp_path / "r.mp4", "late-1")
     sync = addon_module("sync")
     sync.memory.rows["late-1"] = job
     news: list[tuple[str, str]] = []
@@ -204,18 +192,7 @@ def test_a_take_whose_look_cannot_be_copied_leaves_nothing_half_made(
 ) -> None:
     movie, _ = shot(fresh, clip, dub, start=10, offset=6, tail=10)
     movie.modifiers.new("grade", "BRIGHT_CONTRAST")
-    tag = addon_module("export").tag_of(movie)
-    job = finished_job(
-        fresh,
-        movie,
-        tmp_path / "r.mp4",
-        "look-1",
-        placement="overlay",
-        cover=tag,
-        cover_name=movie.name,
-        first=0,
-    )
-    media.make_test_video(Path(job["output_path"]), 44, FPS, (128, 64))
+    job = rendered_job(fresh, movie, tmp_path / "r.mp4", "look-1")
     takes = addon_module("takes")
 
     def refused(*_args: Any) -> None:
