@@ -115,10 +115,6 @@ def scene_fps(scene: Any) -> float:
     return scene.render.fps / scene.render.fps_base
 
 
-def blend_saved() -> bool:
-    return bool(bpy.data.filepath)
-
-
 def online_access() -> bool:
     """Blender's "Allow Online Access" (one place, so tests can stand in for the user)."""
     return bool(getattr(bpy.app, "online_access", True))

@@ -372,10 +372,8 @@ def _new_take_strip(scene: Any, cover: Any, take: Take, name: str) -> Any:
 
 def _siblings(editor: Any, strip: Any) -> Any:
     """The strip collection `strip` lives in (top level or inside a meta)."""
-    for meta in compat.all_strips(editor):
-        if meta.type == "META" and strip.name in compat.strips(meta):
-            return compat.strips(meta)
-    return compat.strips(editor)
+    meta = compat.holders(editor).get(strip.name)
+    return compat.strips(meta if meta is not None else editor)
 
 
 def _copy_look(scene: Any, source: Any, target: Any) -> None:
