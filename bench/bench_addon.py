@@ -27,7 +27,6 @@ os.environ["BLENDER_USER_RESOURCES"] = os.environ["CHAMELAION_BLENDER_USER"]
 import bpy  # noqa: E402
 
 import build_addon  # noqa: E402
-from bridge import media  # noqa: E402
 from bridge.emulator import EmulatorConfig, emulator_in_background  # noqa: E402
 from tests.addon.conftest import (  # noqa: E402
     ADDON,
@@ -37,6 +36,7 @@ from tests.addon.conftest import (  # noqa: E402
     shot,
     sync_until,
 )
+from tests.media_samples import make_test_audio, make_test_video  # noqa: E402
 
 JOBS = 50
 SYNC_PASSES = 200
@@ -63,8 +63,8 @@ def main() -> int:
         scene = bpy.context.scene
         scene.render.fps = 24
         scene.sequence_editor_create()
-        clip = media.make_test_video(work / "shot.mp4", 120, 24, (320, 240), with_audio=True)
-        dub = media.make_test_audio(work / "dub.wav", 5.0, speech=True)
+        clip = make_test_video(work / "shot.mp4", 120, 24, (320, 240), with_audio=True)
+        dub = make_test_audio(work / "dub.wav", 5.0, speech=True)
         shot(scene, clip, dub, start=10, offset=6, tail=10)
         refs: list[str] = []
         clicks = []

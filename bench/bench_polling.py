@@ -28,8 +28,8 @@ from typing import Any
 
 from bench_upload import Bridge, Emulator, machine, scratch_folder
 
-from bridge import media
 from bridge.config import BridgeConfig
+from tests.media_samples import make_sample_media
 
 LIST_LIMIT = 100  # the API's (and the emulator's) largest page
 POLLING = ("retrieve", "list")
@@ -78,7 +78,7 @@ def observe(emulator: Emulator, seconds: float) -> tuple[dict, dict, list[float]
 
 
 def measure(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
-    video, audio = media.make_sample_media(folder / "media", seconds=1.0, size=(96, 48))
+    video, audio = make_sample_media(folder / "media", seconds=1.0, size=(96, 48))
     config = BridgeConfig(data_dir=folder)
     processing_seconds = RAMP_TIMEOUT + args.seconds + 60  # no job finishes during the run
     with (

@@ -41,7 +41,6 @@ os.environ["BLENDER_USER_RESOURCES"] = USER
 import bpy  # noqa: E402
 
 import build_addon  # noqa: E402
-from bridge import media  # noqa: E402
 from bridge.emulator import EmulatorConfig, emulator_in_background  # noqa: E402
 from tests.addon.conftest import (  # noqa: E402
     ADDON,
@@ -51,6 +50,7 @@ from tests.addon.conftest import (  # noqa: E402
     lipsync,
     take_of,
 )
+from tests.media_samples import make_test_audio, make_test_video  # noqa: E402
 
 TARGET_MS = 100.0
 REFERENCE_ID = "render-bench"
@@ -71,8 +71,8 @@ def summary(values: list[float]) -> dict[str, float]:
 
 def edit(folder: Path, frames: int, size: tuple[int, int]) -> None:
     """A saved file with a reversed movie strip and its dub: the take must be rendered."""
-    clip = media.make_test_video(folder / "shot.mp4", frames, FPS, size)
-    dub = media.make_test_audio(folder / "dub.wav", frames / FPS, speech=True)
+    clip = make_test_video(folder / "shot.mp4", frames, FPS, size)
+    dub = make_test_audio(folder / "dub.wav", frames / FPS, speech=True)
     bpy.ops.wm.read_homefile(use_empty=True)
     scene = bpy.context.scene
     scene.render.fps, scene.render.fps_base = FPS, 1.0

@@ -41,9 +41,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bridge import discovery, media
-from bridge.cli import CliError, spawn_bridge, stop_process
-from bridge.client import BridgeClient
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # for tests.media_samples
+
+from bridge import discovery, media  # noqa: E402
+from bridge.cli import CliError, spawn_bridge, stop_process  # noqa: E402
+from bridge.client import BridgeClient  # noqa: E402
+from tests.media_samples import make_test_audio, make_test_video  # noqa: E402
 
 API_KEY = "emulator-key"
 MB = 1_000_000
@@ -256,8 +260,8 @@ def padded_mp4(seed: Path, out: Path, size: int) -> Path:
 
 def make_inputs(folder: Path, sizes_mib: list[int]) -> tuple[dict[int, Path], Path]:
     """A padded MP4 of each size (MiB) and one short WAV; each checked as the bridge will."""
-    seed = media.make_test_video(folder / "seed.mp4", 25, 25, (320, 240))
-    audio = media.make_test_audio(folder / "dialogue.wav", 3.0, speech=True)
+    seed = make_test_video(folder / "seed.mp4", 25, 25, (320, 240))
+    audio = make_test_audio(folder / "dialogue.wav", 3.0, speech=True)
     videos = {}
     for size in sizes_mib:
         videos[size] = padded_mp4(seed, folder / f"video-{size}MiB.mp4", size * MIB)

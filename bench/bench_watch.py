@@ -27,9 +27,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bridge import media  # noqa: E402
 from bridge.emulator import EmulatorConfig, start_emulator  # noqa: E402
 from tests.bridge.processes import start_watch_process  # noqa: E402
+from tests.media_samples import make_sample_media  # noqa: E402
 
 TARGET_RSS_MB = 150
 
@@ -46,7 +46,7 @@ def peak_rss_mb(pid: int) -> float | None:
 
 
 async def run(pairs: int, settle: float, work: Path) -> dict[str, object]:
-    video, audio = media.make_sample_media(work / "media", seconds=1.0, fps=25, size=(160, 120))
+    video, audio = make_sample_media(work / "media", seconds=1.0, fps=25, size=(160, 120))
     staging, in_dir, out_dir = work / "staging", work / "in", work / "out"
     staging.mkdir()
     in_dir.mkdir()

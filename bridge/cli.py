@@ -460,9 +460,16 @@ def cmd_emulator(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from bridge.demo import run_demo
+    from bridge.demo import DemoError, run_demo
 
-    return run_demo(_data_dir(args))
+    def show(client: BridgeClient, job: dict[str, Any]) -> dict[str, Any]:
+        return follow(client, job, Progress(sys.stdout, bar=sys.stdout.isatty()))
+
+    try:
+        completed = run_demo(_data_dir(args), show, spawn_bridge, stop_process)
+    except DemoError as exc:
+        raise CliError(EXIT_JOB_FAILED, str(exc)) from None
+    return 0 if completed else EXIT_JOB_FAILED
 
 
 # --- parser -------------------------------------------------------------------------------

@@ -3,46 +3,61 @@
 Without an API key it runs against the built-in emulator, so a new user sees the product
 work offline; with CHAMELAION_API_KEY set, the same flow runs against the real API. It
 starts its own bridge on its own data folder (`<data dir>/demo/bridge`) and stops it again.
+The CLI runs it and lends it its way of starting a bridge and of showing a job's progress,
+so the demo does not import the CLI back.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
-from bridge import media
-from bridge.cli import EXIT_JOB_FAILED, CliError, Progress, follow, spawn_bridge, stop_process
 from bridge.client import BridgeClient
 from bridge.emulator import emulator_in_background
+from bridge.emulator.samples import make_sample_media
 from bridge.jobs import new_reference_id
 
 EMULATOR_KEY = "emulator-key"
 
+# Follows a job until it is final, showing its progress; returns the final job.
+Follow = Callable[[BridgeClient, dict[str, Any]], dict[str, Any]]
+# Starts a bridge on a data folder (keyword arguments env, port): its process and bridge.json.
+StartBridge = Callable[..., tuple[subprocess.Popen[Any], dict[str, Any]]]
+StopBridge = Callable[[subprocess.Popen[Any]], int]
+
+
+class DemoError(Exception):
+    """The demo cannot run; the message is one sentence saying what to do."""
+
 
 @contextlib.contextmanager
-def demo_bridge(folder: Path, env: dict[str, str]) -> Iterator[BridgeClient]:
+def demo_bridge(
+    folder: Path, env: dict[str, str], start: StartBridge, stop: StopBridge
+) -> Iterator[BridgeClient]:
     """A bridge of our own for the demo, stopped (and waited for) on the way out."""
-    process, info = spawn_bridge(folder, env=env, port=0)
+    process, info = start(folder, env=env, port=0)
     try:
         if info.get("pid") != process.pid:
-            raise CliError(
-                EXIT_JOB_FAILED,
+            raise DemoError(
                 f"A demo bridge from an earlier run is still running (pid {info.get('pid')}); "
                 "stop it and run the demo again.",
             )
         yield BridgeClient(info["url"], data_dir=folder)
     finally:
-        stop_process(process)
+        stop(process)
 
 
-def run_demo(data_dir: Path) -> int:
-    """Make sample media, run one job through a fresh bridge, print where the result is."""
+def run_demo(data_dir: Path, follow: Follow, start: StartBridge, stop: StopBridge) -> bool:
+    """Make sample media, run one job through a fresh bridge, print where the result is;
+    return whether the job completed."""
     folder = data_dir / "demo"
     print(f"Making sample media in {folder / 'media'} ...", flush=True)
-    video, audio = media.make_sample_media(folder / "media")
+    video, audio = make_sample_media(folder / "media")
     env = dict(os.environ)
     env.pop("CHAMELAION_BRIDGE_URL", None)
     real = bool(env.get("CHAMELAION_API_KEY") or env.get("CHAMELAION_BEARER_TOKEN"))
@@ -57,7 +72,7 @@ def run_demo(data_dir: Path) -> int:
                 f"No CHAMELAION_API_KEY: using the local emulator at {emulator.base_url}.",
                 flush=True,
             )
-        client = stack.enter_context(demo_bridge(folder / "bridge", env))
+        client = stack.enter_context(demo_bridge(folder / "bridge", env, start, stop))
         print(f"Bridge running at {client.url}; submitting {video.name} + {audio.name}.")
         job = client.create_job(
             {
@@ -67,18 +82,18 @@ def run_demo(data_dir: Path) -> int:
                 "reference_id": new_reference_id("demo"),
             }
         )
-        job = follow(client, job, Progress(sys.stdout, bar=sys.stdout.isatty()))
+        job = follow(client, job)
     if job["state"] != "completed":
         print(
             f"The demo job {job['reference_id']} ended {job['state']}: "
             f"{job.get('error') or 'no reason given.'}",
             file=sys.stderr,
         )
-        return EXIT_JOB_FAILED
+        return False
     print(f"Done. The finished file is {job['output_path']}")
     if not real:
         print(
             "It comes from the emulator: your video with the new audio muxed in, not real lip "
             "sync. Set CHAMELAION_API_KEY to run the same demo against the real API."
         )
-    return 0
+    return True

@@ -10,7 +10,6 @@ import heapq
 import math
 import os
 import uuid
-from array import array
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -286,7 +285,7 @@ def prepare_video(
             )
     suffix = f".f{first}-{first + count}" if count is not None else ""
     out = Path(workdir) / f"{path.stem}{suffix}.upload.mp4"
-    _write_mp4(path, path, out, first=first, count=count, copy_video=False, progress=progress)
+    write_mp4(path, path, out, first=first, count=count, copy_video=False, progress=progress)
     return out
 
 
@@ -304,7 +303,7 @@ def prepare_audio(path: Path, workdir: Path, checked: MediaInfo | None = None) -
     with ExitStack() as stack:
         source = stack.enter_context(_open(path))
         stream = _audio_stream(source)
-        tmp = stack.enter_context(_atomic_path(out))
+        tmp = stack.enter_context(atomic_path(out))
         target = stack.enter_context(av.open(str(tmp), "w", format="wav"))
         pcm = target.add_stream(
             "pcm_s16le", rate=stream.codec_context.sample_rate, layout=_layout_name(stream)
@@ -314,17 +313,6 @@ def prepare_audio(path: Path, workdir: Path, checked: MediaInfo | None = None) -
             target.mux(pcm.encode(frame))
         target.mux(pcm.encode(None))
     return out
-
-
-def mux_audio(video: Path, audio: Path, out: Path) -> None:
-    """The emulator's stand-in for lip sync: the video stream copied, the audio replaced (AAC)."""
-    video, audio = Path(video), Path(audio)
-    check_video_input(video)
-    check_audio_input(audio)
-    with _open(video) as source:
-        stream = _video_stream(source)
-        copyable = stream.codec_context.name in MP4_VIDEO_CODECS
-    _write_mp4(video, audio, Path(out), first=0, count=None, copy_video=copyable)
 
 
 def _is_uploadable_mp4(info: MediaInfo) -> bool:
@@ -337,7 +325,7 @@ def _is_uploadable_mp4(info: MediaInfo) -> bool:
 
 
 @contextmanager
-def _atomic_path(out: Path) -> Iterator[Path]:
+def atomic_path(out: Path) -> Iterator[Path]:
     """Yield a temporary path beside `out`; rename it into place only if the block succeeds."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.part")
@@ -348,7 +336,7 @@ def _atomic_path(out: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def _write_mp4(
+def write_mp4(
     video_path: Path,
     audio_path: Path,
     out: Path,
@@ -368,7 +356,7 @@ def _write_mp4(
         ain = stack.enter_context(_open(audio_path))
         vstream, astream = _video_stream(vin), _audio_stream(ain)
         fps = _fps(vstream)
-        tmp = stack.enter_context(_atomic_path(out))
+        tmp = stack.enter_context(atomic_path(out))
         output = stack.enter_context(av.open(str(tmp), "w", format="mp4"))
         if copy_video:
             ostream = output.add_stream_from_template(vstream)
@@ -535,168 +523,3 @@ def _slice_audio(frame: av.AudioFrame, start: int, stop: int) -> av.AudioFrame:
     piece.sample_rate = frame.sample_rate
     piece.time_base = Fraction(1, frame.sample_rate)
     return piece
-
-
-# ---------------------------------------------------------------------------------------------
-# Generated media for the demo and the tests
-
-# Frame indices are written as bits in a band of blocks across the top of the picture.
-INDEX_BITS = 12
-INDEX_BAND_HEIGHT = 24
-CONTAINER_FORMATS = {"mp4": "mp4", "mov": "mov", "mkv": "matroska", "m4v": "mp4"}
-AUDIO_FORMATS = {
-    ".wav": ("wav", "pcm_s16le"),
-    ".flac": ("flac", "flac"),
-    ".m4a": ("ipod", "aac"),
-    ".aac": ("adts", "aac"),
-    ".mp3": ("mp3", "libmp3lame"),
-    ".ogg": ("ogg", "libopus"),
-}
-
-
-def make_sample_media(
-    folder: Path,
-    seconds: float = 3.0,
-    fps: int = 25,
-    size: tuple[int, int] = (320, 240),
-    name: str = "sample",
-) -> tuple[Path, Path]:
-    """Write <name>.mp4 (test pattern with a tone) and <name>.wav (speech-like) for demos."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    video = folder / f"{name}.mp4"
-    audio = folder / f"{name}.wav"
-    make_test_video(video, round(seconds * fps), fps, size, with_audio=True)
-    make_test_audio(audio, seconds, speech=True)
-    return video, audio
-
-
-def make_test_video(
-    path: Path,
-    frames: int,
-    fps: int | Fraction = 25,
-    size: tuple[int, int] = (320, 240),
-    with_audio: bool = False,
-    container: str = "mp4",
-    keyframe_interval: int = 250,
-) -> Path:
-    """Write an H.264 clip whose frames carry their own index (read it with frame_index_of)."""
-    width, height = size
-    if width < INDEX_BITS * 8 or height < INDEX_BAND_HEIGHT * 2 or frames >= 2**INDEX_BITS:
-        raise ValueError("test video must be at least 96x48 and shorter than 4096 frames")
-    path = Path(path)
-    fps = Fraction(fps)
-    with (
-        _atomic_path(path) as tmp,
-        av.open(str(tmp), "w", format=CONTAINER_FORMATS[container]) as out,
-    ):
-        stream = out.add_stream("libx264", rate=fps, options={"crf": "18", "preset": "ultrafast"})
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.codec_context.time_base = 1 / fps
-        stream.codec_context.gop_size = keyframe_interval
-        audio = None
-        if with_audio:
-            audio = out.add_stream("aac", rate=48000, layout="mono")
-        packets = [_pattern_packets(stream, frames, fps)]
-        if audio is not None:
-            packets.append(_tone_packets(audio, float(frames / fps), speech=False))
-        for _, packet in heapq.merge(*packets, key=lambda item: item[0]):
-            out.mux(packet)
-    return path
-
-
-def make_test_audio(
-    path: Path, seconds: float, rate: int = 48000, channels: int = 1, speech: bool = False
-) -> Path:
-    """Write a tone (or a speech-like signal) in the format the suffix names (.wav, .flac, ...)."""
-    path = Path(path)
-    container_format, codec = AUDIO_FORMATS[path.suffix.lower()]
-    layout = "mono" if channels == 1 else "stereo"
-    with _atomic_path(path) as tmp, av.open(str(tmp), "w", format=container_format) as out:
-        stream = out.add_stream(codec, rate=rate, layout=layout)
-        for _, packet in _tone_packets(stream, seconds, speech=speech):
-            out.mux(packet)
-    return path
-
-
-def frame_index_of(frame: VideoFrame) -> int:
-    """Read back the index make_test_video wrote into a frame."""
-    gray = frame.reformat(format="gray")
-    plane = gray.planes[0]
-    data = bytes(plane)
-    block = gray.width // INDEX_BITS
-    row = (INDEX_BAND_HEIGHT // 2) * plane.line_size
-    index = 0
-    for bit in range(INDEX_BITS):
-        centre = row + bit * block + block // 2
-        sample = data[centre - 2 : centre + 3]
-        index = index * 2 + (sum(sample) / len(sample) > 125)
-    return index
-
-
-def _pattern_packets(
-    stream: VideoStream, frames: int, fps: Fraction
-) -> Iterator[tuple[float, Packet]]:
-    """Encode moving bars under a band of index bits, one frame at a time."""
-    width, height = stream.width, stream.height
-    block = width // INDEX_BITS
-    ramp = bytes(16 + (x * 219 // width) for x in range(width)) * 2
-    chroma = (width // 2) * (height // 2)
-    for index in range(frames):
-        band_row = bytearray(width)
-        for bit in range(INDEX_BITS):
-            on = index >> (INDEX_BITS - 1 - bit) & 1
-            band_row[bit * block : (bit + 1) * block] = bytes([235 if on else 16]) * block
-        shift = index * 4 % width
-        bars = ramp[shift : shift + width]
-        luma = bytes(band_row) * INDEX_BAND_HEIGHT + bars * (height - INDEX_BAND_HEIGHT)
-        frame = VideoFrame(width=width, height=height, format="yuv420p")
-        _fill_plane(frame.planes[0], luma, width)
-        _fill_plane(frame.planes[1], bytes([(64 + index * 3) % 256]) * chroma, width // 2)
-        _fill_plane(frame.planes[2], bytes([(192 - index * 2) % 256]) * chroma, width // 2)
-        frame.pts = index
-        frame.time_base = 1 / fps
-        for packet in stream.encode(frame):
-            yield float(packet.dts * packet.time_base), packet
-    for packet in stream.encode(None):
-        yield float(packet.dts * packet.time_base), packet
-
-
-def _fill_plane(plane: av.video.plane.VideoPlane, data: bytes, width: int) -> None:
-    """Copy tightly packed rows into a plane whose rows may be padded."""
-    if plane.line_size == width:
-        plane.update(data)
-        return
-    padding = bytes(plane.line_size - width)
-    plane.update(b"".join(data[i : i + width] + padding for i in range(0, len(data), width)))
-
-
-def _tone_packets(
-    stream: AudioStream, seconds: float, speech: bool
-) -> Iterator[tuple[float, Packet]]:
-    """Encode a 440 Hz tone, or syllable-like bursts of a voiced sound, in 1024-sample frames."""
-    rate = stream.codec_context.sample_rate
-    channels = stream.layout.nb_channels
-    total = round(seconds * rate)
-    for start in range(0, total, 1024):
-        samples = min(1024, total - start)
-        values = array("h")
-        for n in range(start, start + samples):
-            t = n / rate
-            if speech:
-                pitch = 150 + 40 * math.sin(2 * math.pi * 0.7 * t)
-                envelope = abs(math.sin(2 * math.pi * 2.5 * t)) ** 2
-                voice = sum(math.sin(2 * math.pi * pitch * k * t) / k for k in (1, 2, 3, 4))
-                value = 0.3 * envelope * voice
-            else:
-                value = 0.3 * math.sin(2 * math.pi * 440 * t)
-            values.extend([int(value * 32767)] * channels)
-        frame = av.AudioFrame(format="s16", layout=_layout_name(stream), samples=samples)
-        frame.planes[0].update(values.tobytes())
-        frame.sample_rate = rate
-        frame.pts = start
-        frame.time_base = Fraction(1, rate)
-        for packet in stream.encode(frame):
-            yield float(packet.pts * packet.time_base), packet
-    for packet in stream.encode(None):
-        yield float(packet.pts * packet.time_base), packet

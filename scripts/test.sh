@@ -13,6 +13,9 @@ status=0
 echo "== ruff"
 .venv/bin/ruff check . && .venv/bin/ruff format --check . || status=1
 
+echo "== import contracts (pyproject.toml [tool.importlinter])"
+PYTHONPATH=addon .venv/bin/lint-imports --no-cache || status=1
+
 echo "== bridge tests"
 .venv/bin/python -m pytest tests/bridge -q --junitxml="$reports/bridge.xml" "$@" || status=1
 

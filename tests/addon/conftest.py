@@ -27,9 +27,10 @@ except ImportError:  # the plain .venv has no Blender: these tests run in .venv-
     bpy = None
     collect_ignore_glob = ["test_*.py"]
 
-from bridge import discovery, media  # noqa: E402
+from bridge import discovery  # noqa: E402
 from bridge.emulator import EmulatorConfig, RunningEmulator, emulator_in_background  # noqa: E402
 from tests.helpers import wait_until  # noqa: E402
+from tests.media_samples import frame_index_of, make_test_audio, make_test_video  # noqa: E402
 
 ADDON = "bl_ext.user_default.chamelaion_lipsync"
 EMULATOR_KEY = "emulator-key"
@@ -122,13 +123,13 @@ def fresh(addon: Any) -> Any:
 def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """60 frames at 24 fps whose pixels carry their frame index."""
     folder = tmp_path_factory.mktemp("media")
-    return media.make_test_video(folder / "shot.mp4", 60, FPS, (128, 64), with_audio=True)
+    return make_test_video(folder / "shot.mp4", 60, FPS, (128, 64), with_audio=True)
 
 
 @pytest.fixture(scope="session")
 def dub(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("dub")
-    return media.make_test_audio(folder / "dub.wav", 3.0, speech=True)
+    return make_test_audio(folder / "dub.wav", 3.0, speech=True)
 
 
 def strips(scene: Any) -> Any:
@@ -165,7 +166,7 @@ def first_frame_index(path: Path) -> int:
 
     with av.open(str(path)) as container:
         frame = next(container.decode(video=0))
-        return media.frame_index_of(frame)
+        return frame_index_of(frame)
 
 
 def addon_module(name: str) -> Any:

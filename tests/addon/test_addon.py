@@ -11,8 +11,8 @@ from typing import Any
 import bpy
 import pytest
 
-from bridge import media
 from tests.addon.conftest import FPS, addon_module, lipsync, new_effect, shot, strips
+from tests.media_samples import make_test_video
 
 pytestmark = pytest.mark.blender
 
@@ -89,7 +89,7 @@ def rendered_job(scene: Any, cover: Any, output: Path, ref: str) -> dict:
     job = finished_job(
         scene, cover, output, ref, placement="overlay", cover=tag, cover_name=cover.name, first=0
     )
-    media.make_test_video(output, 44, FPS, (128, 64))
+    make_test_video(output, 44, FPS, (128, 64))
     return job
 
 
@@ -109,7 +109,7 @@ def test_a_take_switches_the_strip_and_keeps_its_grades_overlays_and_place(
     text = new_effect(fresh, "subtitle", "TEXT", 2, 10, 40)
     before = layout(fresh)
     take = tmp_path / "take.mp4"
-    media.make_test_video(take, 44, FPS, (128, 64))
+    make_test_video(take, 44, FPS, (128, 64))
     strip, warning = addon_module("placement").place(finished_job(fresh, movie, take, "sw-1"))
     assert strip == movie and warning == ""
     assert Path(movie.filepath) == take and movie["chamelaion_reference_id"] == "sw-1"
@@ -123,7 +123,7 @@ def test_a_source_moved_while_its_job_ran_gets_the_take_where_it_is_now(
 ) -> None:
     movie, _ = shot(fresh, clip, dub, start=10, offset=6, tail=10)
     job = finished_job(fresh, movie, tmp_path / "take.mp4", "moved-1")
-    media.make_test_video(Path(job["output_path"]), 44, FPS, (128, 64))
+    make_test_video(Path(job["output_path"]), 44, FPS, (128, 64))
     movie.frame_start += 7  # the editor slides the shot while the job runs
     strip, warning = addon_module("placement").place(job)
     assert (strip.frame_final_start, strip.frame_final_end) == (17, 61) and warning == ""
@@ -135,7 +135,7 @@ def test_a_source_trimmed_wider_while_its_job_ran_says_which_frames_the_take_lac
 ) -> None:
     movie, _ = shot(fresh, clip, dub, start=10, offset=6, tail=10)
     job = finished_job(fresh, movie, tmp_path / "take.mp4", "wider-1")
-    media.make_test_video(Path(job["output_path"]), 44, FPS, (128, 64))
+    make_test_video(Path(job["output_path"]), 44, FPS, (128, 64))
     movie.frame_offset_end = 5
     _, warning = addon_module("placement").place(job)
     assert (movie.frame_final_start, movie.frame_final_end) == (10, 59)
@@ -148,7 +148,7 @@ def test_hold_frames_stay_holds_of_the_take(
     movie, _ = shot(fresh, clip, dub, start=10, offset=0, tail=10)
     movie.frame_offset_start = -4  # frames 6-9 hold the first frame
     job = finished_job(fresh, movie, tmp_path / "take.mp4", "hold-1", start=10, first=0)
-    media.make_test_video(Path(job["output_path"]), 50, FPS, (128, 64))
+    make_test_video(Path(job["output_path"]), 50, FPS, (128, 64))
     addon_module("placement").place(job)
     assert (movie.frame_final_start, movie.frame_final_end) == (6, 60)
     assert movie.frame_offset_start == -4 and movie.frame_start == 10

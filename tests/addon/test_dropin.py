@@ -17,10 +17,10 @@ import av
 import bpy
 import pytest
 
-from bridge import media as bridge_media
 from tests.addon import frames
 from tests.addon.conftest import FPS, sync_until
 from tests.addon.edits import EDITS, HEIGHT, WIDTH, Media, build
+from tests.media_samples import make_test_video
 
 pytestmark = pytest.mark.blender
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,7 +44,7 @@ def png_frames(clip: Path, folder: Path) -> list[Path]:
 @pytest.fixture(scope="session")
 def media(tmp_path_factory: pytest.TempPathFactory, dub: Path) -> Media:
     folder = tmp_path_factory.mktemp("dropin-media")
-    clip = bridge_media.make_test_video(folder / "shot.mp4", CLIP_FRAMES, FPS, (WIDTH, HEIGHT))
+    clip = make_test_video(folder / "shot.mp4", CLIP_FRAMES, FPS, (WIDTH, HEIGHT))
     images = png_frames(clip, folder)
     assert len(images) == CLIP_FRAMES
     return Media(clip, images, dub)

@@ -19,6 +19,7 @@ from tests.addon.conftest import (
     sync_until,
     take_of,
 )
+from tests.faults import faults_of
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.blender
@@ -119,7 +120,7 @@ def test_the_timer_reports_failures_and_outlives_an_exception(
     fresh: Any, clip: Path, dub: Path, emulator: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sync = addon_module("sync")
-    emulator.state.fail_next(1, "video URL is not accessible")
+    faults_of(emulator).fail_next(1, "video URL is not accessible")
     shot(fresh, clip, dub)
     ref = lipsync(fresh)
     shown: list[tuple[str, str]] = []

@@ -15,9 +15,9 @@ import bpy
 import numpy
 import pytest
 
-from bridge import media
 from tests.addon.conftest import FPS, shot, strips
 from tests.helpers import wait_until
+from tests.media_samples import frame_index_of, make_test_video
 
 pytestmark = pytest.mark.blender
 RATE = 48000
@@ -60,7 +60,7 @@ def frames(tmp_path_factory: pytest.TempPathFactory, clip: Path) -> Path:
 def long_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Big enough that its render is still running when a test cancels it."""
     folder = tmp_path_factory.mktemp("long")
-    return media.make_test_video(folder / "long.mp4", 240, FPS, (640, 360))
+    return make_test_video(folder / "long.mp4", 240, FPS, (640, 360))
 
 
 @pytest.fixture(scope="session")
@@ -91,7 +91,7 @@ def finish(task: Any) -> Any:
 
 def frame_indices(path: str) -> list[int]:
     with av.open(path) as container:
-        return [media.frame_index_of(f) for f in container.decode(video=0)]
+        return [frame_index_of(f) for f in container.decode(video=0)]
 
 
 def rgb_frames(path: Path | str) -> list[numpy.ndarray]:

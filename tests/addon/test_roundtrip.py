@@ -31,6 +31,7 @@ from tests.addon.conftest import (
     sync_until,
     take_of,
 )
+from tests.faults import faults_of
 from tests.helpers import impostor, plant_stale_discovery, wait_until
 
 pytestmark = pytest.mark.blender
@@ -76,7 +77,7 @@ def test_two_takes_and_the_original_switch_on_one_strip(
 def test_failed_remote_job_shows_the_api_message(
     fresh: Any, clip: Path, dub: Path, emulator: Any
 ) -> None:
-    emulator.state.fail_next(1, "video URL is not accessible")
+    faults_of(emulator).fail_next(1, "video URL is not accessible")
     shot(fresh, clip, dub)
     ref = lipsync(fresh)
     with pytest.raises(RuntimeError, match="failed: .*video URL is not accessible"):

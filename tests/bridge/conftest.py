@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from bridge import media
 from bridge.config import BridgeConfig, Secret
 from bridge.emulator import EmulatorConfig, RunningEmulator, start_emulator
 from bridge.engine import Engine
@@ -17,6 +16,7 @@ from bridge.errors import StoreError
 from bridge.jobs import Job, JobSpec
 from bridge.store import Store
 from tests.helpers import async_wait_until
+from tests.media_samples import make_sample_media
 
 EMULATOR_KEY = "emulator-key"
 
@@ -25,7 +25,7 @@ EMULATOR_KEY = "emulator-key"
 def sample_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A 1 s sample video (with its own sound) and a dubbed WAV; tests must not modify them."""
     folder = tmp_path_factory.mktemp("media")
-    return media.make_sample_media(folder, seconds=1.0, fps=25, size=(160, 120))
+    return make_sample_media(folder, seconds=1.0, fps=25, size=(160, 120))
 
 
 @pytest.fixture

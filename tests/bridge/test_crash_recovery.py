@@ -13,6 +13,7 @@ from bridge import media
 from bridge.client import BridgeClient
 from bridge.emulator import RunningEmulator
 from tests.bridge.processes import BridgeProcess
+from tests.faults import faults_of
 from tests.helpers import async_wait_until
 
 
@@ -66,7 +67,7 @@ async def test_killed_mid_upload_resumes_without_paying_twice(
     emulator: RunningEmulator,
     sample_pair: tuple[Path, Path],
 ) -> None:
-    emulator.state.add_fault("generate-with-media", fault, delay=1.0)
+    faults_of(emulator).add("generate-with-media", fault, delay=1.0)
     client = await call(bridge_proc.start)
     await call(submit, client, sample_pair, "crash-upload")
     await async_wait_until(lambda: emulator.state.in_flight > 0, message="upload in flight")
@@ -102,7 +103,7 @@ async def test_killed_mid_poll_and_mid_download_every_job_completes_exactly_once
     await call(bridge_proc.kill)
 
     # Second life: the downloads stall, and the bridge dies again mid-download.
-    emulator.state.add_fault("output", "delay", count=-1, delay=2.0)
+    faults_of(emulator).add("output", "delay", count=-1, delay=2.0)
     client = await call(bridge_proc.start)
 
     async def downloading() -> bool:
@@ -110,7 +111,7 @@ async def test_killed_mid_poll_and_mid_download_every_job_completes_exactly_once
 
     await async_wait_until(downloading, timeout=30, message="a download in flight")
     await call(bridge_proc.kill)
-    emulator.state.faults.clear()
+    faults_of(emulator).rules.clear()
 
     jobs = await restart_and_finish(bridge_proc, emulator, refs)
 

@@ -24,7 +24,9 @@ from aiohttp import web
 
 from bridge import media
 from bridge.emulator import EmulatorConfig, RunningEmulator, start_emulator
+from tests.faults import faults_of
 from tests.helpers import async_wait_until
+from tests.media_samples import make_test_audio, make_test_video
 
 KEY = "emulator-key"
 AUTH = {"x-api-key": KEY}
@@ -38,8 +40,8 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     junk = folder / "junk.mp4"
     junk.write_bytes(b"this is not a video" * 100)
     return {
-        "video": media.make_test_video(folder / "source.mp4", frames=10, fps=10, size=(96, 48)),
-        "audio": media.make_test_audio(folder / "target.wav", seconds=1.0),
+        "video": make_test_video(folder / "source.mp4", frames=10, fps=10, size=(96, 48)),
+        "audio": make_test_audio(folder / "target.wav", seconds=1.0),
         "junk": junk,
     }
 
@@ -388,7 +390,7 @@ async def test_error_faults_answer_once_then_recover(
     status: int,
     body: dict,
 ) -> None:
-    emulator.state.add_fault("users", kind, retry_after=retry_after)
+    faults_of(emulator).add("users", kind, retry_after=retry_after)
     url = emulator.base_url + "/v1/users/me"
     async with http.get(url, headers=AUTH) as response:
         assert (response.status, await response.json()) == (status, body)
@@ -401,7 +403,7 @@ async def test_error_faults_answer_once_then_recover(
 async def test_502_is_an_nginx_html_page(
     emulator: RunningEmulator, http: aiohttp.ClientSession, clips: dict[str, Path]
 ) -> None:
-    emulator.state.add_fault("generate-with-media", "502-html")
+    faults_of(emulator).add("generate-with-media", "502-html")
     url = emulator.base_url + "/v1/lipsync/generate-with-media"
     async with http.post(url, data=_form(clips), headers=AUTH) as response:
         assert response.status == 502
@@ -413,20 +415,20 @@ async def test_502_is_an_nginx_html_page(
 async def test_fault_counts_groups_and_forever(
     emulator: RunningEmulator, http: aiohttp.ClientSession
 ) -> None:
-    emulator.state.add_fault("requests", "500", count=2)
-    emulator.state.add_fault("any", "429", count=-1)
+    faults_of(emulator).add("requests", "500", count=2)
+    faults_of(emulator).add("any", "429", count=-1)
     statuses = []
     for path in ("/v1/lipsync/requests", "/v1/lipsync/requests/x", "/v1/users/me", "/health"):
         async with http.get(emulator.base_url + path, headers=AUTH) as response:
             statuses.append(response.status)
     assert statuses == [500, 500, 429, 429]
-    assert [r.count for r in emulator.state.faults] == [0, -1]
+    assert [r.count for r in faults_of(emulator).rules] == [0, -1]
 
 
 async def test_delay_fault_slows_one_answer(
     emulator: RunningEmulator, http: aiohttp.ClientSession
 ) -> None:
-    emulator.state.add_fault("users", "delay", delay=0.3)
+    faults_of(emulator).add("users", "delay", delay=0.3)
     started = time.monotonic()
     async with http.get(emulator.base_url + "/v1/users/me", headers=AUTH) as response:
         assert response.status == 200
@@ -436,7 +438,7 @@ async def test_delay_fault_slows_one_answer(
 async def test_drop_reads_the_upload_then_hangs_up_without_creating(
     emulator: RunningEmulator, http: aiohttp.ClientSession, clips: dict[str, Path]
 ) -> None:
-    emulator.state.add_fault("generate-with-media", "drop")
+    faults_of(emulator).add("generate-with-media", "drop")
     url = emulator.base_url + "/v1/lipsync/generate-with-media"
     with pytest.raises(aiohttp.ClientConnectionError):
         async with http.post(url, data=_form(clips, reference_id="r"), headers=AUTH):
@@ -448,7 +450,7 @@ async def test_drop_reads_the_upload_then_hangs_up_without_creating(
 async def test_drop_after_accept_is_the_double_charge_trap(
     emulator: RunningEmulator, sdk: chamelaion.AsyncChamelaion, clips: dict[str, Path]
 ) -> None:
-    emulator.state.add_fault("generate-with-media", "drop-after-accept")
+    faults_of(emulator).add("generate-with-media", "drop-after-accept")
     with (
         clips["video"].open("rb") as video,
         clips["audio"].open("rb") as audio,
@@ -468,7 +470,7 @@ async def test_drop_midway_sends_half_the_output(
     clips: dict[str, Path],
 ) -> None:
     request = await _final(sdk, await _upload(http, emulator, clips))
-    emulator.state.add_fault("output", "drop-midway")
+    faults_of(emulator).add("output", "drop-midway")
     with pytest.raises(aiohttp.ClientPayloadError):
         async with http.get(request.output_url) as response:
             assert response.content_length > 0
@@ -481,7 +483,7 @@ async def test_drop_midway_sends_half_the_output(
 async def test_token_limit_through_the_sdk(
     emulator: RunningEmulator, sdk: chamelaion.AsyncChamelaion
 ) -> None:
-    emulator.state.add_fault("generate", "412")
+    faults_of(emulator).add("generate", "412")
     with pytest.raises(chamelaion.APIStatusError, match="token limit reached") as caught:
         await sdk.lipsync.generate(inputs=[VIDEO, AUDIO])
     assert caught.value.status_code == 412
@@ -494,8 +496,8 @@ async def test_job_outcomes_fail_and_complete_without_output(
     http: aiohttp.ClientSession,
     clips: dict[str, Path],
 ) -> None:
-    emulator.state.fail_next(error_message="face not found")
-    emulator.state.complete_without_output_next()
+    faults_of(emulator).fail_next(error_message="face not found")
+    faults_of(emulator).complete_without_output_next()
     first, second, third = [await _upload(http, emulator, clips) for _ in range(3)]
     failed = await _final(sdk, first)
     assert (failed.status, failed.error_message, failed.output_url) == (
@@ -508,20 +510,16 @@ async def test_job_outcomes_fail_and_complete_without_output(
     assert (await _final(sdk, third)).output_url
 
 
-async def test_http_controls_for_out_of_process_tests(
+async def test_stats_and_reset_controls_for_out_of_process_runs(
     emulator: RunningEmulator,
     sdk: chamelaion.AsyncChamelaion,
     http: aiohttp.ClientSession,
     clips: dict[str, Path],
 ) -> None:
     control = emulator.url + "/_emulator"
-    faults = {
-        "rules": [{"endpoint": "retrieve", "kind": "429", "count": 1, "retry_after": 1.5}],
-        "jobs": [{"outcome": "fail", "count": 1, "error_message": "boom"}],
-    }
-    async with http.post(control + "/faults", json=faults) as response:
-        assert response.status == 200
-        assert (await response.json())["rules"][0]["retry_after"] == 1.5
+    faults = faults_of(emulator)
+    faults.add("retrieve", "429", retry_after=1.5)
+    faults.fail_next(error_message="boom")
     request_id = await _upload(http, emulator, clips, reference_id="ctl")
     with pytest.raises(chamelaion.RateLimitError):
         await sdk.lipsync.requests.retrieve(request_id)
@@ -532,15 +530,22 @@ async def test_http_controls_for_out_of_process_tests(
     assert stats["calls"]["retrieve"] >= 2
     assert stats["generate_by_reference_id"] == {"ctl": 1}
     assert (stats["requests_created"], stats["downloads"]) == (1, 0)
-    for bad in ({"rules": [{"endpoint": "nowhere", "kind": "500"}]}, {"rules": [{"kind": "9"}]}):
-        async with http.post(control + "/faults", json=bad) as response:
-            assert response.status == 400
-            assert "invalid fault configuration" in (await response.json())["error"]
     async with http.post(control + "/reset") as response:
         assert response.status == 200
     async with http.get(control + "/stats") as response:
         assert (await response.json())["requests_created"] == 0
-    assert emulator.state.requests == {} and emulator.state.faults == []
+    assert emulator.state.requests == {}
+    assert faults_of(emulator) is not faults and faults_of(emulator).rules == []
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "kind"), [("nowhere", "500"), ("users", "9"), ("users", "drop-midway")]
+)
+async def test_a_fault_that_cannot_happen_is_refused(
+    emulator: RunningEmulator, endpoint: str, kind: str
+) -> None:
+    with pytest.raises(ValueError, match="unknown|does not apply"):
+        faults_of(emulator).add(endpoint, kind)
 
 
 async def test_unprocessed_uploads_stream_and_complete_with_a_tiny_video(

@@ -17,6 +17,7 @@ from bridge.errors import DuplicateReferenceError, InputError
 from bridge.jobs import JobSpec, State
 from bridge.remote import RemoteAPI
 from tests.bridge.conftest import EMULATOR_KEY, EngineFactory, wait_final
+from tests.faults import faults_of
 from tests.helpers import async_wait_until
 
 
@@ -74,7 +75,7 @@ async def test_unreachable_url_fails_with_the_apis_reason(
 async def test_rate_limit_forever_makes_the_job_wait_not_fail_or_hammer(
     make_engine: EngineFactory, emulator: RunningEmulator, sample_pair: tuple[Path, Path]
 ) -> None:
-    rule = emulator.state.add_fault("generate-with-media", "429", count=-1, retry_after=0.3)
+    rule = faults_of(emulator).add("generate-with-media", "429", count=-1, retry_after=0.3)
     engine = await make_engine()
     job = await engine.submit(spec_for(sample_pair))
     await async_wait_until(lambda: emulator.state.stats.calls["generate-with-media"] >= 3)
@@ -85,7 +86,7 @@ async def test_rate_limit_forever_makes_the_job_wait_not_fail_or_hammer(
     # Retry-After of 0.3 s: three tries take at least 0.6 s, so this is no hammering.
     assert emulator.state.stats.calls["generate-with-media"] <= 4
 
-    emulator.state.faults.remove(rule)
+    faults_of(emulator).rules.remove(rule)
     done = await wait_final(engine, job.id)
     assert done.state == State.COMPLETED, done.error
     assert done.note is None
@@ -99,7 +100,7 @@ async def test_failed_generate_is_reconciled_never_paid_twice(
     emulator: RunningEmulator,
     sample_pair: tuple[Path, Path],
 ) -> None:
-    emulator.state.add_fault("generate-with-media", kind, count=1)
+    faults_of(emulator).add("generate-with-media", kind, count=1)
     engine = await make_engine()
     engine_job = await engine.submit(spec_for(sample_pair, reference_id=f"take-{kind}"))
     done = await wait_final(engine, engine_job.id)
@@ -132,7 +133,7 @@ async def test_no_key_is_refused_before_anything_is_queued(
 async def test_remote_failure_shows_the_apis_message_and_retry_uses_a_new_reference(
     make_engine: EngineFactory, emulator: RunningEmulator, sample_pair: tuple[Path, Path]
 ) -> None:
-    emulator.state.fail_next(error_message="no face detected in the video")
+    faults_of(emulator).fail_next(error_message="no face detected in the video")
     engine = await make_engine()
     job = await engine.submit(spec_for(sample_pair, reference_id="ep1-shot2"))
     failed = await wait_final(engine, job.id)
@@ -150,7 +151,7 @@ async def test_remote_failure_shows_the_apis_message_and_retry_uses_a_new_refere
 async def test_completed_without_output_url_fails_readably(
     make_engine: EngineFactory, emulator: RunningEmulator, sample_pair: tuple[Path, Path]
 ) -> None:
-    emulator.state.complete_without_output_next()
+    faults_of(emulator).complete_without_output_next()
     engine = await make_engine()
     done = await wait_final(engine, (await engine.submit(spec_for(sample_pair))).id)
     assert done.state == State.FAILED
@@ -164,7 +165,7 @@ async def test_broken_download_is_retried_and_never_leaves_a_truncated_file(
     emulator: RunningEmulator,
     sample_pair: tuple[Path, Path],
 ) -> None:
-    emulator.state.add_fault("output", kind, count=2)
+    faults_of(emulator).add("output", kind, count=2)
     engine = await make_engine()
     done = await wait_final(engine, (await engine.submit(spec_for(sample_pair))).id, 40)
     assert done.state == State.COMPLETED, done.error
@@ -279,7 +280,7 @@ async def test_input_that_vanishes_before_upload_fails_with_a_sentence(
 ) -> None:
     video = tmp_path / "shot.mp4"
     video.write_bytes(sample_pair[0].read_bytes())
-    emulator.state.add_fault("generate-with-media", "429", count=1, retry_after=0.5)
+    faults_of(emulator).add("generate-with-media", "429", count=1, retry_after=0.5)
     engine = await make_engine()
     job = await engine.submit(JobSpec(video_path=str(video), audio_path=str(sample_pair[1])))
     await async_wait_until(lambda: emulator.state.stats.calls["generate-with-media"] == 1)

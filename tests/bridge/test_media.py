@@ -13,7 +13,9 @@ import pytest
 from av.stream import Disposition
 
 from bridge import media
+from bridge.emulator.lipsync import mux_audio
 from bridge.errors import MediaError
+from tests.media_samples import frame_index_of, make_sample_media, make_test_audio, make_test_video
 
 SIZE = (128, 96)
 
@@ -21,7 +23,7 @@ SIZE = (128, 96)
 def indices(path: Path) -> list[int]:
     """The index written into each decoded frame, in presentation order."""
     with av.open(str(path)) as container:
-        return [media.frame_index_of(frame) for frame in container.decode(video=0)]
+        return [frame_index_of(frame) for frame in container.decode(video=0)]
 
 
 def stream_durations(path: Path) -> dict[str, float]:
@@ -40,13 +42,13 @@ def digest(path: Path) -> tuple[str, int]:
 @pytest.fixture
 def clip(tmp_path: Path) -> Path:
     """A 2 s, 25 fps MP4 with audio whose frames carry their index."""
-    return media.make_test_video(tmp_path / "clip.mp4", 50, 25, SIZE, with_audio=True)
+    return make_test_video(tmp_path / "clip.mp4", 50, 25, SIZE, with_audio=True)
 
 
 @pytest.fixture
 def speech(tmp_path: Path) -> Path:
     """A 2 s speech-like WAV."""
-    return media.make_test_audio(tmp_path / "speech.wav", 2.0, speech=True)
+    return make_test_audio(tmp_path / "speech.wav", 2.0, speech=True)
 
 
 # --- refusals: one sentence naming the file and what to do ---------------------------------
@@ -84,7 +86,7 @@ def test_wav_renamed_mp4_has_no_video_stream(tmp_path: Path, speech: Path) -> No
 
 
 def test_audio_only_mp4_has_no_video_stream(tmp_path: Path) -> None:
-    audio_only = media.make_test_audio(tmp_path / "voice.m4a", 1.0)
+    audio_only = make_test_audio(tmp_path / "voice.m4a", 1.0)
     as_mp4 = tmp_path / "voice.mp4"
     audio_only.rename(as_mp4)
     with pytest.raises(MediaError, match=r"voice\.mp4 has no video stream"):
@@ -92,7 +94,7 @@ def test_audio_only_mp4_has_no_video_stream(tmp_path: Path) -> None:
 
 
 def test_silent_video_as_audio_input_has_no_audio(tmp_path: Path) -> None:
-    silent = media.make_test_video(tmp_path / "silent.mp4", 5, 25, SIZE)
+    silent = make_test_video(tmp_path / "silent.mp4", 5, 25, SIZE)
     with pytest.raises(MediaError) as caught:
         media.check_audio_input(silent)
     assert str(caught.value) == (
@@ -101,7 +103,7 @@ def test_silent_video_as_audio_input_has_no_audio(tmp_path: Path) -> None:
 
 
 def test_two_videos_are_refused_with_the_fix(tmp_path: Path, clip: Path) -> None:
-    dubbed = media.make_test_video(tmp_path / "dubbed.mp4", 5, 25, SIZE, with_audio=True)
+    dubbed = make_test_video(tmp_path / "dubbed.mp4", 5, 25, SIZE, with_audio=True)
     with pytest.raises(MediaError) as caught:
         media.check_inputs(clip, dubbed)
     assert str(caught.value) == (
@@ -163,14 +165,14 @@ def test_range_is_cut_frame_exactly_with_its_audio(tmp_path: Path, clip: Path) -
 
 def test_cut_of_ntsc_rate_mov_keeps_the_rate(tmp_path: Path) -> None:
     rate = Fraction(30000, 1001)
-    source = media.make_test_video(tmp_path / "take.mov", 90, rate, SIZE, container="mov")
+    source = make_test_video(tmp_path / "take.mov", 90, rate, SIZE, container="mov")
     cut = media.prepare_video(source, tmp_path / "work", video_range=(1.0, 0.5))
     assert indices(cut) == list(range(30, 45))
     assert media.probe(cut).fps == rate
 
 
 def test_cut_deep_in_a_clip_seeks_and_still_starts_on_the_right_frame(tmp_path: Path) -> None:
-    source = media.make_test_video(
+    source = make_test_video(
         tmp_path / "long.mkv", 150, 25, SIZE, with_audio=True, container="mkv", keyframe_interval=10
     )
     cut = media.prepare_video(source, tmp_path / "work", video_range=(4.52, 0.4))
@@ -197,7 +199,7 @@ def test_empty_range_is_refused(tmp_path: Path, clip: Path) -> None:
 
 @pytest.mark.parametrize("container", ["mov", "mkv"])
 def test_other_containers_become_playable_mp4(tmp_path: Path, container: str) -> None:
-    source = media.make_test_video(
+    source = make_test_video(
         tmp_path / f"take.{container}", 30, 25, SIZE, with_audio=True, container=container
     )
     assert media.probe(source).frames == 30
@@ -216,7 +218,7 @@ def test_other_containers_become_playable_mp4(tmp_path: Path, container: str) ->
 
 
 def test_wav_and_mp3_are_sent_as_they_are(tmp_path: Path, speech: Path) -> None:
-    mp3 = media.make_test_audio(tmp_path / "speech.mp3", 1.0)
+    mp3 = make_test_audio(tmp_path / "speech.mp3", 1.0)
     assert media.prepare_audio(speech, tmp_path / "work") == speech
     assert media.prepare_audio(mp3, tmp_path / "work") == mp3
 
@@ -225,7 +227,7 @@ def test_wav_and_mp3_are_sent_as_they_are(tmp_path: Path, speech: Path) -> None:
 def test_other_audio_becomes_16_bit_wav(
     tmp_path: Path, suffix: str, rate: int, channels: int
 ) -> None:
-    source = media.make_test_audio(tmp_path / f"line{suffix}", 1.5, rate, channels)
+    source = make_test_audio(tmp_path / f"line{suffix}", 1.5, rate, channels)
     out = media.prepare_audio(source, tmp_path / "work")
     assert out.suffix == ".wav"
     with av.open(str(out)) as container:
@@ -242,9 +244,9 @@ def test_other_audio_becomes_16_bit_wav(
 def test_mux_copies_the_picture_and_takes_the_new_audio_for_the_videos_length(
     tmp_path: Path, clip: Path
 ) -> None:
-    long_line = media.make_test_audio(tmp_path / "long.wav", 3.5, speech=True)
+    long_line = make_test_audio(tmp_path / "long.wav", 3.5, speech=True)
     out = tmp_path / "results" / "synced.mp4"
-    media.mux_audio(clip, long_line, out)
+    mux_audio(clip, long_line, out)
     info = media.probe(out)
     assert (info.has_video, info.has_audio, info.audio_codec) == (True, True, "aac")
     durations = stream_durations(out)
@@ -288,7 +290,7 @@ def test_truncated_or_bogus_files_are_not_playable(tmp_path: Path, clip: Path) -
 
 def test_sample_media_is_quick_and_carries_frame_indices(tmp_path: Path) -> None:
     started = time.monotonic()
-    video, audio = media.make_sample_media(tmp_path / "demo")
+    video, audio = make_sample_media(tmp_path / "demo")
     assert time.monotonic() - started < 2.0
     assert (video.name, audio.name) == ("sample.mp4", "sample.wav")
     assert indices(video) == list(range(75))

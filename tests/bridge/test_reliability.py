@@ -16,7 +16,9 @@ from bridge.emulator import RunningEmulator
 from bridge.jobs import Job, JobSpec, State
 from bridge.store import Store
 from tests.bridge.conftest import EngineFactory, wait_final
+from tests.faults import faults_of
 from tests.helpers import async_wait_until
+from tests.media_samples import make_test_video
 
 
 def spec_for(video: Path, audio: Path, **options: object) -> JobSpec:
@@ -44,15 +46,15 @@ async def test_every_api_call_outlasts_a_run_of_transient_faults(
     # The generate answer is lost, so the bridge must look the reference_id up before
     # anything else; then twelve faults in a row at the endpoint under test (more than any
     # attempt cap the bridge ever had).
-    emulator.state.add_fault("generate-with-media", "drop-after-accept", count=1)
-    emulator.state.add_fault(endpoint, kind, count=12, retry_after=0.05)
+    faults_of(emulator).add("generate-with-media", "drop-after-accept", count=1)
+    faults_of(emulator).add(endpoint, kind, count=12, retry_after=0.05)
     engine = await make_engine()
     job = await engine.submit(spec_for(*sample_pair, reference_id=f"shot-{endpoint}-{kind}"))
 
     done = await wait_final(engine, job.id, timeout=60)
 
     assert done.state == State.COMPLETED, done.error
-    assert emulator.state.stats.faults[kind] == 12
+    assert faults_of(emulator).fired[kind] == 12
     assert emulator.state.stats.generate_by_reference_id == {f"shot-{endpoint}-{kind}": 1}
     assert media.is_playable_video(Path(done.output_path))
     assert done.note is None and engine.problems.sentences() == []
@@ -61,7 +63,7 @@ async def test_every_api_call_outlasts_a_run_of_transient_faults(
 async def test_a_waiting_job_says_why_and_since_when(
     make_engine: EngineFactory, emulator: RunningEmulator, sample_pair: tuple[Path, Path]
 ) -> None:
-    rule = emulator.state.add_fault("generate-with-media", "502-html", count=-1)
+    rule = faults_of(emulator).add("generate-with-media", "502-html", count=-1)
     engine = await make_engine()
     job = await engine.submit(spec_for(*sample_pair))
 
@@ -75,7 +77,7 @@ async def test_a_waiting_job_says_why_and_since_when(
     assert "HTML error page" in waiting.note and "Waiting since " in waiting.note
     assert any("HTML error page" in p for p in engine.problems.sentences())
 
-    emulator.state.faults.remove(rule)
+    faults_of(emulator).rules.remove(rule)
     done = await wait_final(engine, job.id)
     assert done.state == State.COMPLETED and done.note is None
     assert engine.problems.sentences() == []
@@ -184,7 +186,7 @@ async def test_a_conversion_shows_progress_and_happens_once_across_retries_and_r
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    mov = media.make_test_video(tmp_path / "take.mov", 200, container="mov")
+    mov = make_test_video(tmp_path / "take.mov", 200, container="mov")
     conversions: list[Path] = []
     real_prepare = media.prepare_video
 
@@ -194,15 +196,15 @@ async def test_a_conversion_shows_progress_and_happens_once_across_retries_and_r
 
     monkeypatch.setattr(media, "prepare_video", counting_prepare)
     notes: list[str] = []
-    emulator.state.add_fault("generate-with-media", "500", count=2)
-    stuck = emulator.state.add_fault("generate-with-media", "429", count=-1, retry_after=0.05)
+    faults_of(emulator).add("generate-with-media", "500", count=2)
+    stuck = faults_of(emulator).add("generate-with-media", "429", count=-1, retry_after=0.05)
     first = await make_engine()
     first.store.subscribe(lambda job: job.note and notes.append(job.note))
     job = await first.submit(spec_for(mov, sample_pair[1]))
-    await async_wait_until(lambda: emulator.state.stats.faults["429"] >= 2, message="429s")
+    await async_wait_until(lambda: faults_of(emulator).fired["429"] >= 2, message="429s")
     await first.close()  # the bridge stops while the upload keeps being refused
 
-    emulator.state.faults.remove(stuck)
+    faults_of(emulator).rules.remove(stuck)
     second = await make_engine()
     done = await wait_final(second, job.id)
 
@@ -219,16 +221,16 @@ async def test_an_input_changed_after_it_was_prepared_is_prepared_again_before_p
     sample_pair: tuple[Path, Path],
     tmp_path: Path,
 ) -> None:
-    mov = media.make_test_video(tmp_path / "take.mov", 50, container="mov")
-    stuck = emulator.state.add_fault("generate-with-media", "429", count=-1, retry_after=0.05)
+    mov = make_test_video(tmp_path / "take.mov", 50, container="mov")
+    stuck = faults_of(emulator).add("generate-with-media", "429", count=-1, retry_after=0.05)
     engine = await make_engine()
     job = await engine.submit(spec_for(mov, sample_pair[1]))
     manifest = engine.config.work_dir / job.id / preparing.MANIFEST
     await async_wait_until(manifest.exists, message="the prepared upload")
-    await async_wait_until(lambda: emulator.state.stats.faults["429"], message="a refused try")
+    await async_wait_until(lambda: faults_of(emulator).fired["429"], message="a refused try")
 
-    media.make_test_video(mov, 75, container="mov")  # the editor re-exports the take
-    emulator.state.faults.remove(stuck)
+    make_test_video(mov, 75, container="mov")  # the editor re-exports the take
+    faults_of(emulator).rules.remove(stuck)
     done = await wait_final(engine, job.id)
 
     assert done.state == State.COMPLETED, done.error
@@ -261,14 +263,14 @@ async def test_links_planted_at_the_result_names_are_never_followed(
 async def test_an_expired_result_link_is_replaced_by_a_fresh_one(
     make_engine: EngineFactory, emulator: RunningEmulator, sample_pair: tuple[Path, Path]
 ) -> None:
-    emulator.state.add_fault("output", "404", count=2)
+    faults_of(emulator).add("output", "404", count=2)
     engine = await make_engine()
     job = await engine.submit(spec_for(*sample_pair))
 
     done = await wait_final(engine, job.id)
 
     assert done.state == State.COMPLETED, done.error
-    assert emulator.state.stats.faults["404"] == 2
+    assert faults_of(emulator).fired["404"] == 2
     assert emulator.state.stats.calls["retrieve"] >= 2  # a fresh link asked for each time
     assert emulator.state.stats.requests_created == 1
 
@@ -276,7 +278,7 @@ async def test_an_expired_result_link_is_replaced_by_a_fresh_one(
 async def test_a_result_that_stays_unplayable_fails_with_a_sentence_and_costs_nothing_to_retry(
     make_engine: EngineFactory, emulator: RunningEmulator, sample_pair: tuple[Path, Path]
 ) -> None:
-    held = emulator.state.add_fault("output", "500", count=-1)
+    held = faults_of(emulator).add("output", "500", count=-1)
     engine = await make_engine()
     job = await engine.submit(spec_for(*sample_pair, reference_id="garbled"))
     await async_wait_until(
@@ -285,7 +287,7 @@ async def test_a_result_that_stays_unplayable_fails_with_a_sentence_and_costs_no
     made = emulator.state.requests[engine.store.get(job.id).request_id].output_path
     good = made.read_bytes()
     made.write_bytes(b"\0" * len(good))  # the storage serves a damaged file
-    emulator.state.faults.remove(held)
+    faults_of(emulator).rules.remove(held)
 
     failed = await wait_final(engine, job.id)
 
@@ -306,7 +308,7 @@ async def test_a_gateway_timeout_while_the_api_takes_the_upload_later_is_never_p
     make_engine: EngineFactory, emulator: RunningEmulator, sample_pair: tuple[Path, Path]
 ) -> None:
     # A proxy answers 504 at once; the API behind it takes the upload 1.5 s later.
-    emulator.state.add_fault("generate-with-media", "accept-late", delay=1.5)
+    faults_of(emulator).add("generate-with-media", "accept-late", delay=1.5)
     engine = await make_engine(accept_grace=10.0)
     job = await engine.submit(spec_for(*sample_pair, reference_id="late-take"))
 
@@ -337,8 +339,8 @@ async def test_an_older_request_under_the_same_reference_id_is_never_adopted(
     first = await elsewhere.submit(spec_for(*sample_pair, reference_id="shot010"))
     old = await wait_final(elsewhere, first.id)
     emulator.state.requests[old.request_id].created_at -= timedelta(hours=1)  # made last hour
-    other_clip = media.make_test_video(tmp_path / "other.mp4", 30, size=(128, 96))
-    emulator.state.add_fault("generate-with-media", "500", count=1)  # makes the job look it up
+    other_clip = make_test_video(tmp_path / "other.mp4", 30, size=(128, 96))
+    faults_of(emulator).add("generate-with-media", "500", count=1)  # makes the job look it up
     engine = await make_engine(data_dir=tmp_path / "here")
     job = await engine.submit(spec_for(other_clip, sample_pair[1], reference_id="shot010"))
 

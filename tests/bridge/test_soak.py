@@ -19,6 +19,7 @@ from bridge import discovery
 from bridge.client import BridgeClient, BridgeUnavailable
 from bridge.emulator import EmulatorConfig, RunningEmulator, emulator_in_background
 from tests.bridge.processes import BRIDGE, BridgeProcess, cli_env
+from tests.faults import faults_of, go_offline, go_online
 from tests.helpers import wait_until
 
 JOBS = 20
@@ -65,7 +66,7 @@ def test_twenty_jobs_survive_faults_and_three_kills_with_no_manual_retry(
     rng = random.Random(seed)
     kills_at = sorted(rng.uniform(0.3, 6.0) for _ in range(KILLS))
     for endpoint, kind, probability in SOAK_FAULTS:
-        emulator.state.add_fault(endpoint, kind, count=-1, probability=probability)
+        faults_of(emulator).add(endpoint, kind, count=-1, probability=probability)
     out = tmp_path / "out"
     bridge = BridgeProcess(tmp_path / "data", emulator.base_url)
     # Production backoff, but at most 5 s between tries: at 50 % failed calls a job's tries
@@ -99,7 +100,7 @@ def test_twenty_jobs_survive_faults_and_three_kills_with_no_manual_retry(
     wall = time.monotonic() - started
 
     stats = emulator.state.stats
-    calls, faults = sum(stats.calls.values()), stats.faults
+    calls, faults = sum(stats.calls.values()), faults_of(emulator).fired
     errors, drops = sum(faults[k] for k in ERROR_KINDS), sum(faults[k] for k in DROP_KINDS)
     print(
         f"\nsoak (seed {seed}): {JOBS} jobs, {KILLS} SIGKILLs at {[round(k, 1) for k in kills_at]}"
@@ -143,10 +144,10 @@ def test_submit_wait_outlasts_a_30_second_outage_of_the_api(
 
     try:
         wait_until(lambda: state_of("polled-through-it") == "processing", message="processing")
-        emulator.state.add_fault("generate-with-media", "delay", delay=2.0)
+        faults_of(emulator).add("generate-with-media", "delay", delay=2.0)
         uploading = submit("uploaded-through-it")
         wait_until(lambda: emulator.state.in_flight > 0, message="an upload in flight")
-        emulator.run(emulator.go_offline())
+        emulator.run(go_offline(emulator))
         outage_ends = time.monotonic() + OUTAGE_SECONDS
 
         def outage_over_with_jobs_waiting() -> bool:
@@ -158,7 +159,7 @@ def test_submit_wait_outlasts_a_30_second_outage_of_the_api(
         notes = [job.get("note") or "" for job in client.list_jobs()]
         assert all(note.startswith("Waiting to") and "since" in note for note in notes), notes
         assert client.health()["problems"]  # and the bridge says what is wrong
-        emulator.run(emulator.go_online())
+        emulator.run(go_online(emulator))
 
         for process in (polling, uploading):
             out, err = process.communicate(timeout=180)  # type: ignore[union-attr]

@@ -21,6 +21,7 @@ from bridge.watch import WatchFolder
 from bridge.watch_pairing import is_ignored_name, scan
 from tests.bridge.conftest import EngineFactory
 from tests.bridge.processes import start_watch_process
+from tests.faults import faults_of
 from tests.helpers import async_wait_until
 
 WatchFactory = Callable[..., Awaitable[WatchFolder]]
@@ -300,7 +301,7 @@ async def test_a_pair_moved_back_from_failed_is_retried_and_numbered_results_nev
 ) -> None:
     in_dir, out_dir = tmp_path / "in", tmp_path / "out"
     await make_watcher(in_dir, out_dir)
-    emulator.state.fail_next(1, "no face found")
+    faults_of(emulator).fail_next(1, "no face found")
     drop(sample_pair, in_dir, "shot")
     failed = in_dir / "failed"
     await async_wait_until(
