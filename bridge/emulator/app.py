@@ -36,6 +36,7 @@ ENDPOINT = web.RequestKey("emulator_endpoint", str)
 def error_response(
     status: int, message: str, headers: dict[str, str] | None = None
 ) -> web.Response:
+    """An answer with the API's documented error body, `{"error": message}`."""
     return web.json_response({"error": message}, status=status, headers=headers)
 
 
@@ -71,6 +72,8 @@ async def _auth_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 def _chain(middleware: Middleware, inner: Handler) -> Handler:
+    """`inner` as seen through one of the hooks' middlewares."""
+
     async def call(request: web.Request) -> web.StreamResponse:
         return await middleware(request, inner)
 
