@@ -23,7 +23,7 @@ from bridge.config import BridgeConfig, Secret, redact_url
 from bridge.discovery import health_proof
 from bridge.engine import Engine
 from bridge.errors import DamagedJobError, DuplicateReferenceError, InputError, StoreError
-from bridge.jobs import Job, JobSpec, State, check_file_id
+from bridge.jobs import Job, JobSpec, State, check_file_id, normalize_reference_id
 from bridge.keys import AUTH_SCHEMES, is_usable_key, key_fingerprint
 from bridge.store import IllegalTransition, Store
 from bridge.watch import running_watchers
@@ -37,6 +37,8 @@ ENGINE = web.AppKey("engine", Engine)
 WATCH_FOLDERS = web.AppKey("watch_folders", list)
 WATCHERS = web.AppKey("watchers", list)
 EVENT_QUEUES = web.AppKey("event_queues", set)
+OPENAPI = web.AppKey("openapi", bytes)
+OPENAPI_PATH = Path(__file__).with_name("openapi.json")
 
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
 HEARTBEAT_SECONDS = 15.0
@@ -138,9 +140,17 @@ async def _json_body(request: web.Request) -> Any:
         raise InputError("The request body is not valid JSON.") from None
 
 
+def _normalized(body: Any) -> Any:
+    """The body with its reference_id made valid (free text spelled as an id), so clients
+    such as the add-on send a strip's name and take the id from the answer."""
+    if isinstance(body, dict) and isinstance(body.get("reference_id"), str):
+        return {**body, "reference_id": normalize_reference_id(body["reference_id"])}
+    return body
+
+
 async def create_job(request: web.Request) -> web.Response:
     try:
-        spec = JobSpec.from_json(await _json_body(request), origin="api")
+        spec = JobSpec.from_json(_normalized(await _json_body(request)), origin="api")
         job = await request.app[ENGINE].submit(spec)
     except DuplicateReferenceError as exc:
         return error_response(409, str(exc))
@@ -253,6 +263,11 @@ async def set_api_key(request: web.Request) -> web.Response:
     )
 
 
+async def openapi(request: web.Request) -> web.Response:
+    """The contract this bridge serves (bridge/openapi.json), for clients and tools."""
+    return web.Response(body=request.app[OPENAPI], content_type="application/json")
+
+
 async def events(request: web.Request) -> web.StreamResponse:
     """Server-Sent Events: one `data: <job json>` per committed job change."""
     loop = asyncio.get_running_loop()
@@ -320,9 +335,11 @@ def create_app(
     app[WATCH_FOLDERS] = list(watch_folders)
     app[WATCHERS] = []
     app[EVENT_QUEUES] = set()
+    app[OPENAPI] = OPENAPI_PATH.read_bytes()
     app.cleanup_ctx.append(_engine_context)
     app.on_shutdown.append(_end_event_streams)
     app.router.add_get("/v1/health", health)
+    app.router.add_get("/v1/openapi", openapi)
     app.router.add_post("/v1/jobs", create_job)
     app.router.add_get("/v1/jobs", list_jobs)
     app.router.add_get("/v1/jobs/{key}", get_job)
