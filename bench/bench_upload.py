@@ -42,8 +42,8 @@ from pathlib import Path
 from typing import Any
 
 from bridge import discovery, media
-from bridge.cli import CliError, spawn_bridge, stop_process
 from bridge.client import BridgeClient
+from bridge.processes import StartError, spawn_bridge, stop_process
 
 API_KEY = "emulator-key"
 MB = 1_000_000
@@ -160,7 +160,7 @@ class Bridge:
         env |= {"CHAMELAION_BASE_URL": self.api_base, "CHAMELAION_API_KEY": API_KEY}
         try:
             self.proc, info = spawn_bridge(self.data_dir, env=env, port=0)
-        except CliError as exc:
+        except StartError as exc:
             raise RuntimeError(f"the bridge did not start: {exc}") from None
         self.url, self.token = info["url"], discovery.read_token(self.data_dir) or ""
         return self

@@ -14,10 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bridge import media
-from bridge.cli import EXIT_JOB_FAILED, CliError, Progress, follow, spawn_bridge, stop_process
+from bridge.cli import EXIT_JOB_FAILED, CliError, Progress, follow
 from bridge.client import BridgeClient
 from bridge.emulator import emulator_in_background
 from bridge.jobs import new_reference_id
+from bridge.processes import spawn_bridge, stop_process
 
 EMULATOR_KEY = "emulator-key"
 

@@ -20,7 +20,7 @@ from aiohttp import web
 
 import bridge
 from bridge.config import BridgeConfig, Secret, redact_url
-from bridge.discovery import health_proof
+from bridge.discovery import health_proof, is_loopback_host
 from bridge.engine import Engine
 from bridge.errors import DamagedJobError, DuplicateReferenceError, InputError, StoreError
 from bridge.jobs import Job, JobSpec, State, check_file_id, normalize_reference_id
@@ -40,19 +40,9 @@ EVENT_QUEUES = web.AppKey("event_queues", set)
 OPENAPI = web.AppKey("openapi", bytes)
 OPENAPI_PATH = Path(__file__).with_name("openapi.json")
 
-LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
 HEARTBEAT_SECONDS = 15.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def is_loopback_host(host: str) -> bool:
-    """True for 127.0.0.1, localhost and [::1], with or without a port."""
-    try:
-        name = urlsplit(f"//{host.strip()}").hostname
-    except ValueError:
-        return False
-    return bool(name) and name.rstrip(".").lower() in LOOPBACK_NAMES
 
 
 def error_response(status: int, message: str) -> web.Response:

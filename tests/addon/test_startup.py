@@ -18,7 +18,7 @@ import bpy
 import pytest
 
 from bridge import discovery
-from bridge.cli import stop_process
+from bridge.processes import stop_process
 from tests.addon.conftest import ADDON, configure, lipsync, row, shot, sync_until, take_of
 from tests.helpers import plant_stale_discovery, wait_until
 

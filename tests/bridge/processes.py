@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from bridge import discovery
-from bridge.cli import stop_process
 from bridge.client import BridgeClient, BridgeUnavailable
+from bridge.processes import stop_process
 from tests.helpers import wait_until
 
 BRIDGE = [sys.executable, "-m", "bridge"]
