@@ -1,7 +1,8 @@
 """Where the bridge keeps its files and how clients find it.
 
-Shared by the daemon, the CLI and the Blender add-on, so all three agree on the data
-folder, the token and `bridge.json` without talking to each other first.
+Shared by the daemon and the CLI, so both agree on the data folder, the token and
+`bridge.json` without talking to each other first. The Blender add-on reads the same layout
+through its own `local_api` (it imports nothing from `bridge`): change both together.
 """
 
 from __future__ import annotations

@@ -4,8 +4,6 @@ restarted only by whoever launched it."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,16 +15,14 @@ from bridge import discovery
 from bridge.client import BridgeClient, BridgeUnavailable
 from bridge.daemon import EXIT_BAD_CONFIG, EXIT_DATA_DIR_NOT_WRITABLE
 from bridge.processes import EXIT_OTHER_VERSION, stop_bridge
-from tests.bridge.processes import cli_env, one_sentence, published, run_cli, stop
-from tests.helpers import wait_until
-
-# A bridge that speaks another API version: this very code with the constant changed.
-OLD_BRIDGE = [
-    sys.executable,
-    "-c",
-    "import sys, bridge; bridge.API_VERSION = 99; from bridge.cli import main; "
-    "sys.exit(main(['serve', *sys.argv[1:]]))",
-]
+from tests.bridge.processes import (
+    OTHER_API_VERSION,
+    cli_env,
+    one_sentence,
+    other_api_bridge,
+    run_cli,
+    stop,
+)
 
 
 @pytest.fixture
@@ -41,19 +37,6 @@ def start(folder: Path, *args: str) -> dict[str, Any]:
     result = run_cli("start", "--data-dir", str(folder), "--json", *args, timeout=60)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
-
-
-def old_bridge(folder: Path, launched_by: str) -> subprocess.Popen[str]:
-    env = cli_env(**{discovery.LAUNCHED_BY_ENV: launched_by})
-    process = subprocess.Popen(
-        [*OLD_BRIDGE, "--data-dir", str(folder), "--port", "0"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    wait_until(lambda: published(folder, process), timeout=30, message="the old bridge")
-    return process
 
 
 def test_start_starts_one_bridge_and_then_finds_it(folder: Path) -> None:
@@ -77,7 +60,7 @@ def test_start_starts_one_bridge_and_then_finds_it(folder: Path) -> None:
 
 
 def test_start_replaces_its_own_bridge_of_another_api_version(folder: Path) -> None:
-    old = old_bridge(folder, launched_by="cli")
+    old = other_api_bridge(folder, launched_by="cli")
     try:
         new = start(folder)
         assert old.wait(timeout=20) == 0  # stopped cleanly, its jobs kept in the store
@@ -91,12 +74,12 @@ def test_start_replaces_its_own_bridge_of_another_api_version(folder: Path) -> N
 def test_a_bridge_of_another_api_version_that_is_not_ours_is_refused(
     folder: Path, command: tuple[str, ...]
 ) -> None:
-    old = old_bridge(folder, launched_by="someone-else")
+    old = other_api_bridge(folder, launched_by="someone-else")
     try:
         result = run_cli(*command, "--data-dir", str(folder))
         assert result.returncode == EXIT_OTHER_VERSION
         sentence = one_sentence(result.stderr)
-        assert "API version 99" in sentence and f"pid {old.pid}" in sentence
+        assert f"API version {OTHER_API_VERSION}" in sentence and f"pid {old.pid}" in sentence
         assert "chamelaion-bridge stop" in sentence
         assert old.poll() is None  # still running: not ours to stop
     finally:
