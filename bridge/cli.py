@@ -94,13 +94,18 @@ def running_client(folder: Path) -> BridgeClient | None:
         return None
     if health.get("api_version") != bridge.API_VERSION:
         raise processes.other_version(folder, health, "chamelaion-bridge")
-    if health.get("version") != bridge.__version__:
+    _version_note(health.get("version"))
+    return client
+
+
+def _version_note(version: Any) -> None:
+    """Say so when the running bridge is another release of the same API version."""
+    if version != bridge.__version__:
         print(
-            f"Note: the running bridge is version {health.get('version')} and this command "
+            f"Note: the running bridge is version {version} and this command "
             f"{bridge.__version__}; restart the bridge to update it.",
             file=sys.stderr,
         )
-    return client
 
 
 def connect(args: argparse.Namespace, *, start: bool = False) -> BridgeClient:
@@ -115,6 +120,8 @@ def connect(args: argparse.Namespace, *, start: bool = False) -> BridgeClient:
                 f"(log: {folder / discovery.LOG_FILE}).",
                 file=sys.stderr,
             )
+        else:
+            _version_note(running.version)
         return BridgeClient(running.url, data_dir=folder)
     client = running_client(folder)
     if client is None:
