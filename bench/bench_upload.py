@@ -45,8 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # for tests.media_samples
 
 from bridge import discovery, media  # noqa: E402
-from bridge.cli import CliError, spawn_bridge, stop_process  # noqa: E402
 from bridge.client import BridgeClient  # noqa: E402
+from bridge.processes import StartError, spawn_bridge, stop_process  # noqa: E402
 from tests.media_samples import make_test_audio, make_test_video  # noqa: E402
 
 API_KEY = "emulator-key"
@@ -164,7 +164,7 @@ class Bridge:
         env |= {"CHAMELAION_BASE_URL": self.api_base, "CHAMELAION_API_KEY": API_KEY}
         try:
             self.proc, info = spawn_bridge(self.data_dir, env=env, port=0)
-        except CliError as exc:
+        except StartError as exc:
             raise RuntimeError(f"the bridge did not start: {exc}") from None
         self.url, self.token = info["url"], discovery.read_token(self.data_dir) or ""
         return self

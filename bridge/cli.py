@@ -1,20 +1,22 @@
 """`chamelaion-bridge`: run the bridge, and submit and follow jobs through its local API.
 
 Exit status: 0 success, 1 job failed or canceled, 2 usage, 3 bridge unreachable, 4 input
-error, 5-9 the daemon's start failures (see bridge.daemon), 70 an unexpected error, 130
-interrupted. Every failure is one sentence on stderr. `submit` starts a bridge in the
-background when none runs for the data folder (and CHAMELAION_BRIDGE_URL is not set); the
-other commands only report that none runs.
+error, 5-9 the daemon's start failures (see bridge.daemon), 10 a bridge of another API
+version runs (see bridge.processes), 70 an unexpected error, 130 interrupted. Every failure
+is one sentence on stderr. `start`, and `submit` when none runs for the data folder (and
+CHAMELAION_BRIDGE_URL is not set), start a bridge in the background; the other commands
+only report that none runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import json
 import os
 import re
-import subprocess
+import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 import bridge
-from bridge import discovery
+from bridge import discovery, processes
 from bridge.client import BridgeClient, BridgeRequestError, BridgeUnavailable
 from bridge.config import ConfigError, api_key_from_env
 from bridge.errors import BridgeError, InputError
@@ -44,7 +46,6 @@ EXIT_INTERRUPTED = 130
 
 FINAL_STATES = ("completed", "failed", "canceled")
 TRANSFER_STATES = ("uploading", "downloading")
-START_TIMEOUT = 30.0
 POLL_SECONDS = 0.5
 # Anything of the form scheme://... is meant as a URL (ftp://, file://), never as a path.
 URL_LIKE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
@@ -82,101 +83,50 @@ def _not_running(folder: Path) -> CliError:
 
 
 def running_client(folder: Path) -> BridgeClient | None:
-    """A client for the bridge serving `folder`, if one answers; no guessing of default ports."""
+    """A client for the bridge serving `folder`, if one answers; no guessing of default ports.
+    One of another API version is refused (StartError): this command would misread it."""
     if not os.environ.get("CHAMELAION_BRIDGE_URL") and discovery.read_discovery(folder) is None:
         return None
     client = BridgeClient(data_dir=folder)
     try:
-        version = client.health().get("version")
+        health = client.health()
     except BridgeUnavailable:
         return None
-    if version != bridge.__version__:
-        print(
-            f"Note: the running bridge is version {version} and this command {bridge.__version__}; "
-            "restart the bridge to update it.",
-            file=sys.stderr,
-        )
+    if health.get("api_version") != bridge.API_VERSION:
+        raise processes.other_version(folder, health, "chamelaion-bridge")
+    _version_note(health.get("version"))
     return client
 
 
-def spawn_bridge(
-    folder: Path, *, env: dict[str, str] | None = None, port: int | None = None
-) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
-    """Start `serve` detached, its output in the data folder's log; return it and bridge.json.
-
-    bridge.json may name another process when a bridge was already running for the folder.
-    """
-    discovery.make_private_dir(folder)
-    log_path = folder / discovery.LOG_FILE
-    command = [sys.executable, "-m", "bridge", "serve", "--data-dir", str(folder)]
-    if port is not None:
-        command += ["--port", str(port)]
-    detach: dict[str, Any] = (
-        {"creationflags": subprocess.CREATE_NO_WINDOW | subprocess.CREATE_NEW_PROCESS_GROUP}
-        if os.name == "nt"
-        else {"start_new_session": True}
-    )
-    with discovery.open_private(log_path) as log:
-        process = subprocess.Popen(
-            command, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, **detach
+def _version_note(version: Any) -> None:
+    """Say so when the running bridge is another release of the same API version."""
+    if version != bridge.__version__:
+        print(
+            f"Note: the running bridge is version {version} and this command "
+            f"{bridge.__version__}; restart the bridge to update it.",
+            file=sys.stderr,
         )
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        code = process.poll()
-        info = discovery.read_discovery(folder)
-        if info and (info.get("pid") == process.pid or code == 0):
-            try:
-                BridgeClient(info["url"], data_dir=folder).health()
-                return process, info
-            except BridgeUnavailable:
-                pass
-        if code not in (None, 0):
-            raise CliError(
-                code, _last_line(log_path) or f"The bridge could not start; see {log_path}."
-            )
-        time.sleep(0.1)
-    process.terminate()
-    raise CliError(
-        EXIT_UNREACHABLE, f"The bridge did not answer within {START_TIMEOUT:.0f} s; see {log_path}."
-    )
-
-
-def stop_process(process: subprocess.Popen[Any], timeout: float = 15.0) -> int:
-    """SIGTERM (the bridge's clean shutdown), SIGKILL only if that takes too long; the
-    exit status."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    return process.returncode
-
-
-def _last_line(path: Path) -> str:
-    try:
-        lines = path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
-    except OSError:
-        return ""
-    return lines[-1] if lines else ""
 
 
 def connect(args: argparse.Namespace, *, start: bool = False) -> BridgeClient:
-    """The running bridge's client; with `start`, launch one in the background if needed."""
+    """The running bridge's client; with `start`, launch one in the background if needed
+    (replacing one of another API version that the CLI launched)."""
     folder = _data_dir(args)
+    if start and not os.environ.get("CHAMELAION_BRIDGE_URL"):
+        running = processes.ensure_bridge(folder, launched_by="cli")
+        if running.started:
+            print(
+                f"Started a Chamelaion bridge in the background at {running.url} "
+                f"(log: {folder / discovery.LOG_FILE}).",
+                file=sys.stderr,
+            )
+        else:
+            _version_note(running.version)
+        return BridgeClient(running.url, data_dir=folder)
     client = running_client(folder)
-    if client is not None:
-        return client
-    if not start or os.environ.get("CHAMELAION_BRIDGE_URL"):
+    if client is None:
         raise _not_running(folder)
-    _, info = spawn_bridge(folder)
-    print(
-        f"Started a Chamelaion bridge in the background at {info['url']} "
-        f"(log: {folder / discovery.LOG_FILE}).",
-        file=sys.stderr,
-    )
-    return BridgeClient(info["url"], data_dir=folder)
+    return client
 
 
 def hand_over_key(client: BridgeClient) -> BridgeClient:
@@ -439,6 +389,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return _serve(args, list(zip(ins, outs, strict=True)))
 
 
+def cmd_start(args: argparse.Namespace) -> int:
+    folder = _data_dir(args)
+    running = processes.ensure_bridge(
+        folder, launched_by=args.launched_by, command=shlex.split(args.serve_command or "")
+    )
+    if args.json:
+        _print_json(dataclasses.asdict(running))
+    else:
+        done = "Started" if running.started else "Found"
+        print(
+            f"{done} Chamelaion bridge {running.version} at {running.url} (pid {running.pid}, "
+            f"data folder {folder})."
+        )
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    folder = _data_dir(args)
+    info = processes.stop_bridge(folder)
+    if info is None:
+        print(f"No Chamelaion bridge is running for {folder}.")
+    else:
+        print(f"Stopped the Chamelaion bridge at {info.get('url')} (pid {info.get('pid')}).")
+    return 0
+
+
 def cmd_watch(args: argparse.Namespace) -> int:
     return _serve(args, [(args.in_dir, args.out)])
 
@@ -466,7 +442,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return follow(client, job, Progress(sys.stdout, bar=sys.stdout.isatty()))
 
     try:
-        completed = run_demo(_data_dir(args), show, spawn_bridge, stop_process)
+        completed = run_demo(_data_dir(args), show)
     except DemoError as exc:
         raise CliError(EXIT_JOB_FAILED, str(exc)) from None
     return 0 if completed else EXIT_JOB_FAILED
@@ -520,6 +496,26 @@ def build_parser() -> Parser:
         metavar="OUT_DIR",
         help="where results of the matching --watch folder go",
     )
+
+    start = command(
+        "start",
+        cmd_start,
+        "start a bridge in the background unless one of this API version runs; print its URL",
+    )
+    start.add_argument("--json", action="store_true", help="print url, pid, version, api_version")
+    start.add_argument(
+        "--launched-by",
+        default="cli",
+        metavar="NAME",
+        help="who starts it (recorded in bridge.json): a running bridge of another API version "
+        "is restarted only when NAME launched it (default: cli)",
+    )
+    start.add_argument(
+        "--serve-command",
+        metavar="COMMAND",
+        help="how to run the bridge instead of this one's 'serve' (--data-dir is appended)",
+    )
+    command("stop", cmd_stop, "stop the bridge of the data folder (its jobs stay)")
 
     submit = command("submit", cmd_submit, "submit a lip-sync job")
     submit.add_argument("video", metavar="VIDEO", help="MP4 file or http(s) URL of the video")
@@ -579,7 +575,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except CliError as exc:
+    except (CliError, processes.StartError) as exc:
         print(exc, file=sys.stderr)
         return exc.code
     except ConfigError as exc:

@@ -1,7 +1,8 @@
 """A small synchronous client for the bridge's local HTTP API.
 
-Standard library only, so the CLI and the Blender add-on (on its worker thread) share it
-without extra dependencies. Proxies are bypassed: the bridge is always on loopback.
+Standard library only, so CLI commands stay quick to start. Proxies are bypassed: the bridge
+is always on loopback. (The Blender add-on has its own client, `local_api`, that knows only
+the contract in openapi.json.)
 
 The token leaves this client only for a bridge that first proved it holds the same token
 (health answers a random challenge with an HMAC keyed by it): a stale bridge.json may name a

@@ -35,8 +35,6 @@ EXIT_BAD_CONFIG = 7
 EXIT_ALREADY_RUNNING = 8
 EXIT_START_FAILED = 9
 
-LOOPBACK_HOSTS = {"127.0.0.1": "127.0.0.1", "localhost": "127.0.0.1", "::1": "::1"}
-
 
 class StartupError(Exception):
     """The bridge cannot start; `code` is the exit status, the message one sentence."""
@@ -48,7 +46,7 @@ class StartupError(Exception):
 
 def check_config(config: BridgeConfig) -> None:
     """Refuse settings that would expose the bridge or cannot work, before touching anything."""
-    if config.host not in LOOPBACK_HOSTS:
+    if config.host not in discovery.LOOPBACK_ADDRESSES:
         raise StartupError(
             EXIT_BAD_CONFIG,
             f"--host {config.host} is not allowed: the bridge only listens on 127.0.0.1, "
@@ -82,7 +80,8 @@ def check_config(config: BridgeConfig) -> None:
         raise StartupError(EXIT_BAD_CONFIG, "The upload concurrency must be at least 1.")
 
 
-def _not_writable(folder: Path, exc: OSError) -> StartupError:
+def not_writable(folder: Path, exc: OSError) -> StartupError:
+    """The sentence for a data folder the bridge cannot create or write."""
     return StartupError(
         EXIT_DATA_DIR_NOT_WRITABLE,
         f"The data folder {folder} is not writable ({exc.strerror or exc}); choose another "
@@ -96,7 +95,7 @@ def prepare_data_dir(folder: Path) -> None:
     try:
         discovery.secure_data_dir(folder)
     except OSError as exc:
-        raise _not_writable(folder, exc) from None
+        raise not_writable(folder, exc) from None
 
 
 def acquire_lock(folder: Path) -> IO[str] | None:
@@ -107,7 +106,7 @@ def acquire_lock(folder: Path) -> IO[str] | None:
     try:
         handle = discovery.open_private(folder / discovery.LOCK_FILE, "a+")
     except OSError as exc:
-        raise _not_writable(folder, exc) from None
+        raise not_writable(folder, exc) from None
     try:
         if os.name == "nt":
             import msvcrt
@@ -126,7 +125,7 @@ def acquire_lock(folder: Path) -> IO[str] | None:
 
 def bind(host: str, port: int, *, fixed: bool) -> socket.socket:
     """Listen on `port`, or on an ephemeral port when it is taken and was not asked for."""
-    address = LOOPBACK_HOSTS[host]
+    address = discovery.LOOPBACK_ADDRESSES[host]
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     try:
         return socket.create_server((address, port), family=family)
@@ -160,7 +159,7 @@ def _setup_logging(folder: Path) -> Path:
         discovery.open_private(path).close()  # created private, before the handler opens it
         handler = logging.FileHandler(path, encoding="utf-8")
     except OSError as exc:
-        raise _not_writable(folder, exc) from None
+        raise not_writable(folder, exc) from None
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
@@ -202,7 +201,7 @@ def serve(
             try:
                 token = discovery.load_or_create_token(folder)
             except OSError as exc:
-                raise _not_writable(folder, exc) from None
+                raise not_writable(folder, exc) from None
             sock = bind(config.host, config.port, fixed=fixed_port)
             try:
                 asyncio.run(_run(config, token, sock, watch_folders, log_path))
@@ -245,7 +244,9 @@ async def _run(
             "url": url,
             "port": sock.getsockname()[1],
             "version": bridge.__version__,
+            "api_version": bridge.API_VERSION,
             "started_at": now_iso(),
+            "launched_by": os.environ.get(discovery.LAUNCHED_BY_ENV) or None,
         }
         discovery.write_discovery(config.data_dir, info)
         log.info(

@@ -3,15 +3,14 @@
 Without an API key it runs against the built-in emulator, so a new user sees the product
 work offline; with CHAMELAION_API_KEY set, the same flow runs against the real API. It
 starts its own bridge on its own data folder (`<data dir>/demo/bridge`) and stops it again.
-The CLI runs it and lends it its way of starting a bridge and of showing a job's progress,
-so the demo does not import the CLI back.
+The CLI runs it and lends it its way of showing a job's progress, so the demo does not
+import the CLI back.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,14 +20,12 @@ from bridge.client import BridgeClient
 from bridge.emulator import emulator_in_background
 from bridge.emulator.samples import make_sample_media
 from bridge.jobs import new_reference_id
+from bridge.processes import spawn_bridge, stop_process
 
 EMULATOR_KEY = "emulator-key"
 
 # Follows a job until it is final, showing its progress; returns the final job.
 Follow = Callable[[BridgeClient, dict[str, Any]], dict[str, Any]]
-# Starts a bridge on a data folder (keyword arguments env, port): its process and bridge.json.
-StartBridge = Callable[..., tuple[subprocess.Popen[Any], dict[str, Any]]]
-StopBridge = Callable[[subprocess.Popen[Any]], int]
 
 
 class DemoError(Exception):
@@ -36,11 +33,9 @@ class DemoError(Exception):
 
 
 @contextlib.contextmanager
-def demo_bridge(
-    folder: Path, env: dict[str, str], start: StartBridge, stop: StopBridge
-) -> Iterator[BridgeClient]:
+def demo_bridge(folder: Path, env: dict[str, str]) -> Iterator[BridgeClient]:
     """A bridge of our own for the demo, stopped (and waited for) on the way out."""
-    process, info = start(folder, env=env, port=0)
+    process, info = spawn_bridge(folder, env=env, port=0)
     try:
         if info.get("pid") != process.pid:
             raise DemoError(
@@ -49,10 +44,10 @@ def demo_bridge(
             )
         yield BridgeClient(info["url"], data_dir=folder)
     finally:
-        stop(process)
+        stop_process(process)
 
 
-def run_demo(data_dir: Path, follow: Follow, start: StartBridge, stop: StopBridge) -> bool:
+def run_demo(data_dir: Path, follow: Follow) -> bool:
     """Make sample media, run one job through a fresh bridge, print where the result is;
     return whether the job completed."""
     folder = data_dir / "demo"
@@ -72,7 +67,7 @@ def run_demo(data_dir: Path, follow: Follow, start: StartBridge, stop: StopBridg
                 f"No CHAMELAION_API_KEY: using the local emulator at {emulator.base_url}.",
                 flush=True,
             )
-        client = stack.enter_context(demo_bridge(folder / "bridge", env, start, stop))
+        client = stack.enter_context(demo_bridge(folder / "bridge", env))
         print(f"Bridge running at {client.url}; submitting {video.name} + {audio.name}.")
         job = client.create_job(
             {

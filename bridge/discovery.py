@@ -1,7 +1,8 @@
 """Where the bridge keeps its files and how clients find it.
 
-Shared by the daemon, the CLI and the Blender add-on, so all three agree on the data
-folder, the token and `bridge.json` without talking to each other first.
+Shared by the daemon and the CLI, so both agree on the data folder, the token and
+`bridge.json` without talking to each other first. The Blender add-on reads the same layout
+through its own `local_api` (it imports nothing from `bridge`): change both together.
 """
 
 from __future__ import annotations
@@ -14,7 +15,13 @@ import secrets
 import sys
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
+# Who started a bridge (e.g. "cli", "blender"), passed by the starter in the environment and
+# written to bridge.json by the bridge: only its starter restarts it for another API version.
+LAUNCHED_BY_ENV = "CHAMELAION_BRIDGE_LAUNCHED_BY"
+# The only names a bridge listens on or answers to, and the address each one binds.
+LOOPBACK_ADDRESSES = {"127.0.0.1": "127.0.0.1", "localhost": "127.0.0.1", "::1": "::1"}
 DEFAULT_PORT = 7878
 DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
 DISCOVERY_FILE = "bridge.json"
@@ -54,6 +61,15 @@ def data_dir(override: str | os.PathLike[str] | None = None) -> Path:
     else:
         base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
     return (base / "chamelaion-bridge").resolve()
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for 127.0.0.1, localhost and [::1], with or without a port."""
+    try:
+        name = urlsplit(f"//{host.strip()}").hostname
+    except ValueError:
+        return False
+    return bool(name) and name.rstrip(".").lower() in LOOPBACK_ADDRESSES
 
 
 def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:

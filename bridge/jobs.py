@@ -117,18 +117,40 @@ def quoted(value: str, limit: int = QUOTE_LIMIT) -> str:
     return repr(value[:limit]) + ("..." if len(value) > limit else "")
 
 
+def is_reference_id(value: str) -> bool:
+    """Whether `value` may be sent as it is (the pattern bounds its length too)."""
+    return bool(REFERENCE_ID_PATTERN.fullmatch(value)) and ".." not in value
+
+
 def check_reference_id(value: str) -> str:
     if len(value) > MAX_REFERENCE_ID:
         raise InputError(
             f"reference_id {quoted(value)} is {len(value)} characters long; use at most "
             f"{MAX_REFERENCE_ID}."
         )
-    if not REFERENCE_ID_PATTERN.fullmatch(value) or ".." in value:
+    if not is_reference_id(value):
         raise InputError(
             f"reference_id {quoted(value)} is not allowed: use 1-{MAX_REFERENCE_ID} letters, "
             "digits, '.', '_' or '-', starting with a letter or digit and without '..'."
         )
     return value
+
+
+def normalize_reference_id(value: str) -> str:
+    """The reference_id a client asked for, made valid: a valid one unchanged, free text
+    (a strip name like "Ärger Take 1") spelled as safe_reference_id spells it; an
+    InputError for one too long, with control characters or with nothing usable in it, so
+    clients need no copy of these rules."""
+    if len(value) > MAX_REFERENCE_ID or any(unicodedata.category(c) in ("Cc", "Cf") for c in value):
+        return check_reference_id(value)  # refused as it always was: no guessing at intent
+    if is_reference_id(value):
+        return value
+    if not re.search(r"[A-Za-z0-9]", latin_ascii(value)):
+        raise InputError(
+            f"reference_id {quoted(value)} has no letter or digit to make an id from; use "
+            f"1-{MAX_REFERENCE_ID} letters, digits, '.', '_' or '-'."
+        )
+    return safe_reference_id(value, max_len=MAX_REFERENCE_ID)
 
 
 def _url_parts(url: str) -> SplitResult | None:

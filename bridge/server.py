@@ -20,10 +20,10 @@ from aiohttp import web
 
 import bridge
 from bridge.config import BridgeConfig, Secret, redact_url
-from bridge.discovery import health_proof
+from bridge.discovery import health_proof, is_loopback_host
 from bridge.engine import Engine
 from bridge.errors import DamagedJobError, DuplicateReferenceError, InputError, StoreError
-from bridge.jobs import Job, JobSpec, State, check_file_id
+from bridge.jobs import Job, JobSpec, State, check_file_id, normalize_reference_id
 from bridge.keys import AUTH_SCHEMES, is_usable_key, key_fingerprint
 from bridge.store import IllegalTransition, Store
 from bridge.watch import running_watchers
@@ -37,20 +37,12 @@ ENGINE = web.AppKey("engine", Engine)
 WATCH_FOLDERS = web.AppKey("watch_folders", list)
 WATCHERS = web.AppKey("watchers", list)
 EVENT_QUEUES = web.AppKey("event_queues", set)
+OPENAPI = web.AppKey("openapi", bytes)
+OPENAPI_PATH = Path(__file__).with_name("openapi.json")
 
-LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
 HEARTBEAT_SECONDS = 15.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def is_loopback_host(host: str) -> bool:
-    """True for 127.0.0.1, localhost and [::1], with or without a port."""
-    try:
-        name = urlsplit(f"//{host.strip()}").hostname
-    except ValueError:
-        return False
-    return bool(name) and name.rstrip(".").lower() in LOOPBACK_NAMES
 
 
 def error_response(status: int, message: str) -> web.Response:
@@ -138,9 +130,17 @@ async def _json_body(request: web.Request) -> Any:
         raise InputError("The request body is not valid JSON.") from None
 
 
+def _normalized(body: Any) -> Any:
+    """The body with its reference_id made valid (free text spelled as an id), so clients
+    such as the add-on send a strip's name and take the id from the answer."""
+    if isinstance(body, dict) and isinstance(body.get("reference_id"), str):
+        return {**body, "reference_id": normalize_reference_id(body["reference_id"])}
+    return body
+
+
 async def create_job(request: web.Request) -> web.Response:
     try:
-        spec = JobSpec.from_json(await _json_body(request), origin="api")
+        spec = JobSpec.from_json(_normalized(await _json_body(request)), origin="api")
         job = await request.app[ENGINE].submit(spec)
     except DuplicateReferenceError as exc:
         return error_response(409, str(exc))
@@ -253,6 +253,11 @@ async def set_api_key(request: web.Request) -> web.Response:
     )
 
 
+async def openapi(request: web.Request) -> web.Response:
+    """The contract this bridge serves (bridge/openapi.json), for clients and tools."""
+    return web.Response(body=request.app[OPENAPI], content_type="application/json")
+
+
 async def events(request: web.Request) -> web.StreamResponse:
     """Server-Sent Events: one `data: <job json>` per committed job change."""
     loop = asyncio.get_running_loop()
@@ -320,9 +325,11 @@ def create_app(
     app[WATCH_FOLDERS] = list(watch_folders)
     app[WATCHERS] = []
     app[EVENT_QUEUES] = set()
+    app[OPENAPI] = OPENAPI_PATH.read_bytes()
     app.cleanup_ctx.append(_engine_context)
     app.on_shutdown.append(_end_event_streams)
     app.router.add_get("/v1/health", health)
+    app.router.add_get("/v1/openapi", openapi)
     app.router.add_post("/v1/jobs", create_job)
     app.router.add_get("/v1/jobs", list_jobs)
     app.router.add_get("/v1/jobs/{key}", get_job)

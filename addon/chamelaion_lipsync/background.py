@@ -19,7 +19,7 @@ from typing import Any
 
 import bpy
 
-from .export import ExportError, ExportPlan
+from .export import ExportError, ExportPlan, file_stem
 
 SCRIPT = Path(__file__).with_name("export_script.py")
 MIXING_SHARE = 0.05  # of the progress bar, when a render follows
@@ -168,7 +168,7 @@ class ExportTask:
     def start(cls, context: Any, plan: ExportPlan) -> ExportTask:
         """Save a copy of the file and start the background export on it; fast, and the
         editor's own settings are never touched."""
-        work = Path(tempfile.mkdtemp(prefix=f"chamelaion-{plan.reference_id}-"))
+        work = Path(tempfile.mkdtemp(prefix=f"chamelaion-{file_stem(plan.reference_id)}-"))
         try:
             outputs = outputs_of(plan)
             remove([*outputs, *map(partial, outputs)])  # "done" must never see an older file

@@ -9,6 +9,7 @@ the take sits above the strip that shows it ("overlay"). Held frames are never s
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -66,12 +67,18 @@ def own_tag(editor: Any, strip: Any) -> str:
     return tag
 
 
+def file_stem(name: str) -> str:
+    """`name` (a job's name, which may be a strip's free text) fit for a file name on any
+    system: the characters no file name may hold become '_', and leading dots go."""
+    return re.sub(r'[\\/:*?"<>|\x00-\x1f]', "_", name).lstrip(".") or "job"
+
+
 def export_folder(reference_id: str) -> Path:
     """`//chamelaion/` beside the saved .blend, else a temporary folder."""
     if bpy.data.filepath:
         folder = Path(bpy.path.abspath("//chamelaion"))
     else:
-        folder = Path(tempfile.gettempdir()) / "chamelaion-blender" / reference_id
+        folder = Path(tempfile.gettempdir()) / "chamelaion-blender" / file_stem(reference_id)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -237,13 +244,13 @@ def plan(context: Any, scene: Any, strip: Any, reference_id: str) -> ExportPlan:
         "start": start,
         "end": end,
         "fps": fps,
-        "audio_path": str(folder / f"{reference_id}.audio.wav"),
+        "audio_path": str(folder / f"{file_stem(reference_id)}.audio.wav"),
         "warning": " ".join(w for w in (held, rate_warning(strip, rate, fps)) if w),
         "sounds": tuple(s.name for s in sounds),
         "picture": tuple(dict.fromkeys(s.name for s in fed_by(cover))),
     }
     if not switch:
-        video = str(folder / f"{reference_id}.video.mp4")
+        video = str(folder / f"{file_stem(reference_id)}.video.mp4")
         return ExportPlan(
             placement="overlay", source_first=0, video_path=video, video_range=None, **common
         )

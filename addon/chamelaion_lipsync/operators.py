@@ -3,33 +3,27 @@ actions of the panel and switching a strip's takes."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
-from urllib.parse import urlparse
 
 import bpy
 from bpy.props import EnumProperty, IntProperty, StringProperty
 
-from bridge import discovery
-from bridge.errors import InputError
-from bridge.jobs import check_reference_id, new_reference_id, safe_reference_id
-
 from . import compat, export, props, sync, takes
 from .background import ExportTask
+from .local_api import DEFAULT_URL, is_local
 from .takes import PlacementProblem
 from .worker import Request
 
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 OFFICIAL_API = "https://api.chamelaion.com/api"
+AUTO_NAME_LENGTH = 36  # of the file and strip names in a made reference_id
 
 
 def auto_reference_id(strip: Any) -> str:
-    """Readable and unique: file name, strip name, UTC time, a random suffix."""
+    """Readable and unique: file and strip names and a random suffix, as free text that the
+    bridge spells as a valid id (the job's row then shows the bridge's spelling)."""
     blend = bpy.path.display_name_from_filepath(bpy.data.filepath) or "untitled"
-    return new_reference_id(safe_reference_id(f"{blend}-{strip.name}", max_len=36))
-
-
-def is_local(url: str) -> bool:
-    return urlparse(url).hostname in LOOPBACK
+    return f"{blend}-{strip.name}"[:AUTO_NAME_LENGTH] + f"-{uuid.uuid4().hex[:8]}"
 
 
 def online_problem() -> str | None:
@@ -37,7 +31,7 @@ def online_problem() -> str | None:
     bridge on loopback is local; the API it talks to (the emulator, or the service) may not be."""
     if compat.online_access():
         return None
-    bridge_url = props.worker_settings().url or discovery.DEFAULT_URL
+    bridge_url = props.worker_settings().url or DEFAULT_URL
     if not is_local(bridge_url):
         return (
             f"The bridge URL {bridge_url} is not on this computer and Blender's online access "
@@ -102,7 +96,6 @@ class SEQUENCER_OT_chamelaion_lipsync(bpy.types.Operator):
                 raise export.ExportError(problem)
             strip = takes.original_of(scene.sequence_editor, export.picture_strip(scene))
             reference_id = options.reference_id.strip() or auto_reference_id(strip)
-            check_reference_id(reference_id)
             if reference_id in sync.known_references():
                 raise export.ExportError(
                     f"Reference ID '{reference_id}' is already used in this file; "
@@ -113,7 +106,7 @@ class SEQUENCER_OT_chamelaion_lipsync(bpy.types.Operator):
             cover = takes.find_tagged(scene.sequence_editor, plan.cover_tag)
             body = request_body(plan, options, strip, cover)
             task = ExportTask.start(context, plan)
-        except (export.ExportError, InputError, PlacementProblem) as exc:
+        except (export.ExportError, PlacementProblem) as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
         sync.start_job(reference_id, task, body)

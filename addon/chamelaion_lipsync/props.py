@@ -7,8 +7,7 @@ from pathlib import Path
 import bpy
 from bpy.props import BoolProperty, PointerProperty, StringProperty
 
-from bridge import discovery
-
+from . import local_api
 from .worker import Settings
 
 
@@ -19,7 +18,8 @@ class ChamelaionSceneSettings(bpy.types.PropertyGroup):
     )
     reference_id: StringProperty(
         name="Reference ID",
-        description="Optional; left empty, a unique one is made from the file and strip names",
+        description="Optional; left empty, a unique one is made from the file and strip names. "
+        "The bridge spells it as a valid id (letters, digits, '.', '_', '-')",
     )
 
 
@@ -49,7 +49,9 @@ class ChamelaionPreferences(bpy.types.AddonPreferences):
     )
     bridge_command: StringProperty(
         name="Bridge command",
-        description="Empty: Blender's Python runs the bundled bridge; '--data-dir' is appended",
+        description="Empty: Blender's Python runs the bundled bridge. Else the command that "
+        "serves a bridge (e.g. 'chamelaion-bridge serve'): the bundled bridge's 'start' runs it "
+        "with '--data-dir' appended and waits until it answers",
     )
 
     def draw(self, context: bpy.types.Context) -> None:
@@ -72,7 +74,7 @@ def worker_settings() -> Settings:
     prefs = preferences()
     folder = prefs.data_dir if prefs and prefs.data_dir else None
     return Settings(
-        data_dir=discovery.data_dir(bpy.path.abspath(folder) if folder else None),
+        data_dir=local_api.data_dir(bpy.path.abspath(folder) if folder else None),
         url=(prefs.bridge_url.strip() if prefs else "") or os.environ.get("CHAMELAION_BRIDGE_URL"),
         auto_start=prefs.auto_start if prefs else True,
         api_base=prefs.api_base.strip() if prefs else "",
@@ -82,7 +84,7 @@ def worker_settings() -> Settings:
 
 
 def log_path() -> Path:
-    return worker_settings().data_dir / discovery.LOG_FILE
+    return worker_settings().data_dir / local_api.LOG_FILE
 
 
 classes = (ChamelaionSceneSettings, ChamelaionPreferences)

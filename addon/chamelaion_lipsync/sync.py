@@ -142,8 +142,8 @@ def apply(result: Result, news: News) -> None:
     if kind == "create":
         body = memory.sending.pop(tag, None)
         if error is None or result.status == 409:  # 409: the bridge has it already
-            if isinstance(value, dict):
-                memory.rows[tag] = value
+            if isinstance(value, dict):  # under the id the bridge made of our name
+                memory.rows[value["reference_id"]] = value
             return
         if body is not None and body["client"]["file"] == memory.file_id:
             memory.local_errors[tag] = Unsent(error, body)

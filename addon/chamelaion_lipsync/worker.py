@@ -14,11 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bridge import discovery
-from bridge.client import BridgeClient, BridgeRequestError, BridgeUnavailable
-from bridge.errors import BridgeError
-
-from . import launcher
+from . import launcher, local_api
+from .local_api import BridgeRequestError, BridgeUnavailable, Client, ClientError
 
 NEEDS_KEY = frozenset({"create", "retry"})  # requests that send work to the API
 # What a click sends: a bridge whose last start failed is started again at once for these
@@ -63,7 +60,10 @@ class Worker:
         self.inbox: queue.Queue[Request | None] = queue.Queue()
         self.outbox: queue.Queue[Result] = queue.Queue()
         self.launcher = launcher.Launcher()
-        self._bridge: BridgeClient | None = None  # kept: it proves the bridge once per URL
+        self._bridge: Client | None = None  # kept: it proves the bridge once per URL
+        # The reference_id the bridge gave each job we created, by the local name it was
+        # sent under: a cancel clicked while the job was sending reaches the right job.
+        self._created: dict[str, str] = {}
         self._in_flight: dict[str, int] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -94,7 +94,7 @@ class Worker:
         self.inbox.put(None)
         self._thread.join(timeout=2.0)
 
-    def _client(self) -> BridgeClient:
+    def _client(self) -> Client:
         """A client for our data folder's bridge; never a stranger that answers the default
         port before ours has published its URL (its token would not match).
 
@@ -102,13 +102,13 @@ class Worker:
         bridge proves itself once rather than on every poll.
         """
         s = self.settings
-        if not s.url and discovery.read_discovery(s.data_dir) is None:
+        if not s.url and local_api.read_discovery(s.data_dir) is None:
             raise BridgeUnavailable(
                 f"No Chamelaion bridge has started with the data folder {s.data_dir} yet; "
                 "turn on 'Start the bridge when needed' in the add-on preferences or run "
                 "'chamelaion-bridge serve'."
             )
-        fresh = BridgeClient(url=s.url or None, data_dir=s.data_dir, timeout=s.timeout)
+        fresh = Client(s.data_dir, url=s.url or None, timeout=s.timeout)
         if self._bridge is None or _identity(self._bridge) != _identity(fresh):
             self._bridge = fresh
         return self._bridge
@@ -122,6 +122,8 @@ class Worker:
                 result = self._serve(request)
             except Exception as exc:  # noqa: BLE001 - a worker must answer every request
                 result = Result(request, error=f"Unexpected error talking to the bridge: {exc}")
+            if request.kind == "create" and isinstance(result.value, dict):
+                self._created[request.tag] = result.value["reference_id"]
             with self._lock:
                 self._in_flight[request.kind] -= 1
             self.outbox.put(result)
@@ -154,7 +156,7 @@ class Worker:
             f"Lip Sync (data folder {folder})."
         )
 
-    def _attempt(self, request: Request, call: Callable[[BridgeClient], Any]) -> Result:
+    def _attempt(self, request: Request, call: Callable[[Client], Any]) -> Result:
         """One call; an unreachable bridge propagates, any other failure is the answer."""
         try:
             client = self._client()
@@ -166,23 +168,22 @@ class Worker:
             return Result(request, error=str(exc), status=exc.status)
         except BridgeUnavailable:
             raise
-        except BridgeError as exc:
+        except ClientError as exc:
             return Result(request, error=str(exc))
 
-    @staticmethod
-    def _call_for(request: Request) -> Callable[[BridgeClient], Any]:
+    def _call_for(self, request: Request) -> Callable[[Client], Any]:
         kind, payload = request.kind, request.payload
-        calls: dict[str, Callable[[BridgeClient], Any]] = {
+        calls: dict[str, Callable[[Client], Any]] = {
             "health": lambda c: c.health(),
             "create": lambda c: c.create_job(payload),
             "list": lambda c: c.list_jobs(file=payload),
-            "cancel": lambda c: c.cancel(payload),
+            "cancel": lambda c: c.cancel(self._created.get(payload, payload)),
             "retry": lambda c: c.retry(payload),
             "clear": lambda c: c.clear(payload),
         }
         return calls[kind]
 
 
-def _identity(client: BridgeClient) -> tuple[Any, ...]:
+def _identity(client: Client) -> tuple[Any, ...]:
     """What makes two clients interchangeable: the same bridge, token, folder and patience."""
     return (client.url, client.token, client.data_dir, client.timeout)

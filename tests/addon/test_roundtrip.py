@@ -15,9 +15,9 @@ import bpy
 import pytest
 
 from bridge import discovery
-from bridge.cli import stop_process
 from bridge.client import BridgeClient
 from bridge.keys import key_fingerprint
+from bridge.processes import stop_process
 from tests.addon.conftest import (
     ADDON,
     EMULATOR_KEY,

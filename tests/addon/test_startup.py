@@ -18,8 +18,9 @@ import bpy
 import pytest
 
 from bridge import discovery
-from bridge.cli import stop_process
+from bridge.processes import stop_bridge, stop_process
 from tests.addon.conftest import ADDON, configure, lipsync, row, shot, sync_until, take_of
+from tests.bridge.processes import OTHER_API_VERSION, other_api_bridge
 from tests.helpers import plant_stale_discovery, wait_until
 
 pytestmark = pytest.mark.blender
@@ -38,7 +39,8 @@ def data(tmp_path: Path, emulator: Any, bridge_data: Path) -> Iterator[Path]:
     configure(bridge_data, emulator.base_url)
     launcher = module("sync").worker().launcher
     if launcher.process is not None and launcher.serving.is_relative_to(tmp_path.resolve()):
-        stop_process(launcher.process)
+        stop_process(launcher.process)  # `start`, if it still runs
+        stop_bridge(launcher.serving)  # and the detached bridge it started
 
 
 def answer_of(kind: str, payload: Any = None) -> Any:
@@ -151,7 +153,9 @@ def test_a_failed_start_is_tried_again_at_once_on_the_next_click(
 
     bpy.context.preferences.addons[ADDON].preferences.api_base = emulator.base_url
     retry_lands_the_take(fresh, ref)
-    assert launcher.process is not failed and launcher.process.poll() is None
+    # `start` ran again and ended once its bridge answered (the bridge runs on, detached).
+    assert launcher.process is not failed and launcher.process.poll() == 0
+    assert module("local_api").Client(data).health()["status"] == "ok"
 
 
 @pytest.fixture
@@ -201,3 +205,36 @@ def test_a_stale_bridge_json_naming_a_plain_http_server_leads_to_a_fresh_bridge(
     info = discovery.read_discovery(data)
     assert info["url"] != stale_url and discovery.read_token(data) == token
     assert seen and all(line.startswith("GET /v1/health?challenge=") for line in seen)
+
+
+def test_its_own_bridge_of_another_api_version_is_restarted_and_keeps_its_jobs(
+    fresh: Any, clip: Path, dub: Path, data: Path, emulator: Any
+) -> None:
+    old = other_api_bridge(data, launched_by="blender")
+    try:
+        configure(data, emulator.base_url)
+        shot(fresh, clip, dub)
+        ref = lipsync(fresh)
+        assert sync_until(lambda: take_of(fresh, ref), message="the take")
+        assert old.wait(timeout=20) == 0  # stopped cleanly by `start`, not killed
+        info = discovery.read_discovery(data)
+        assert info["api_version"] == 1 and info["launched_by"] == "blender"
+        assert info["pid"] != old.pid
+    finally:
+        stop_process(old)
+
+
+def test_someone_elses_bridge_of_another_api_version_is_refused_with_a_sentence(
+    fresh: Any, clip: Path, dub: Path, data: Path, emulator: Any
+) -> None:
+    old = other_api_bridge(data, launched_by="cli")
+    try:
+        configure(data, emulator.base_url)
+        shot(fresh, clip, dub)
+        ref = lip_sync_fails(fresh, f"API version {OTHER_API_VERSION}")
+        error = row(ref)["error"]
+        assert f"pid {old.pid}" in error and "chamelaion-bridge stop --data-dir" in error
+        assert error.count(". ") == 0 and error.endswith(".")
+        assert old.poll() is None  # still running: not the add-on's to stop
+    finally:
+        stop_process(old)

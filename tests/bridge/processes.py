@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from bridge import discovery
-from bridge.cli import stop_process
 from bridge.client import BridgeClient, BridgeUnavailable
+from bridge.processes import stop_process
 from tests.helpers import wait_until
 
 BRIDGE = [sys.executable, "-m", "bridge"]
+OTHER_API_VERSION = 99
 
 
 def cli_env(**extra: str) -> dict[str, str]:
@@ -151,3 +152,23 @@ def start_watch_process(
     return subprocess.Popen(
         command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True
     )
+
+
+def other_api_bridge(
+    folder: Path, launched_by: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """A bridge speaking API version OTHER_API_VERSION (this very code with the constant
+    changed), recorded as launched by `launched_by`; returns once it published bridge.json."""
+    code = (
+        f"import sys, bridge; bridge.API_VERSION = {OTHER_API_VERSION}; "
+        "from bridge.cli import main; sys.exit(main(['serve', *sys.argv[1:]]))"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, "--data-dir", str(folder), "--port", "0"],
+        env={**(env or cli_env()), discovery.LAUNCHED_BY_ENV: launched_by},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_until(lambda: published(folder, process), timeout=30, message="the other bridge")
+    return process

@@ -1,0 +1,101 @@
+"""`chamelaion-bridge start` and `stop`: one bridge per data folder, of this API version,
+restarted only by whoever launched it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import bridge
+from bridge import discovery
+from bridge.client import BridgeClient, BridgeUnavailable
+from bridge.daemon import EXIT_BAD_CONFIG, EXIT_DATA_DIR_NOT_WRITABLE
+from bridge.processes import EXIT_OTHER_VERSION, stop_bridge
+from tests.bridge.processes import (
+    OTHER_API_VERSION,
+    cli_env,
+    one_sentence,
+    other_api_bridge,
+    run_cli,
+    stop,
+)
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Iterator[Path]:
+    """A data folder whose bridge, if any is left, is stopped after the test."""
+    data = tmp_path / "data"
+    yield data
+    stop_bridge(data)
+
+
+def start(folder: Path, *args: str) -> dict[str, Any]:
+    result = run_cli("start", "--data-dir", str(folder), "--json", *args, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_start_starts_one_bridge_and_then_finds_it(folder: Path) -> None:
+    first = start(folder)
+    assert first["started"] is True and first["api_version"] == bridge.API_VERSION
+    assert first["version"] == bridge.__version__
+    health = BridgeClient(first["url"], data_dir=folder).health()
+    assert health["api_version"] == bridge.API_VERSION
+    info = discovery.read_discovery(folder)
+    assert info is not None
+    assert (info["pid"], info["launched_by"], info["api_version"]) == (first["pid"], "cli", 1)
+
+    again = start(folder)
+    assert (again["started"], again["pid"], again["url"]) == (False, first["pid"], first["url"])
+
+    stopped = run_cli("stop", "--data-dir", str(folder))
+    assert stopped.returncode == 0 and f"pid {first['pid']}" in stopped.stdout
+    with pytest.raises(BridgeUnavailable):
+        BridgeClient(first["url"], data_dir=folder).health()
+    assert "No Chamelaion bridge is running" in run_cli("stop", "--data-dir", str(folder)).stdout
+
+
+def test_start_replaces_its_own_bridge_of_another_api_version(folder: Path) -> None:
+    old = other_api_bridge(folder, launched_by="cli")
+    try:
+        new = start(folder)
+        assert old.wait(timeout=20) == 0  # stopped cleanly, its jobs kept in the store
+        assert new["started"] is True and new["pid"] != old.pid
+        assert new["api_version"] == bridge.API_VERSION
+    finally:
+        stop(old)
+
+
+@pytest.mark.parametrize("command", [("start",), ("jobs",)])
+def test_a_bridge_of_another_api_version_that_is_not_ours_is_refused(
+    folder: Path, command: tuple[str, ...]
+) -> None:
+    old = other_api_bridge(folder, launched_by="someone-else")
+    try:
+        result = run_cli(*command, "--data-dir", str(folder))
+        assert result.returncode == EXIT_OTHER_VERSION
+        sentence = one_sentence(result.stderr)
+        assert f"API version {OTHER_API_VERSION}" in sentence and f"pid {old.pid}" in sentence
+        assert "chamelaion-bridge stop" in sentence
+        assert old.poll() is None  # still running: not ours to stop
+    finally:
+        stop(old)
+
+
+def test_start_passes_on_the_daemons_exit_code_and_sentence(folder: Path) -> None:
+    env = cli_env(CHAMELAION_POLL_INTERVAL="-1")
+    result = run_cli("start", "--data-dir", str(folder), env=env)
+    assert result.returncode == EXIT_BAD_CONFIG
+    assert "poll interval" in one_sentence(result.stderr)
+
+
+def test_start_refuses_a_data_folder_it_cannot_create(folder: Path) -> None:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    folder.write_text("a file where the data folder should be")
+    result = run_cli("start", "--data-dir", str(folder))
+    assert result.returncode == EXIT_DATA_DIR_NOT_WRITABLE
+    assert "is not writable" in one_sentence(result.stderr)
