@@ -68,6 +68,9 @@ def build_bridge_wheel() -> Path:
     """Build the bridge from this repo (always fresh: it is small and changes often)."""
     out = ROOT / "build" / "bridge-wheel"
     shutil.rmtree(out, ignore_errors=True)
+    # setuptools packs all it finds in its staging folder: a module deleted from the source
+    # (or renamed) would otherwise ship on in the wheel.
+    shutil.rmtree(ROOT / "build" / "lib", ignore_errors=True)
     pip("wheel", "--no-deps", "-w", str(out), str(ROOT))
     return next(out.glob("chamelaion_bridge-*.whl"))
 

@@ -45,8 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # for tests.media_samples
 
 from bridge import discovery, media  # noqa: E402
-from bridge.client import BridgeClient  # noqa: E402
 from bridge.processes import StartError, spawn_bridge, stop_process  # noqa: E402
+from chamelaion_client.client import BridgeClient  # noqa: E402
 from tests.media_samples import make_test_audio, make_test_video  # noqa: E402
 
 API_KEY = "emulator-key"

@@ -26,7 +26,6 @@ from typing import Any, NoReturn, TextIO
 
 import bridge
 from bridge import discovery, processes
-from bridge.client import BridgeClient, BridgeRequestError, BridgeUnavailable
 from bridge.config import ConfigError, api_key_from_env
 from bridge.errors import BridgeError, InputError
 from bridge.jobs import (
@@ -36,6 +35,7 @@ from bridge.jobs import (
     check_reference_id,
     check_url,
 )
+from chamelaion_client.client import BridgeClient, BridgeRequestError, BridgeUnavailable
 
 EXIT_JOB_FAILED = 1
 EXIT_USAGE = 2

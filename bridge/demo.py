@@ -16,11 +16,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from bridge.client import BridgeClient
 from bridge.emulator import emulator_in_background
 from bridge.emulator.samples import make_sample_media
 from bridge.jobs import new_reference_id
 from bridge.processes import spawn_bridge, stop_process
+from chamelaion_client.client import BridgeClient
 
 EMULATOR_KEY = "emulator-key"
 

@@ -1,32 +1,67 @@
-"""Where the bridge keeps its files and how clients find it.
+"""Where the bridge keeps its files: the server's side of the data folder (its private
+folders, the lock, the token it creates, `bridge.json` written atomically).
 
-Shared by the daemon and the CLI, so both agree on the data folder, the token and
-`bridge.json` without talking to each other first. The Blender add-on reads the same layout
-through its own `local_api` (it imports nothing from `bridge`): change both together.
+What clients read (the folder's default place, the file names, bridge.json, the token, the
+health proof, the loopback names) is the client package's, `chamelaion_client`: this module
+imports it from there, so both sides agree on it because it is written once, and the
+bridge's modules find the whole layout here.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
 import secrets
-import sys
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import urlsplit
+
+from chamelaion_client.layout import (
+    DEFAULT_PORT,
+    DEFAULT_URL,
+    DISCOVERY_FILE,
+    LOG_FILE,
+    LOOPBACK_ADDRESSES,
+    TOKEN_FILE,
+    bridge_url,
+    data_dir,
+    is_loopback_host,
+    read_discovery,
+    read_token,
+)
+from chamelaion_client.proofs import health_proof
+
+__all__ = [
+    "DEFAULT_PORT",
+    "DEFAULT_URL",
+    "DISCOVERY_FILE",
+    "LAUNCHED_BY_ENV",
+    "LOCK_FILE",
+    "LOG_FILE",
+    "LOOPBACK_ADDRESSES",
+    "OUTPUT_DIR",
+    "PRIVATE_DIR_MODE",
+    "PRIVATE_FILES",
+    "PRIVATE_FILE_MODE",
+    "STORE_FILE",
+    "TOKEN_FILE",
+    "WORK_DIR",
+    "bridge_url",
+    "data_dir",
+    "health_proof",
+    "is_loopback_host",
+    "load_or_create_token",
+    "make_private_dir",
+    "open_private",
+    "read_discovery",
+    "read_token",
+    "secure_data_dir",
+    "write_atomic",
+    "write_discovery",
+]
 
 # Who started a bridge (e.g. "cli", "blender"), passed by the starter in the environment and
 # written to bridge.json by the bridge: only its starter restarts it for another API version.
 LAUNCHED_BY_ENV = "CHAMELAION_BRIDGE_LAUNCHED_BY"
-# The only names a bridge listens on or answers to, and the address each one binds.
-LOOPBACK_ADDRESSES = {"127.0.0.1": "127.0.0.1", "localhost": "127.0.0.1", "::1": "::1"}
-DEFAULT_PORT = 7878
-DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
-DISCOVERY_FILE = "bridge.json"
-TOKEN_FILE = "token"
-LOG_FILE = "bridge.log"
 LOCK_FILE = "bridge.lock"
 STORE_FILE = "jobs.sqlite3"
 WORK_DIR = "work"
@@ -44,32 +79,6 @@ PRIVATE_FILES = (
 )
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
-
-
-def data_dir(override: str | os.PathLike[str] | None = None) -> Path:
-    """The bridge's data folder: the override, `CHAMELAION_BRIDGE_DATA`, else the OS's
-    per-user data folder."""
-    if override:
-        return Path(override).expanduser().resolve()
-    env = os.environ.get("CHAMELAION_BRIDGE_DATA")
-    if env:
-        return Path(env).expanduser().resolve()
-    if sys.platform == "win32":
-        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
-    elif sys.platform == "darwin":
-        base = Path.home() / "Library" / "Application Support"
-    else:
-        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-    return (base / "chamelaion-bridge").resolve()
-
-
-def is_loopback_host(host: str) -> bool:
-    """True for 127.0.0.1, localhost and [::1], with or without a port."""
-    try:
-        name = urlsplit(f"//{host.strip()}").hostname
-    except ValueError:
-        return False
-    return bool(name) and name.rstrip(".").lower() in LOOPBACK_ADDRESSES
 
 
 def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
@@ -138,39 +147,5 @@ def load_or_create_token(folder: Path) -> str:
     return token
 
 
-def health_proof(token: str, challenge: str, port: int) -> str:
-    """What the real bridge answers to a client's health challenge: only the token's holder
-    can compute it, and the listening port in it stops a stranger relaying a real answer."""
-    message = f"{challenge}:{port}".encode()
-    return hmac.new(token.encode(), message, hashlib.sha256).hexdigest()
-
-
-def read_token(folder: Path) -> str | None:
-    """The token if the bridge has ever run on this data folder, else None."""
-    try:
-        return (folder / TOKEN_FILE).read_text(encoding="utf-8").strip() or None
-    except OSError:
-        return None
-
-
 def write_discovery(folder: Path, info: dict[str, Any]) -> None:
     write_atomic(folder / DISCOVERY_FILE, json.dumps(info, indent=2), mode=PRIVATE_FILE_MODE)
-
-
-def read_discovery(folder: Path) -> dict[str, Any] | None:
-    try:
-        info = json.loads((folder / DISCOVERY_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return info if isinstance(info, dict) else None
-
-
-def bridge_url(folder: Path | None = None) -> str:
-    """`CHAMELAION_BRIDGE_URL`, else the URL the running bridge published, else the default."""
-    env = os.environ.get("CHAMELAION_BRIDGE_URL")
-    if env:
-        return env.rstrip("/")
-    info = read_discovery(folder or data_dir())
-    if info and isinstance(info.get("url"), str):
-        return info["url"].rstrip("/")
-    return DEFAULT_URL

@@ -21,8 +21,8 @@ from typing import Any
 
 import bridge
 from bridge import discovery
-from bridge.client import BridgeClient, BridgeUnavailable
 from bridge.errors import BridgeError
+from chamelaion_client.client import BridgeClient, BridgeUnavailable
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0

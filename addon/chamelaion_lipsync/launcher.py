@@ -19,8 +19,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import local_api
-from .local_api import BridgeUnavailable, Client
+from chamelaion_client.client import BridgeUnavailable
+from chamelaion_client.layout import LOG_FILE
+
+from .client import Client
 
 if TYPE_CHECKING:
     from .worker import Settings
@@ -28,13 +30,14 @@ if TYPE_CHECKING:
 SPAWN_INTERVAL = 5.0
 START_REFUSED = 10  # `start`'s exit status when a bridge of another API version, not ours, runs
 HEALTH_DEADLINE = 40.0  # `start` itself gives the bridge 30 s to answer
+LAUNCHED_BY = "blender"  # how bridges this add-on starts are recorded in bridge.json
 
 
 def bridge_command(settings: Settings) -> list[str]:
     """Blender's own Python running the bundled bridge's `start`; the preference's command,
     if set, is what `start` runs to serve (with '--data-dir' appended)."""
     command = [sys.executable, "-m", "bridge", "start", "--data-dir", str(settings.data_dir)]
-    command += ["--json", "--launched-by", local_api.LAUNCHED_BY]
+    command += ["--json", "--launched-by", LAUNCHED_BY]
     if settings.command.strip():
         command += ["--serve-command", settings.command.strip()]
     return command
@@ -113,7 +116,7 @@ class Launcher:
             if code is not None:
                 return self._exit_sentence(settings, code)
             stop.wait(0.1)
-        log = settings.data_dir / local_api.LOG_FILE
+        log = settings.data_dir / LOG_FILE
         return f"The Chamelaion bridge did not answer within {HEALTH_DEADLINE:.0f} s; see {log}."
 
     def _our_exit_code(self, settings: Settings) -> int | None:
@@ -136,7 +139,7 @@ class Launcher:
         try:
             settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
-            os.close(os.open(settings.data_dir / local_api.LOG_FILE, flags, 0o600))
+            os.close(os.open(settings.data_dir / LOG_FILE, flags, 0o600))
         except OSError as exc:
             return (
                 f"The bridge's data folder {settings.data_dir} cannot be created or written "
@@ -170,7 +173,7 @@ class Launcher:
 
     def _exit_sentence(self, settings: Settings, code: int) -> str:
         """What `start` said when it failed (the daemon's own sentence when that stopped)."""
-        log = settings.data_dir / local_api.LOG_FILE
+        log = settings.data_dir / LOG_FILE
         lines = (self.said or "").strip().splitlines()
         if code == START_REFUSED and lines:
             return lines[-1].strip()  # says what runs and how to stop it

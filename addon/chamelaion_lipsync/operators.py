@@ -9,9 +9,10 @@ from typing import Any
 import bpy
 from bpy.props import EnumProperty, IntProperty, StringProperty
 
+from chamelaion_client.layout import DEFAULT_URL, is_loopback_url
+
 from . import compat, export, props, sync, takes
 from .background import ExportTask
-from .local_api import DEFAULT_URL, is_local
 from .takes import PlacementProblem
 from .worker import Request
 
@@ -32,13 +33,13 @@ def online_problem() -> str | None:
     if compat.online_access():
         return None
     bridge_url = props.worker_settings().url or DEFAULT_URL
-    if not is_local(bridge_url):
+    if not is_loopback_url(bridge_url):
         return (
             f"The bridge URL {bridge_url} is not on this computer and Blender's online access "
             "is off; allow it in Preferences > System > Network or clear the bridge URL."
         )
     api = props.worker_settings().api_base or sync.status.get("api_base") or OFFICIAL_API
-    if not is_local(api):
+    if not is_loopback_url(api):
         return (
             "Lip Sync uploads the footage to the Chamelaion service, and Blender's online access "
             "is off; turn on Allow Online Access in Preferences > System > Network (the local "

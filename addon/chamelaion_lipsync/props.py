@@ -7,7 +7,8 @@ from pathlib import Path
 import bpy
 from bpy.props import BoolProperty, PointerProperty, StringProperty
 
-from . import local_api
+from chamelaion_client import layout
+
 from .worker import Settings
 
 
@@ -74,7 +75,7 @@ def worker_settings() -> Settings:
     prefs = preferences()
     folder = prefs.data_dir if prefs and prefs.data_dir else None
     return Settings(
-        data_dir=local_api.data_dir(bpy.path.abspath(folder) if folder else None),
+        data_dir=layout.data_dir(bpy.path.abspath(folder) if folder else None),
         url=(prefs.bridge_url.strip() if prefs else "") or os.environ.get("CHAMELAION_BRIDGE_URL"),
         auto_start=prefs.auto_start if prefs else True,
         api_base=prefs.api_base.strip() if prefs else "",
@@ -84,7 +85,7 @@ def worker_settings() -> Settings:
 
 
 def log_path() -> Path:
-    return worker_settings().data_dir / local_api.LOG_FILE
+    return worker_settings().data_dir / layout.LOG_FILE
 
 
 classes = (ChamelaionSceneSettings, ChamelaionPreferences)

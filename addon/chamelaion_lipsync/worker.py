@@ -14,8 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import launcher, local_api
-from .local_api import BridgeRequestError, BridgeUnavailable, Client, ClientError
+from chamelaion_client.client import BridgeRequestError, BridgeUnavailable, ClientError
+from chamelaion_client.layout import read_discovery
+
+from . import launcher
+from .client import Client
 
 NEEDS_KEY = frozenset({"create", "retry"})  # requests that send work to the API
 # What a click sends: a bridge whose last start failed is started again at once for these
@@ -102,13 +105,13 @@ class Worker:
         bridge proves itself once rather than on every poll.
         """
         s = self.settings
-        if not s.url and local_api.read_discovery(s.data_dir) is None:
+        if not s.url and read_discovery(s.data_dir) is None:
             raise BridgeUnavailable(
                 f"No Chamelaion bridge has started with the data folder {s.data_dir} yet; "
                 "turn on 'Start the bridge when needed' in the add-on preferences or run "
                 "'chamelaion-bridge serve'."
             )
-        fresh = Client(s.data_dir, url=s.url or None, timeout=s.timeout)
+        fresh = Client(s.url or None, data_dir=s.data_dir, timeout=s.timeout)
         if self._bridge is None or _identity(self._bridge) != _identity(fresh):
             self._bridge = fresh
         return self._bridge

@@ -5,6 +5,7 @@ don't serve, and small enough to send."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import subprocess
 import sys
@@ -25,6 +26,21 @@ pytestmark = pytest.mark.blender
 # it a file any chat, mail relay or Git host takes, and fails the build when a wrong wheel
 # (another platform's, a second Python's) slips in.
 MAX_ZIP_BYTES = 50_000_000
+
+# Run by a Blender that knows nothing of this repository: it installs the zip, enables the
+# add-on and says where the add-on's client of the local API came from.
+INSTALL_AND_ENABLE = """
+import os, sys, bpy, addon_utils
+zip_path = sys.argv[1]
+done = bpy.ops.extensions.package_install_files(
+    filepath=zip_path, repo="user_default", enable_on_install=True
+)
+assert done == {"FINISHED"}, done
+assert addon_utils.enable("bl_ext.user_default.chamelaion_lipsync", default_set=True)
+import chamelaion_client.client
+print(chamelaion_client.client.__file__, flush=True)
+os._exit(0)  # the bpy module's own exit can hang on its audio thread
+"""
 
 
 @pytest.fixture(scope="module")
@@ -138,3 +154,23 @@ def test_each_zip_is_small_enough_to_share(
     for platform, size in sizes.items():
         record_testsuite_property(f"zip_megabytes_{platform}", f"{size / 1e6:.1f}")
     assert max(sizes.values()) <= MAX_ZIP_BYTES, sizes
+
+
+def test_the_installed_add_on_finds_its_client_of_the_bridge_in_the_zip(
+    zips: dict[str, Path], tmp_path: Path
+) -> None:
+    """The add-on imports nothing from `bridge`; the client it speaks the local API with
+    (`chamelaion_client`) travels in the bundled bridge wheel, so a plain install has it."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["BLENDER_USER_RESOURCES"] = str(tmp_path / "blender-user")
+    done = subprocess.run(
+        [sys.executable, "-c", INSTALL_AND_ENABLE, str(zips[build_addon.host_platform()])],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    found = Path(done.stdout.strip().splitlines()[-1])
+    assert found.is_relative_to(tmp_path / "blender-user"), found

@@ -15,9 +15,9 @@ import bpy
 import pytest
 
 from bridge import discovery
-from bridge.client import BridgeClient
-from bridge.keys import key_fingerprint
 from bridge.processes import stop_process
+from chamelaion_client.client import BridgeClient
+from chamelaion_client.proofs import key_fingerprint
 from tests.addon.conftest import (
     ADDON,
     EMULATOR_KEY,

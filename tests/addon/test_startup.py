@@ -4,8 +4,10 @@ that names another program."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
+import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -155,7 +157,7 @@ def test_a_failed_start_is_tried_again_at_once_on_the_next_click(
     retry_lands_the_take(fresh, ref)
     # `start` ran again and ended once its bridge answered (the bridge runs on, detached).
     assert launcher.process is not failed and launcher.process.poll() == 0
-    assert module("local_api").Client(data).health()["status"] == "ok"
+    assert module("client").Client(data_dir=data).health()["status"] == "ok"
 
 
 @pytest.fixture
@@ -207,34 +209,39 @@ def test_a_stale_bridge_json_naming_a_plain_http_server_leads_to_a_fresh_bridge(
     assert seen and all(line.startswith("GET /v1/health?challenge=") for line in seen)
 
 
+@contextlib.contextmanager
+def other_api_bridge_and_a_shot(
+    scene: Any, clip: Path, dub: Path, data: Path, emulator: Any, launched_by: str
+) -> Iterator[subprocess.Popen[str]]:
+    """A bridge of another API version running for `data`, launched by `launched_by`, and a
+    shot ready for Lip Sync with the preferences on `data`; the bridge is stopped after."""
+    old = other_api_bridge(data, launched_by=launched_by)
+    try:
+        configure(data, emulator.base_url)
+        shot(scene, clip, dub)
+        yield old
+    finally:
+        stop_process(old)
+
+
 def test_its_own_bridge_of_another_api_version_is_restarted_and_keeps_its_jobs(
     fresh: Any, clip: Path, dub: Path, data: Path, emulator: Any
 ) -> None:
-    old = other_api_bridge(data, launched_by="blender")
-    try:
-        configure(data, emulator.base_url)
-        shot(fresh, clip, dub)
+    with other_api_bridge_and_a_shot(fresh, clip, dub, data, emulator, "blender") as old:
         ref = lipsync(fresh)
         assert sync_until(lambda: take_of(fresh, ref), message="the take")
         assert old.wait(timeout=20) == 0  # stopped cleanly by `start`, not killed
         info = discovery.read_discovery(data)
         assert info["api_version"] == 1 and info["launched_by"] == "blender"
         assert info["pid"] != old.pid
-    finally:
-        stop_process(old)
 
 
 def test_someone_elses_bridge_of_another_api_version_is_refused_with_a_sentence(
     fresh: Any, clip: Path, dub: Path, data: Path, emulator: Any
 ) -> None:
-    old = other_api_bridge(data, launched_by="cli")
-    try:
-        configure(data, emulator.base_url)
-        shot(fresh, clip, dub)
+    with other_api_bridge_and_a_shot(fresh, clip, dub, data, emulator, "cli") as old:
         ref = lip_sync_fails(fresh, f"API version {OTHER_API_VERSION}")
         error = row(ref)["error"]
         assert f"pid {old.pid}" in error and "chamelaion-bridge stop --data-dir" in error
         assert error.count(". ") == 0 and error.endswith(".")
         assert old.poll() is None  # still running: not the add-on's to stop
-    finally:
-        stop_process(old)

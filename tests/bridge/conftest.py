@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -38,13 +39,26 @@ async def sample_urls(sample_pair: tuple[Path, Path], aiohttp_server) -> tuple[s
     return video, audio
 
 
+@contextlib.asynccontextmanager
+async def running_emulator(
+    storage: Path, processing_seconds: float = 0.2
+) -> AsyncIterator[RunningEmulator]:
+    """An emulator whose requests are queued briefly and processed for `processing_seconds`."""
+    running = await start_emulator(
+        EmulatorConfig(
+            queued_seconds=0.05, processing_seconds=processing_seconds, storage_dir=storage
+        )
+    )
+    try:
+        yield running
+    finally:
+        await running.close()
+
+
 @pytest.fixture
 async def emulator(tmp_path: Path) -> AsyncIterator[RunningEmulator]:
-    running = await start_emulator(
-        EmulatorConfig(queued_seconds=0.05, processing_seconds=0.2, storage_dir=tmp_path / "emu")
-    )
-    yield running
-    await running.close()
+    async with running_emulator(tmp_path / "emu") as running:
+        yield running
 
 
 def bridge_config(

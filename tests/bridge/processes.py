@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from bridge import discovery
-from bridge.client import BridgeClient, BridgeUnavailable
 from bridge.processes import stop_process
+from chamelaion_client.client import BridgeClient, BridgeUnavailable
 from tests.helpers import wait_until
 
 BRIDGE = [sys.executable, "-m", "bridge"]

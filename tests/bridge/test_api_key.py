@@ -12,13 +12,13 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from bridge import discovery
-from bridge.client import BridgeClient
 from bridge.config import Secret
 from bridge.emulator import EmulatorConfig, RunningEmulator, start_emulator
 from bridge.jobs import JobSpec
-from bridge.keys import key_fingerprint
 from bridge.server import create_app
 from bridge.store import Store
+from chamelaion_client.client import BridgeClient
+from chamelaion_client.proofs import key_fingerprint
 from tests.bridge.conftest import EMULATOR_KEY, EngineFactory, bridge_config, wait_final
 from tests.bridge.processes import BridgeProcess
 from tests.bridge.test_server import AUTH, TOKEN, error_of, job_body

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from bridge import daemon, discovery, media
-from bridge.client import BridgeClient
 from bridge.emulator import RunningEmulator, emulator_in_background
 from bridge.server import STORE, create_app
+from chamelaion_client.client import BridgeClient
 from tests.bridge.conftest import bridge_config, fill_the_disk
 from tests.bridge.processes import (
     BRIDGE,

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from bridge import media
-from bridge.client import BridgeClient
 from bridge.emulator import RunningEmulator
+from chamelaion_client.client import BridgeClient
 from tests.bridge.processes import BridgeProcess
 from tests.faults import faults_of
 from tests.helpers import async_wait_until

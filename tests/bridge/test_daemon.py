@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bridge import daemon, discovery
-from bridge.client import BridgeClient
+from chamelaion_client.client import BridgeClient
 from tests.bridge.processes import cli_env, one_sentence, run_cli, serving, stop
 from tests.helpers import wait_until
 

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from bridge.client import BridgeRequestError
 from bridge.emulator import RunningEmulator, emulator_in_background
 from bridge.jobs import MAX_CLIENT_BYTES, JobSpec
 from bridge.server import STORE
+from chamelaion_client.client import BridgeRequestError
 from tests.bridge.processes import BridgeProcess, run_cli
 from tests.bridge.test_server import AUTH, api, error_of, job_body
 from tests.helpers import async_wait_until, wait_until

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from bridge import daemon, discovery
-from bridge.client import BridgeClient, BridgeUnavailable
 from bridge.emulator import RunningEmulator, emulator_in_background
+from chamelaion_client.client import BridgeClient, BridgeUnavailable
 from tests.bridge.processes import cli_env, one_sentence, run_cli, serving
 from tests.helpers import impostor, plant_stale_discovery, wait_until
 

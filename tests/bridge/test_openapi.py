@@ -17,10 +17,10 @@ from aiohttp.test_utils import TestClient
 from jsonschema import Draft202012Validator
 
 import bridge
-from bridge.discovery import health_proof
-from bridge.emulator import EmulatorConfig, RunningEmulator, start_emulator
+from bridge.emulator import RunningEmulator
 from bridge.server import OPENAPI_PATH, create_app
-from tests.bridge.conftest import bridge_config
+from chamelaion_client.proofs import health_proof
+from tests.bridge.conftest import bridge_config, running_emulator
 from tests.helpers import async_wait_until
 
 TOKEN = "contract-token"
@@ -104,11 +104,8 @@ class Contract:
 @pytest.fixture
 async def slow_emulator(tmp_path: Path) -> AsyncIterator[RunningEmulator]:
     """An emulator that keeps requests processing, so jobs stay cancelable for the test."""
-    running = await start_emulator(
-        EmulatorConfig(queued_seconds=0.05, processing_seconds=60, storage_dir=tmp_path / "emu")
-    )
-    yield running
-    await running.close()
+    async with running_emulator(tmp_path / "emu", processing_seconds=60) as running:
+        yield running
 
 
 @pytest.fixture

@@ -12,9 +12,9 @@ import pytest
 
 import bridge
 from bridge import discovery
-from bridge.client import BridgeClient, BridgeUnavailable
 from bridge.daemon import EXIT_BAD_CONFIG, EXIT_DATA_DIR_NOT_WRITABLE
 from bridge.processes import EXIT_OTHER_VERSION, stop_bridge
+from chamelaion_client.client import BridgeClient, BridgeUnavailable
 from tests.bridge.processes import (
     OTHER_API_VERSION,
     cli_env,

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from bridge import discovery
-from bridge.client import BridgeClient, BridgeUnavailable
 from bridge.emulator import EmulatorConfig, RunningEmulator, emulator_in_background
+from chamelaion_client.client import BridgeClient, BridgeUnavailable
 from tests.bridge.processes import BRIDGE, BridgeProcess, cli_env
 from tests.faults import faults_of, go_offline, go_online
 from tests.helpers import wait_until

@@ -1,12 +1,9 @@
-"""A small synchronous client for the bridge's local HTTP API.
+"""`BridgeClient`: calls the bridge's local HTTP API, synchronously, with the standard library
+only (the CLI starts quickly; the add-on calls it from its worker thread).
 
-Standard library only, so CLI commands stay quick to start. Proxies are bypassed: the bridge
-is always on loopback. (The Blender add-on has its own client, `local_api`, that knows only
-the contract in openapi.json.)
-
-The token leaves this client only for a bridge that first proved it holds the same token
-(health answers a random challenge with an HMAC keyed by it): a stale bridge.json may name a
-port that another program took over since.
+Proxies are bypassed: the bridge is always on loopback. The token leaves this client only for
+a bridge that first proved it holds the same token (health answers a random challenge with an
+HMAC keyed by it): a stale bridge.json may name a port that another program took over since.
 """
 
 from __future__ import annotations
@@ -21,18 +18,21 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from bridge import discovery
-from bridge.errors import BridgeError
-from bridge.keys import key_fingerprint
+from chamelaion_client import layout
+from chamelaion_client.proofs import health_proof, key_fingerprint
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-class BridgeUnavailable(BridgeError):
-    """Nothing answers at the bridge's URL."""
+class ClientError(Exception):
+    """Base for errors whose `str()` is a sentence fit to show a user as it is."""
 
 
-class BridgeRequestError(BridgeError):
+class BridgeUnavailable(ClientError):
+    """No bridge of ours answers at the bridge's URL."""
+
+
+class BridgeRequestError(ClientError):
     """The bridge answered with an error; the message is its one-sentence explanation."""
 
     def __init__(self, message: str, status: int) -> None:
@@ -41,7 +41,10 @@ class BridgeRequestError(BridgeError):
 
 
 class BridgeClient:
-    """Calls the local API; raises BridgeUnavailable or BridgeRequestError with a sentence."""
+    """Calls the local API; raises BridgeUnavailable or BridgeRequestError with a sentence.
+
+    `health` checks the bridge's identity, not its API version: callers decide what to do with
+    a bridge of another one (restart it, refuse it with their own sentence)."""
 
     def __init__(
         self,
@@ -50,61 +53,18 @@ class BridgeClient:
         data_dir: Path | None = None,
         timeout: float = 10.0,
     ) -> None:
-        folder = data_dir or discovery.data_dir()
-        self.url = (url or discovery.bridge_url(folder)).rstrip("/")
-        self.token = token or discovery.read_token(folder)
+        folder = data_dir or layout.data_dir()
+        self.url = (url or layout.bridge_url(folder)).rstrip("/")
+        self.token = token or layout.read_token(folder)
         self.timeout = timeout
         self.data_dir = folder
-
-    def _request(
-        self,
-        method: str,
-        path: str,
-        body: dict[str, Any] | None = None,
-        query: Sequence[tuple[str, str]] = (),
-    ) -> Any:
-        # Proof before every call, not once: another program may have taken the port since
-        # the last one (the bridge killed and its port grabbed), and must never get the token.
-        self.health()
-        request = self._build(method, path, body, query)
-        request.add_header("Authorization", f"Bearer {self.token}")
-        return self._send(request)
-
-    def _build(
-        self,
-        method: str,
-        path: str,
-        body: dict[str, Any] | None = None,
-        query: Sequence[tuple[str, str]] = (),
-    ) -> urllib.request.Request:
-        url = self.url + path
-        if query:
-            url += "?" + urllib.parse.urlencode(list(query))
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(url, data=data, method=method)
-        request.add_header("Accept", "application/json")
-        if data is not None:
-            request.add_header("Content-Type", "application/json")
-        return request
-
-    def _send(self, request: urllib.request.Request) -> Any:
-        try:
-            with _OPENER.open(request, timeout=self.timeout) as response:
-                return json.loads(response.read() or b"null")
-        except urllib.error.HTTPError as exc:
-            raise BridgeRequestError(_error_message(exc), exc.code) from None
-        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
-            raise BridgeUnavailable(
-                f"The Chamelaion bridge at {self.url} is not answering ({_reason(exc)}); "
-                "start it with 'chamelaion-bridge serve'."
-            ) from None
 
     def health(self) -> dict[str, Any]:
         """The bridge's health, once it proved that it holds our token (else
         BridgeUnavailable: whatever answers there is not our bridge)."""
         challenge = secrets.token_hex(16)
         try:
-            body = self._send(self._build("GET", "/v1/health", query=[("challenge", challenge)]))
+            body = self._send(self._build("GET", f"/v1/health?challenge={challenge}"))
         except BridgeRequestError as exc:
             raise self._stranger(f"it answered HTTP {exc.status}") from None
         except ValueError:
@@ -115,22 +75,13 @@ class BridgeClient:
                 "cannot be trusted; start the bridge with this data folder."
             )
         proof = body.get("proof") if isinstance(body, dict) else None
-        expected = discovery.health_proof(self.token, challenge, self._port())
+        expected = health_proof(self.token, challenge, self._port())
         if not isinstance(proof, str) or not hmac.compare_digest(proof, expected):
             raise self._stranger("it does not hold this data folder's token")
         return body
 
-    def _stranger(self, why: str) -> BridgeUnavailable:
-        return BridgeUnavailable(
-            f"What answers at {self.url} is not the Chamelaion bridge of {self.data_dir} "
-            f"({why}) and was sent nothing; start the bridge with 'chamelaion-bridge serve'."
-        )
-
-    def _port(self) -> int:
-        parts = urllib.parse.urlsplit(self.url)
-        return parts.port or (443 if parts.scheme == "https" else 80)
-
     def create_job(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The job as queued; its reference_id is the bridge's spelling of the one sent."""
         return self._request("POST", "/v1/jobs", body)
 
     def list_jobs(
@@ -152,18 +103,18 @@ class BridgeClient:
         return self._request("GET", "/v1/jobs", query=query)
 
     def get_job(self, key: str) -> dict[str, Any]:
-        return self._request("GET", f"/v1/jobs/{urllib.parse.quote(key, safe='')}")
+        return self._request("GET", _job_path(key))
 
     def cancel(self, key: str) -> dict[str, Any]:
-        return self._request("POST", f"/v1/jobs/{urllib.parse.quote(key, safe='')}/cancel")
+        return self._request("POST", _job_path(key, "cancel"))
 
     def retry(self, key: str) -> dict[str, Any]:
-        return self._request("POST", f"/v1/jobs/{urllib.parse.quote(key, safe='')}/retry")
+        return self._request("POST", _job_path(key, "retry"))
 
     def clear(self, key: str) -> dict[str, Any]:
         """Take a completed, failed or canceled job out of the listings (its files stay);
         BridgeRequestError 409 for a job still running."""
-        return self._request("DELETE", f"/v1/jobs/{urllib.parse.quote(key, safe='')}")
+        return self._request("DELETE", _job_path(key))
 
     def set_api_key(self, api_key: str, auth: str = "x-api-key") -> dict[str, Any]:
         """Make the bridge use this API key from now on; jobs that failed on the old one
@@ -197,6 +148,62 @@ class BridgeClient:
                 line = raw.decode("utf-8").rstrip("\r\n")
                 if line.startswith("data:"):
                     yield json.loads(line[5:].strip())
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        query: Sequence[tuple[str, str]] = (),
+    ) -> Any:
+        # Proof before every call, not once: another program may have taken the port since
+        # the last one (the bridge killed and its port grabbed), and must never get the token.
+        self.health()
+        request = self._build(method, path + _query_string(query), body)
+        request.add_header("Authorization", f"Bearer {self.token}")
+        return self._send(request)
+
+    def _build(
+        self, method: str, path: str, body: dict[str, Any] | None = None
+    ) -> urllib.request.Request:
+        url = self.url + path
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(url, data=data, method=method)
+        request.add_header("Accept", "application/json")
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        return request
+
+    def _send(self, request: urllib.request.Request) -> Any:
+        try:
+            with _OPENER.open(request, timeout=self.timeout) as response:
+                return json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            raise BridgeRequestError(_error_message(exc), exc.code) from None
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+            raise BridgeUnavailable(
+                f"The Chamelaion bridge at {self.url} is not answering ({_reason(exc)}); "
+                "start it with 'chamelaion-bridge serve'."
+            ) from None
+
+    def _stranger(self, why: str) -> BridgeUnavailable:
+        return BridgeUnavailable(
+            f"What answers at {self.url} is not the Chamelaion bridge of {self.data_dir} "
+            f"({why}) and was sent nothing; start the bridge with 'chamelaion-bridge serve'."
+        )
+
+    def _port(self) -> int:
+        parts = urllib.parse.urlsplit(self.url)
+        return parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def _query_string(query: Sequence[tuple[str, str]]) -> str:
+    return "?" + urllib.parse.urlencode(list(query)) if query else ""
+
+
+def _job_path(key: str, action: str = "") -> str:
+    """`/v1/jobs/{key}[/action]`, the key (an id or a reference_id) quoted whole."""
+    return f"/v1/jobs/{urllib.parse.quote(key, safe='')}" + (f"/{action}" if action else "")
 
 
 def _reason(exc: BaseException) -> str:

@@ -1,0 +1,28 @@
+"""The add-on's client of the bridge: the shared one (`chamelaion_client`, bundled in the
+bridge's wheel, which knows only the contract in openapi.json) that also refuses a bridge of
+another API version before sending it anything.
+
+Refused here, such a bridge counts as unavailable, so the launcher runs `start`, which
+restarts one this add-on launched (its jobs are durable) and refuses anyone else's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chamelaion_client import API_VERSION
+from chamelaion_client.client import BridgeClient, BridgeUnavailable
+
+
+class Client(BridgeClient):
+    """A BridgeClient whose health (and so every call) wants this add-on's API version."""
+
+    def health(self) -> dict[str, Any]:
+        body = super().health()
+        if body.get("api_version") != API_VERSION:
+            raise BridgeUnavailable(
+                f"The Chamelaion bridge at {self.url} speaks API version "
+                f"{body.get('api_version', 'unknown')} and this add-on {API_VERSION}, so it was "
+                f"sent nothing; stop it with 'chamelaion-bridge stop --data-dir {self.data_dir}'."
+            )
+        return body
