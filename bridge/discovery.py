@@ -1,10 +1,10 @@
 """Where the bridge keeps its files: the server's side of the data folder (its private
 folders, the lock, the token it creates, `bridge.json` written atomically).
 
-What clients read (the folder's default place, the file names, bridge.json, the token, the
-health proof, the loopback names) is the client package's, `chamelaion_client`: this module
-imports it from there, so both sides agree on it because it is written once, and the
-bridge's modules find the whole layout here.
+What clients read of the folder (where it is by default, the file names, bridge.json, the
+token, the health proof, the loopback names) is written once, in the client package
+`chamelaion_client`, and imported here so that the bridge's modules find the whole layout in
+one place.
 """
 
 from __future__ import annotations
@@ -17,12 +17,10 @@ from typing import IO, Any
 
 from chamelaion_client.layout import (
     DEFAULT_PORT,
-    DEFAULT_URL,
     DISCOVERY_FILE,
     LOG_FILE,
     LOOPBACK_ADDRESSES,
     TOKEN_FILE,
-    bridge_url,
     data_dir,
     is_loopback_host,
     read_discovery,
@@ -32,7 +30,6 @@ from chamelaion_client.proofs import health_proof
 
 __all__ = [
     "DEFAULT_PORT",
-    "DEFAULT_URL",
     "DISCOVERY_FILE",
     "LAUNCHED_BY_ENV",
     "LOCK_FILE",
@@ -45,7 +42,6 @@ __all__ = [
     "STORE_FILE",
     "TOKEN_FILE",
     "WORK_DIR",
-    "bridge_url",
     "data_dir",
     "health_proof",
     "is_loopback_host",
