@@ -100,7 +100,7 @@ async def test_a_request_the_api_forgot_fails_with_a_sentence_and_retry_sends_it
         f"The Chamelaion API no longer knows request {failed.request_id} (it has answered"
     )
     assert "retry the job to send it again as a new request, which is charged again" in failed.error
-    engine.retry(job.id)
+    await engine.retry(job.id)
     done = await wait_final(engine, job.id)
     assert done.state == State.COMPLETED, done.error
     assert done.reference_id == "scene-4-r2" and done.previous_reference_ids == ["scene-4"]
@@ -296,7 +296,7 @@ async def test_a_result_that_stays_unplayable_fails_with_a_sentence_and_costs_no
     )
     assert [p.name for p in engine.config.output_dir.iterdir()] == []
     made.write_bytes(good)
-    engine.retry(job.id)
+    await engine.retry(job.id)
     done = await wait_final(engine, job.id)
     assert done.state == State.COMPLETED, done.error
     assert emulator.state.stats.generate_by_reference_id == {"garbled": 1}
