@@ -17,7 +17,7 @@ from bridge import media
 from bridge.cli import EXIT_JOB_FAILED, CliError, Progress, follow, spawn_bridge, stop_process
 from bridge.client import BridgeClient
 from bridge.emulator import emulator_in_background
-from bridge.jobs import new_reference_id
+from bridge.jobs import State, new_reference_id
 
 EMULATOR_KEY = "emulator-key"
 
@@ -68,7 +68,7 @@ def run_demo(data_dir: Path) -> int:
             }
         )
         job = follow(client, job, Progress(sys.stdout, bar=sys.stdout.isatty()))
-    if job["state"] != "completed":
+    if job["state"] != State.COMPLETED:
         print(
             f"The demo job {job['reference_id']} ended {job['state']}: "
             f"{job.get('error') or 'no reason given.'}",
