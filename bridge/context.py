@@ -75,9 +75,7 @@ class EngineContext:
     async def note(self, job_id: str, note: str | None) -> None:
         """Say why an unfinished job waits, even when the store is what is wrong."""
         try:
-            job = await self.steps.get(job_id)
-            if job is not None and not job.is_final and job.note != note:
-                await self.steps.note(job_id, note, ACTIVE_STATES)
+            await self.steps.note(job_id, note, ACTIVE_STATES)
         except StoreError:
             if note is not None:
                 self.unsaved_notes[job_id] = note

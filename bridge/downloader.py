@@ -139,8 +139,7 @@ class Downloader:
         await self._completed(job, part)
 
     async def _completed(self, job: Job, part: Path) -> None:
-        await self.ctx.steps.complete(job.id)
-        await asyncio.to_thread(part.unlink, missing_ok=True)
+        await self.ctx.steps.complete(job.id, part)
         self.ctx.output_urls.pop(job.id, None)
         await self.ctx.clean_work(job.id)
 

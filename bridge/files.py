@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -74,6 +75,13 @@ def link_into_place(tmp: Path, dest: Path) -> bool:
         os.close(fd)
         os.replace(tmp, dest)
     return True
+
+
+def remove_leftover(path: Path) -> None:
+    """Remove a temporary file that is no longer needed; one that cannot go stays, hidden
+    and named *.part, rather than fail what is already done."""
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
 
 
 def has_other_names(path: Path) -> bool:

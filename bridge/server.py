@@ -310,7 +310,7 @@ async def _engine_context(app: web.Application) -> AsyncIterator[None]:
         try:
             await engine.close()
         finally:
-            store.close()
+            await asyncio.to_thread(store.close)
 
 
 def create_app(

@@ -328,6 +328,7 @@ class Store:
         state: State | None = None,
         expect: frozenset[State] | set[State] | None = None,
         refusal: str = "so it cannot be changed that way",
+        after_commit: Callable[[], None] | None = None,
         **changes: Any,
     ) -> Job:
         """Apply one change in one transaction and return the job as now stored.
@@ -335,7 +336,24 @@ class Store:
         `expect` guards against races (e.g. a cancel arriving mid-upload): the change is
         refused with IllegalTransition ("Job X is <state>, <refusal>.") unless the job is
         still in one of those states. A job that becomes active again is no longer cleared.
+        `after_commit` runs once the change is durable, before anyone reads the store or
+        hears of the change (say, removing a file that the new state no longer needs).
         """
+        with self._lock:
+            job = self._update(job_id, state, expect, refusal, changes)
+            if after_commit is not None:
+                after_commit()
+        self._notify(job)
+        return job
+
+    def _update(
+        self,
+        job_id: str,
+        state: State | None,
+        expect: frozenset[State] | set[State] | None,
+        refusal: str,
+        changes: dict[str, Any],
+    ) -> Job:
         with self._transaction() as db:
             row = db.execute("SELECT data FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
@@ -358,7 +376,6 @@ class Store:
                 job.state = state
                 job.cleared = job.cleared and state in FINAL_STATES
             self._write(db, job)
-        self._notify(job)
         return job
 
     def handled_watch_jobs(self) -> set[str]:

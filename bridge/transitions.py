@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
 from bridge.errors import DuplicateReferenceError
+from bridge.files import remove_leftover
 from bridge.jobs import (
     ACTIVE_STATES,
     Job,
@@ -125,8 +127,9 @@ class Transitions:
         """The name the result is about to be published under (recorded before the link)."""
         return await self._step(job_id, frozenset({State.DOWNLOADING}), output_path=output_path)
 
-    async def complete(self, job_id: str) -> Job:
-        """The result is in place under its output_path."""
+    async def complete(self, job_id: str, part: Path) -> Job:
+        """The result is in place under its output_path; its temporary name `part` goes
+        before anyone sees the job completed."""
         return await self._step(
             job_id,
             None,
@@ -135,6 +138,7 @@ class Transitions:
             error=None,
             note=None,
             part_path=None,
+            after_commit=lambda: remove_leftover(part),
         )
 
     async def fail(self, job_id: str, error: str, **changes: Any) -> Job:
@@ -195,9 +199,18 @@ class Transitions:
 
     # ----- notes and progress: queued without waiting, best effort -----------------------
 
-    async def note(self, job_id: str, note: str | None, expect: frozenset[State]) -> Job:
-        """Why an unfinished job waits (None once it goes on)."""
-        return await self._step(job_id, expect, note=note)
+    async def note(self, job_id: str, note: str | None, expect: frozenset[State]) -> Job | None:
+        """Why an unfinished job waits (None once it goes on); written only when it changes,
+        since every write is an event to every subscriber."""
+        return await self.store.run(self._note_if_changed, job_id, note, expect)
+
+    def _note_if_changed(
+        self, job_id: str, note: str | None, expect: frozenset[State]
+    ) -> Job | None:
+        job = self.store.get(job_id)
+        if job is None or job.note == note:
+            return job
+        return self.store.update(job_id, note=note, expect=expect)
 
     def queue_note(self, job_id: str, note: str, expect: frozenset[State]) -> Future[Any]:
         """A note from a worker thread (a conversion's progress), queued behind earlier writes."""

@@ -79,9 +79,11 @@ async def test_rate_limit_forever_makes_the_job_wait_not_fail_or_hammer(
     job = await engine.submit(spec_for(sample_pair))
     await async_wait_until(lambda: emulator.state.stats.calls["generate-with-media"] >= 3)
 
-    still = engine.store.get(job.id)
+    # Why it waits, for the panel and `jobs` (each new try starts without a note).
+    still = await async_wait_until(
+        lambda: (j := engine.store.get(job.id)).note and "rate-limiting" in j.note and j
+    )
     assert still.state == State.UPLOADING and still.error is None
-    assert "rate-limiting" in still.note  # why it waits, for the panel and `jobs`
     # Retry-After of 0.3 s: three tries take at least 0.6 s, so this is no hammering.
     assert emulator.state.stats.calls["generate-with-media"] <= 4
 

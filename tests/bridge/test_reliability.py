@@ -147,7 +147,9 @@ async def test_a_full_data_disk_stalls_jobs_and_they_finish_once_space_is_back(
     assert not engine._poller.done()  # noqa: SLF001 - the poller must have lived through it
     # Each job says why it waits, although its record cannot take the note.
     for job in jobs:
-        note = engine.view(store.get(job.id))["note"]
+        note = await async_wait_until(
+            lambda job=job: engine.view(store.get(job.id))["note"], message="a note"
+        )
         assert note.startswith("Waiting to record what the Chamelaion API says: The bridge ")
         assert "database or disk is full" in note
 
