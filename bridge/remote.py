@@ -25,7 +25,14 @@ import chamelaion
 from chamelaion import AsyncChamelaion, DefaultAioHttpClient
 
 from bridge.config import Secret
-from bridge.errors import AuthError, NotFoundError, QuotaError, RemoteError
+from bridge.errors import (
+    AuthError,
+    BridgeError,
+    LocalProblem,
+    NotFoundError,
+    QuotaError,
+    RemoteError,
+)
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
@@ -223,6 +230,8 @@ def _api_call(
     async def call(self: RemoteAPI, *args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return await method(self, *args, **kwargs)
+        except BridgeError:
+            raise  # already a sentence: the API's answer, or a local file's problem
         except Exception as exc:
             raise translate_error(exc) from None
 
@@ -267,6 +276,7 @@ class RemoteAPI:
         )
         return result.request_id
 
+    @_api_call
     async def generate_with_media(
         self,
         video: Path,
@@ -278,7 +288,7 @@ class RemoteAPI:
         progress: Progress | None = None,
     ) -> str:
         """Upload both files, streamed from disk: memory stays flat whatever their size."""
-        total = await asyncio.to_thread(lambda: video.stat().st_size + audio.stat().st_size)
+        (vfh, afh), total = await asyncio.to_thread(_open_uploads, video, audio)
         sent = 0
 
         def report(n: int) -> None:
@@ -287,38 +297,19 @@ class RemoteAPI:
             if progress:
                 progress(min(sent, total), total)
 
-        vfh, afh = await asyncio.to_thread(lambda: (video.open("rb"), audio.open("rb")))
         readers = (_ReadAhead(vfh, report), _ReadAhead(afh, report))
         try:
-            return await self._send_media(
-                (video.name, readers[0], "video/mp4"),
-                (audio.name, readers[1], _audio_type(audio)),
+            result = await self._sdk.lipsync.generate_with_media(
+                video=(video.name, readers[0], "video/mp4"),
+                audio=(audio.name, readers[1], _audio_type(audio)),
                 reference_id=reference_id,
-                disable_asd=disable_asd,
-                model=model,
+                disable_active_speaker_detection=disable_asd,
+                extra_body={"model": model} if model else None,
             )
         finally:
             for reader in readers:
                 reader.stop()
             await asyncio.to_thread(lambda: (vfh.close(), afh.close()))
-
-    @_api_call
-    async def _send_media(
-        self,
-        video: tuple[str, _ReadAhead, str],
-        audio: tuple[str, _ReadAhead, str],
-        *,
-        reference_id: str,
-        disable_asd: bool,
-        model: str | None,
-    ) -> str:
-        result = await self._sdk.lipsync.generate_with_media(
-            video=video,
-            audio=audio,
-            reference_id=reference_id,
-            disable_active_speaker_detection=disable_asd,
-            extra_body={"model": model} if model else None,
-        )
         return result.request_id
 
     async def retrieve(self, id_or_reference: str) -> RemoteRequest | None:
@@ -424,6 +415,24 @@ class RemoteAPI:
                 retryable=True,
             )
         return written
+
+
+def _open_uploads(video: Path, audio: Path) -> tuple[tuple[IO[bytes], IO[bytes]], int]:
+    """Both prepared files, open, and their total size; LocalProblem when one cannot be read
+    (the job waits, and prepares its inputs again if they are gone)."""
+    opened: list[IO[bytes]] = []
+    try:
+        for path in (video, audio):
+            opened.append(path.open("rb"))
+        total = sum(os.fstat(fh.fileno()).st_size for fh in opened)
+    except OSError as exc:
+        for fh in opened:
+            fh.close()
+        raise LocalProblem(
+            f"The file to upload {exc.filename} cannot be read ({exc.strerror}); the job "
+            "goes on once it can."
+        ) from None
+    return (opened[0], opened[1]), total
 
 
 def _empty(fh: IO[bytes]) -> None:
