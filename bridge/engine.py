@@ -20,11 +20,11 @@ import shutil
 from pathlib import Path
 
 from bridge import preparing
-from bridge.backoff import Backoff
 from bridge.config import BridgeConfig, Secret
 from bridge.context import EngineContext
 from bridge.downloader import Downloader
-from bridge.errors import BridgeError, InputError, LocalProblem, RemoteError, StoreError
+from bridge.driver import JobDriver
+from bridge.errors import BridgeError, InputError
 from bridge.files import check_output_dir
 from bridge.jobs import ACTIVE_STATES, FINAL_STATES, Job, JobSpec, State
 from bridge.poller import Poller
@@ -44,6 +44,7 @@ class Engine(EngineContext):
         self.submitter = Submitter(self)
         self.poller = Poller(self)
         self.downloader = Downloader(self)
+        self.driver = JobDriver(self, self.submitter, self.downloader)
         self.drive = self._drive
         self._poller: asyncio.Task[None] | None = None
         self._listening = [store.subscribe(_log_change), store.subscribe(self.saved)]
@@ -154,66 +155,9 @@ class Engine(EngineContext):
                     touched += 1
         return touched
 
-    # ----- driving one job ---------------------------------------------------------------
-
     def _drive(self, job_id: str) -> None:
         """Run the job's local steps (prepare, upload, download) in a task of its own."""
-        self.spawn(job_id, self._run_job(job_id))
-
-    async def _run_job(self, job_id: str) -> None:
-        """Take a job through its local steps until the poller owns it or it is final.
-
-        A definite answer fails the job. Anything else (a full disk, an unwritable store, a
-        bug) is logged, shown in health and the job's note, and the step is run again from
-        what the store says, as after a restart.
-        """
-        trouble = Backoff(base=self.config.retry_base, cap=self.config.retry_cap)
-        reported: set[str] = set()  # problems this job ran into: gone with it, or once it got on
-        try:
-            while True:
-                try:
-                    job = await self.get(job_id)
-                    if job.state == State.DOWNLOADING:
-                        await self.downloader.download(job)
-                    elif job.state in DRIVEN_STATES:
-                        await self.submitter.submit(job)
-                    return
-                except IllegalTransition:
-                    return  # canceled or moved on meanwhile; whoever did that took it over
-                except Exception as exc:
-                    problem: Exception = exc
-                    if _is_definite(exc):
-                        try:
-                            await self.fail(job_id, str(exc))
-                            return
-                        except StoreError as store_problem:
-                            problem = store_problem
-                    reported.add(await self._wait_out(job_id, problem, trouble))
-        finally:
-            for source in reported:
-                self.problems.clear(source)
-
-    async def _wait_out(self, job_id: str, exc: Exception, backoff: Backoff) -> str:
-        """Log and show what stops the job, then wait; returns the problem's source."""
-        delay = backoff.next_delay()
-        if isinstance(exc, LocalProblem):
-            sentence = str(exc)
-            source = "store" if isinstance(exc, StoreError) else "files"
-            log.warning("job %s: %s", job_id, sentence)
-        else:
-            log.error("job %s: unexpected error", job_id, exc_info=exc)
-            sentence = (
-                f"The bridge hit an unexpected error ({type(exc).__name__}); "
-                "details are in bridge.log."
-            )
-            source = "unexpected"
-        since = self.problems.report(source, sentence)
-        await self.note(
-            job_id,
-            f"{sentence} The job waits (since {since}); next try in {max(1, round(delay))} s.",
-        )
-        await asyncio.sleep(delay)
-        return source
+        self.spawn(job_id, self.driver.run(job_id))
 
     # ----- helpers ---------------------------------------------------------------------
 
@@ -235,14 +179,6 @@ class Engine(EngineContext):
 
 class JobNotFound(InputError):
     """No job has that id or reference_id (the local API answers 404)."""
-
-
-def _is_definite(exc: Exception) -> bool:
-    """Whether a failure is the answer (bad input, a refused key, the API's verdict) rather
-    than something that waiting can fix."""
-    if isinstance(exc, RemoteError):
-        return not exc.retryable
-    return isinstance(exc, InputError)
 
 
 def _log_change(job: Job) -> None:
