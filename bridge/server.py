@@ -296,7 +296,7 @@ async def _end_event_streams(app: web.Application) -> None:
 
 
 async def _engine_context(app: web.Application) -> AsyncIterator[None]:
-    store = Store(app[CONFIG].store_path)
+    store = await asyncio.to_thread(Store, app[CONFIG].store_path)  # opening SQLite blocks
     engine = Engine(app[CONFIG], store)
     app[STORE], app[ENGINE] = store, engine
     try:

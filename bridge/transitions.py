@@ -43,6 +43,12 @@ class Transitions:
     async def _step(self, job_id: str, expect: frozenset[State] | None, **changes: Any) -> Job:
         return await self.store.run(self.store.update, job_id, expect=expect, **changes)
 
+    async def _enter(
+        self, job_id: str, expect: frozenset[State] | None, state: State, **changes: Any
+    ) -> Job:
+        """A step into a new stage, which starts with no progress and nothing to wait on."""
+        return await self._step(job_id, expect, state=state, progress=0.0, note=None, **changes)
+
     # ----- reading (through the same writer, so a read sees every write before it) -----
 
     async def get(self, key: str) -> Job | None:
@@ -66,14 +72,12 @@ class Transitions:
     async def mark_uploading(self, job: Job) -> Job:
         """About to call a generate endpoint: recorded first, so a crash there is adopted
         by reference_id on restart instead of paid twice."""
-        return await self._step(
+        return await self._enter(
             job.id,
             SENDABLE_STATES,
-            state=State.UPLOADING,
+            State.UPLOADING,
             submit_started=True,
             unsettled_since=now_iso(),
-            progress=0.0,
-            note=None,
             attempts=job.attempts + 1,
         )
 
@@ -83,14 +87,8 @@ class Transitions:
 
     async def accepted(self, job_id: str, request_id: str) -> Job:
         """The API holds a request for the job: the poller takes it from here."""
-        return await self._step(
-            job_id,
-            SENDABLE_STATES,
-            state=State.SUBMITTED,
-            request_id=request_id,
-            unsettled_since=None,
-            progress=0.0,
-            note=None,
+        return await self._enter(
+            job_id, SENDABLE_STATES, State.SUBMITTED, request_id=request_id, unsettled_since=None
         )
 
     async def remote_moved(self, job: Job, remote_status: str) -> Job:
@@ -104,13 +102,8 @@ class Transitions:
 
     async def start_download(self, job_id: str, remote_status: str) -> Job:
         """The API finished the request: the result is to be fetched."""
-        return await self._step(
-            job_id,
-            POLLED_STATES,
-            state=State.DOWNLOADING,
-            remote_status=remote_status,
-            progress=0.0,
-            note=None,
+        return await self._enter(
+            job_id, POLLED_STATES, State.DOWNLOADING, remote_status=remote_status
         )
 
     async def record_part(self, job_id: str, part_path: str) -> Job:
@@ -149,7 +142,7 @@ class Transitions:
 
     async def cancel(self, job_id: str) -> Job:
         """The user stopped the job (the store refuses it for a final job)."""
-        return await self._step(job_id, None, state=State.CANCELED, progress=0.0, note=None)
+        return await self._enter(job_id, None, State.CANCELED)
 
     async def resume_polling(self, job_id: str) -> Job:
         """A retry of a job whose request the API still has: poll and download again."""
