@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,8 +24,10 @@ from typing import Any
 import pytest
 
 from bridge.emulator import RunningEmulator
+from bridge.jobs import JobSpec
 from bridge.server import create_app
 from bridge.store import Store
+from bridge.transitions import Transitions
 from tests.bridge.conftest import bridge_config, emulator_thread
 from tests.helpers import async_wait_until
 
@@ -152,3 +155,39 @@ async def test_a_batch_through_a_watch_folder_never_blocks_the_loop(
     REPORT.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(f"\nlargest callback: {timer.largest * 1000:.1f} ms ({timer.slowest})")
     assert slow == []
+
+
+async def test_store_listeners_hear_every_change_on_the_loop_in_commit_order(
+    tmp_path: Path,
+) -> None:
+    """Writes run on the store's writer thread; its listeners (the event stream, the watch
+    folder) touch asyncio objects, so they must be called on the loop all the same."""
+    store = Store(tmp_path / "jobs.sqlite3")
+    loop_thread = threading.get_ident()
+    heard: list[tuple[str, str, bool]] = []
+    store.subscribe(lambda job: heard.append((job.reference_id, job.state, on_loop())))
+
+    def on_loop() -> bool:
+        return threading.get_ident() == loop_thread
+
+    steps = Transitions(store)
+    job = await steps.create(
+        JobSpec(
+            video_url="https://example.com/v.mp4",
+            audio_url="https://example.com/a.wav",
+            reference_id="one",
+        )
+    )
+    await steps.mark_uploading(job)
+    await steps.accepted(job.id, "request-1")
+    await asyncio.to_thread(store.submit(store.update, job.id, note="from a thread").result)
+    await steps.cancel(job.id)
+    await asyncio.to_thread(store.close)
+
+    assert heard == [
+        ("one", "queued", True),
+        ("one", "uploading", True),
+        ("one", "submitted", True),
+        ("one", "submitted", True),
+        ("one", "canceled", True),
+    ]
