@@ -29,7 +29,9 @@ from bridge import discovery, processes
 from bridge.config import ConfigError, api_key_from_env
 from bridge.errors import BridgeError, InputError
 from bridge.jobs import (
+    FINAL_STATES,
     PINNED_JSON_FIELDS,
+    State,
     check_input_file,
     check_path,
     check_reference_id,
@@ -44,8 +46,7 @@ EXIT_INPUT = 4
 EXIT_UNEXPECTED = 70
 EXIT_INTERRUPTED = 130
 
-FINAL_STATES = ("completed", "failed", "canceled")
-TRANSFER_STATES = ("uploading", "downloading")
+TRANSFER_STATES = (State.UPLOADING, State.DOWNLOADING)
 POLL_SECONDS = 0.5
 # Anything of the form scheme://... is meant as a URL (ftp://, file://), never as a path.
 URL_LIKE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
@@ -214,9 +215,9 @@ def follow(
 
 def _final_status(job: dict[str, Any]) -> int:
     """Exit status for a final job, after saying what went wrong, if anything did."""
-    if job["state"] == "completed":
+    if job["state"] == State.COMPLETED:
         return 0
-    if job["state"] == "failed":
+    if job["state"] == State.FAILED:
         print(
             f"Job {job['reference_id']} failed: {job.get('error') or 'no reason given.'}",
             file=sys.stderr,
@@ -269,7 +270,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     job = follow(client, job, progress, reconnect=lambda: connect(args, start=True))
     if args.json:
         _print_json(job)
-    elif job["state"] == "completed":
+    elif job["state"] == State.COMPLETED:
         print(f"Job {job['reference_id']} completed: {job['output_path']}")
     return _final_status(job)
 
@@ -286,7 +287,7 @@ def _age(created_at: str) -> str:
 
 
 def _progress_text(job: dict[str, Any]) -> str:
-    if job["state"] == "completed":
+    if job["state"] == State.COMPLETED:
         return "100%"
     if job["state"] in TRANSFER_STATES:
         return f"{float(job.get('progress') or 0):.0%}"

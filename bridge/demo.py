@@ -18,7 +18,7 @@ from typing import Any
 
 from bridge.emulator import emulator_in_background
 from bridge.emulator.samples import make_sample_media
-from bridge.jobs import new_reference_id
+from bridge.jobs import State, new_reference_id
 from bridge.processes import spawn_bridge, stop_process
 from chamelaion_client.client import BridgeClient
 
@@ -78,7 +78,7 @@ def run_demo(data_dir: Path, follow: Follow) -> bool:
             }
         )
         job = follow(client, job)
-    if job["state"] != "completed":
+    if job["state"] != State.COMPLETED:
         print(
             f"The demo job {job['reference_id']} ended {job['state']}: "
             f"{job.get('error') or 'no reason given.'}",

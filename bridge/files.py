@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
+
+from bridge.errors import BridgeError, InputError, LocalProblem
 
 _UNSAFE = re.compile(r'[<>:"/\\|?*\x00-\x1f]')
 _WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL"} | {
@@ -73,6 +77,13 @@ def link_into_place(tmp: Path, dest: Path) -> bool:
     return True
 
 
+def remove_leftover(path: Path) -> None:
+    """Remove a temporary file that is no longer needed; one that cannot go stays, hidden
+    and named *.part, rather than fail what is already done."""
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
+
+
 def has_other_names(path: Path) -> bool:
     """Whether a file has been hard-linked elsewhere (published) besides `path`."""
     try:
@@ -87,3 +98,39 @@ def is_published(tmp: Path, dest: Path) -> bool:
         return os.path.samestat(os.lstat(tmp), os.lstat(dest))
     except OSError:
         return False
+
+
+def folder_error(folder: Path, exc: OSError) -> BridgeError:
+    """A folder that is full or away only makes a job wait; one that refuses us fails it."""
+    if isinstance(exc, PermissionError) or exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return InputError(folder_problem(folder, exc))
+    if exc.errno == errno.ENOSPC:
+        return LocalProblem(
+            f"The disk holding {folder} is full; free some space and the job goes on by itself."
+        )
+    return LocalProblem(
+        f"The output folder {folder} cannot be written right now ({exc.strerror or exc}); "
+        "the job goes on once it can."
+    )
+
+
+def folder_problem(folder: Path, exc: OSError) -> str:
+    """Why an output folder cannot take a job's result, as a sentence for the user."""
+    if exc.errno == errno.ENOSPC:
+        return f"The disk holding {folder} is full; free some space and retry the job."
+    if isinstance(exc, PermissionError) or exc.errno in (errno.EACCES, errno.EROFS):
+        return f"The output folder {folder} is not writable; choose another output folder."
+    return f"The output folder {folder} cannot be used ({exc.strerror}); choose another one."
+
+
+def check_output_dir(folder: Path) -> None:
+    """Make sure a job's results can be written to `folder` (made if missing); InputError if
+    not. Blocking (a network share may be slow): run it in a thread."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(folder_problem(folder, exc)) from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(
+            f"The output folder {folder} is not writable; choose another output folder."
+        )

@@ -21,7 +21,7 @@ from bridge.problems import Problems, clock
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Note = Callable[[str | None], None]
+Note = Callable[[str | None], Awaitable[None]]
 API_PROBLEM = "api"
 
 
@@ -37,7 +37,7 @@ class Gateway:
     ) -> T:
         """`await attempt()` until it returns; `doing` completes "Waiting to ..." in notes.
 
-        `note(text)` hears each wait and `note(None)` the recovery, so a job's note is
+        `await note(text)` hears each wait and `await note(None)` the recovery, so a job's note is
         cleared as soon as the API answers again.
         """
         backoff = Backoff(base=self.base, cap=self.cap)
@@ -53,7 +53,7 @@ class Gateway:
                 delay = backoff.next_delay(exc.retry_after)
                 log.warning("%s: %s (next try in %.1f s)", doing, exc, delay)
                 if note is not None:
-                    note(
+                    await note(
                         f"Waiting to {doing}: {exc} Waiting since {since}; "
                         f"next try in {max(1, round(delay))} s."
                     )
@@ -61,7 +61,7 @@ class Gateway:
                 continue
             self.recovered()
             if since is not None and note is not None:
-                note(None)
+                await note(None)
             return result
 
     def recovered(self) -> None:

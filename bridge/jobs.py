@@ -14,6 +14,7 @@ import secrets
 import stat
 import time
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -151,6 +152,44 @@ def normalize_reference_id(value: str) -> str:
             f"1-{MAX_REFERENCE_ID} letters, digits, '.', '_' or '-'."
         )
     return safe_reference_id(value, max_len=MAX_REFERENCE_ID)
+
+
+def reference_base(reference_id: str) -> str:
+    """A reference_id without its retry suffix (`shot-4-r3` -> `shot-4`), short enough for one."""
+    return re.sub(r"-r\d+$", "", reference_id)[: MAX_REFERENCE_ID - 8]
+
+
+def numbered_reference_ids(base: str, first: int = 1) -> Iterator[str]:
+    """`base-r<first>`, then the following numbers; number 1 is `base` itself. How a job run
+    again (a retry, a pair dropped again) gets a reference_id the API never saw."""
+    n = first
+    while True:
+        yield base if n == 1 else f"{base}-r{n}"
+        n += 1
+
+
+def check_options(
+    body: dict[str, Any],
+    allowed: frozenset[str],
+    text: frozenset[str],
+    *,
+    unknown: str,
+    where: str = "",
+) -> None:
+    """The options a job request may set, refused by name (the local API and the watch
+    folder's sidecars share them): no unknown name, `text` ones strings, the flag a bool.
+
+    `unknown` starts the sentence naming unknown options; `where` ("In the sidecar x.json, ")
+    starts the others.
+    """
+    extra = sorted(set(body) - allowed)
+    if extra:
+        raise InputError(f"{unknown} {', '.join(extra)}; allowed: {', '.join(sorted(allowed))}.")
+    for name in sorted(text):
+        if body.get(name) is not None and not isinstance(body[name], str):
+            raise InputError(f"{where}{name} must be a string.")
+    if not isinstance(body.get("disable_active_speaker_detection", False), bool):
+        raise InputError(f"{where}disable_active_speaker_detection must be true or false.")
 
 
 def _url_parts(url: str) -> SplitResult | None:
@@ -322,23 +361,13 @@ class JobSpec:
         """Parse and validate a local-API request body; unknown fields are refused."""
         if not isinstance(body, dict):
             raise InputError("The request body must be a JSON object.")
-        allowed = {f.name for f in fields(cls)} - {"origin", "output_name"}
-        unknown = sorted(set(body) - allowed)
-        if unknown:
-            raise InputError(
-                f"Unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}."
-            )
+        allowed = frozenset(f.name for f in fields(cls)) - {"origin", "output_name"}
         text_fields = allowed - {"video_range", "disable_active_speaker_detection", "client"}
-        for name in text_fields:
-            if body.get(name) is not None and not isinstance(body[name], str):
-                raise InputError(f"{name} must be a string.")
-        asd = body.get("disable_active_speaker_detection", False)
-        if not isinstance(asd, bool):
-            raise InputError("disable_active_speaker_detection must be true or false.")
+        check_options(body, allowed, text_fields, unknown="Unknown field(s)")
         video_range, client = body.get("video_range"), body.get("client")
         spec = cls(
             **{k: body.get(k) for k in text_fields},
-            disable_active_speaker_detection=asd,
+            disable_active_speaker_detection=body.get("disable_active_speaker_detection", False),
             video_range=VideoRange.from_json(video_range) if video_range is not None else None,
             client=check_client(client) if client is not None else None,
             origin=origin,

@@ -7,13 +7,17 @@ whose message is one sentence and whose `retryable` tells the engine what to do.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import os
-from collections.abc import Callable
+import queue
+import threading
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -21,11 +25,21 @@ import chamelaion
 from chamelaion import AsyncChamelaion, DefaultAioHttpClient
 
 from bridge.config import Secret
-from bridge.errors import AuthError, NotFoundError, QuotaError, RemoteError
+from bridge.errors import (
+    AuthError,
+    BridgeError,
+    LocalProblem,
+    NotFoundError,
+    QuotaError,
+    RemoteError,
+)
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 CHUNK = 1 << 20
+READ_AHEAD = 2  # chunks an upload reads ahead of the network
+P = ParamSpec("P")
+T = TypeVar("T")
 MAX_LIST_LIMIT = 100  # what we ask for; the API's real maximum is undocumented
 DEFAULT_LIST_LIMIT = 20  # the documented default
 
@@ -59,18 +73,65 @@ def _from_sdk(item: Any) -> RemoteRequest:
     )
 
 
-class _ProgressReader:
-    """A read-only file wrapper that reports bytes handed to the HTTP client."""
+class _ReadAhead:
+    """A read-only file for the SDK's multipart upload that reads in a thread of its own,
+    a few chunks ahead: the event loop (where the HTTP client calls `read`) only takes
+    chunks that are ready, and waits only while the disk is slower than the network.
 
-    def __init__(self, fh: IO[bytes], total: int, report: Callable[[int], None]) -> None:
-        self._fh, self._total, self._report = fh, total, report
+    Each chunk handed on is reported (its size), so progress counts what was sent.
+    """
+
+    def __init__(self, fh: IO[bytes], report: Callable[[int], None]) -> None:
+        self._fh, self._report = fh, report
+        self._chunks: queue.Queue[bytes | OSError] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._eof = False
 
     def read(self, size: int = -1) -> bytes:
-        # httpx asks for 64 KiB at a time; 1 MiB reads cost a tenth of the Python calls.
-        data = self._fh.read(max(size, CHUNK))
-        if data:
-            self._report(len(data))
-        return data
+        if self._eof:
+            return b""
+        if self._chunks is None:
+            self._chunks, self._stop = queue.Queue(READ_AHEAD), threading.Event()
+            self._thread = threading.Thread(
+                target=self._fill, args=(self._chunks, self._stop), daemon=True
+            )
+            self._thread.start()
+        item = self._chunks.get()
+        if isinstance(item, OSError):
+            raise item
+        self._eof = not item
+        if item:
+            self._report(len(item))
+        return item
+
+    def _fill(self, chunks: queue.Queue[bytes | OSError], stop: threading.Event) -> None:
+        """The reading thread: until the end of the file, or until `stop`."""
+        while not stop.is_set():
+            try:
+                data: bytes | OSError = self._fh.read(CHUNK)
+            except (OSError, ValueError) as exc:  # ValueError: closed under us (a canceled upload)
+                data = exc if isinstance(exc, OSError) else OSError(str(exc))
+            while not stop.is_set():
+                try:
+                    chunks.put(data, timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
+            if not isinstance(data, bytes) or not data:
+                return
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        """The HTTP client rewinds before it reads (and for a retry): reading starts over,
+        once a reader already running has let go of the file."""
+        self.stop()
+        if self._thread is not None:
+            self._thread.join()
+        self._chunks, self._thread, self._eof = None, None, False
+        return self._fh.seek(offset, whence)
+
+    def stop(self) -> None:
+        self._stop.set()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._fh, name)
@@ -150,11 +211,31 @@ def translate_error(exc: Exception) -> RemoteError:
             "The Chamelaion API could not be reached (the connection was refused or dropped).",
             retryable=True,
         )
-    log.error("unexpected error talking to the Chamelaion API", exc_info=exc)
+    log.error(
+        "unexpected error talking to the Chamelaion API", exc_info=exc
+    )  # a bug: its traceback
     return RemoteError(
         f"Unexpected error talking to the Chamelaion API ({type(exc).__name__}); "
         "details are in bridge.log."
     )
+
+
+def _api_call(
+    method: Callable[Concatenate[RemoteAPI, P], Awaitable[T]],
+) -> Callable[Concatenate[RemoteAPI, P], Awaitable[T]]:
+    """Every failure of a call to the API as a classified RemoteError: the SDK's, and a bug
+    in this module's own code too (logged with its traceback by `translate_error`)."""
+
+    @functools.wraps(method)
+    async def call(self: RemoteAPI, *args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await method(self, *args, **kwargs)
+        except BridgeError:
+            raise  # already a sentence: the API's answer, or a local file's problem
+        except Exception as exc:
+            raise translate_error(exc) from None
+
+    return call
 
 
 class RemoteAPI:
@@ -179,28 +260,23 @@ class RemoteAPI:
         if self._session is not None:
             await self._session.close()
 
-    async def _call(self, coro: Any) -> Any:
-        try:
-            return await coro
-        except Exception as exc:  # every SDK failure becomes a classified RemoteError
-            raise translate_error(exc) from None
-
+    @_api_call
     async def check_key(self) -> str:
         """The key's token name, or AuthError."""
-        return (await self._call(self._sdk.users.retrieve_current())).name
+        return (await self._sdk.users.retrieve_current()).name
 
+    @_api_call
     async def generate_from_urls(
         self, video_url: str, audio_url: str, *, reference_id: str, disable_asd: bool
     ) -> str:
-        result = await self._call(
-            self._sdk.lipsync.generate(
-                inputs=[{"type": "video", "url": video_url}, {"type": "audio", "url": audio_url}],
-                reference_id=reference_id,
-                disable_active_speaker_detection=disable_asd,
-            )
+        result = await self._sdk.lipsync.generate(
+            inputs=[{"type": "video", "url": video_url}, {"type": "audio", "url": audio_url}],
+            reference_id=reference_id,
+            disable_active_speaker_detection=disable_asd,
         )
         return result.request_id
 
+    @_api_call
     async def generate_with_media(
         self,
         video: Path,
@@ -212,7 +288,7 @@ class RemoteAPI:
         progress: Progress | None = None,
     ) -> str:
         """Upload both files, streamed from disk: memory stays flat whatever their size."""
-        total = video.stat().st_size + audio.stat().st_size
+        (vfh, afh), total = await asyncio.to_thread(_open_uploads, video, audio)
         sent = 0
 
         def report(n: int) -> None:
@@ -221,26 +297,33 @@ class RemoteAPI:
             if progress:
                 progress(min(sent, total), total)
 
-        extra = {"model": model} if model else None
-        with video.open("rb") as vfh, audio.open("rb") as afh:
-            result = await self._call(
-                self._sdk.lipsync.generate_with_media(
-                    video=(video.name, _ProgressReader(vfh, total, report), "video/mp4"),
-                    audio=(audio.name, _ProgressReader(afh, total, report), _audio_type(audio)),
-                    reference_id=reference_id,
-                    disable_active_speaker_detection=disable_asd,
-                    extra_body=extra,
-                )
+        readers = (_ReadAhead(vfh, report), _ReadAhead(afh, report))
+        try:
+            result = await self._sdk.lipsync.generate_with_media(
+                video=(video.name, readers[0], "video/mp4"),
+                audio=(audio.name, readers[1], _audio_type(audio)),
+                reference_id=reference_id,
+                disable_active_speaker_detection=disable_asd,
+                extra_body={"model": model} if model else None,
             )
+        finally:
+            for reader in readers:
+                reader.stop()
+            await asyncio.to_thread(lambda: (vfh.close(), afh.close()))
         return result.request_id
 
     async def retrieve(self, id_or_reference: str) -> RemoteRequest | None:
         """A request by uuid or reference_id; None when the API has none."""
         try:
-            return _from_sdk(await self._call(self._sdk.lipsync.requests.retrieve(id_or_reference)))
+            return await self._retrieve(id_or_reference)
         except NotFoundError:
             return None
 
+    @_api_call
+    async def _retrieve(self, id_or_reference: str) -> RemoteRequest:
+        return _from_sdk(await self._sdk.lipsync.requests.retrieve(id_or_reference))
+
+    @_api_call
     async def list_page(
         self,
         *,
@@ -257,10 +340,11 @@ class RemoteAPI:
             kwargs["limit"] = limit
         if reference_id:
             kwargs["reference_id"] = reference_id
-        page = await self._call(self._sdk.lipsync.requests.list(**kwargs))
+        page = await self._sdk.lipsync.requests.list(**kwargs)
         applied = page.pagination.limit or limit or DEFAULT_LIST_LIMIT
         return [_from_sdk(r) for r in page.data], page.pagination.total, applied
 
+    @_api_call
     async def find_by_reference_id(
         self, reference_id: str, *, created_after: datetime
     ) -> RemoteRequest | None:
@@ -313,15 +397,14 @@ class RemoteAPI:
                         retry_after=_retry_after(response.headers),
                     )
                 expected = response.content_length
-                dest.seek(0)
-                dest.truncate()
+                await asyncio.to_thread(_empty, dest)
                 async for chunk in response.content.iter_chunked(CHUNK):
-                    dest.write(chunk)
+                    # In a thread: the destination may be a slow network share.
+                    await asyncio.to_thread(dest.write, chunk)
                     written += len(chunk)
                     if progress and expected:
                         progress(written, expected)
-                dest.flush()
-                os.fsync(dest.fileno())
+                await asyncio.to_thread(_flush_to_disk, dest)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise RemoteError(
                 "The download of the result was interrupted.", retryable=True
@@ -332,6 +415,34 @@ class RemoteAPI:
                 retryable=True,
             )
         return written
+
+
+def _open_uploads(video: Path, audio: Path) -> tuple[tuple[IO[bytes], IO[bytes]], int]:
+    """Both prepared files, open, and their total size; LocalProblem when one cannot be read
+    (the job waits, and prepares its inputs again if they are gone)."""
+    opened: list[IO[bytes]] = []
+    try:
+        for path in (video, audio):
+            opened.append(path.open("rb"))
+        total = sum(os.fstat(fh.fileno()).st_size for fh in opened)
+    except OSError as exc:
+        for fh in opened:
+            fh.close()
+        raise LocalProblem(
+            f"The file to upload {exc.filename} cannot be read ({exc.strerror}); the job "
+            "goes on once it can."
+        ) from None
+    return (opened[0], opened[1]), total
+
+
+def _empty(fh: IO[bytes]) -> None:
+    fh.seek(0)
+    fh.truncate()
+
+
+def _flush_to_disk(fh: IO[bytes]) -> None:
+    fh.flush()
+    os.fsync(fh.fileno())
 
 
 def _audio_type(path: Path) -> str:

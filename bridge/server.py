@@ -163,7 +163,10 @@ async def list_jobs(request: web.Request) -> web.Response:
             check_file_id(file, "The file filter")
         except InputError as exc:
             return error_response(400, str(exc))
-    jobs, damaged = request.app[STORE].listing(states=states, keys=keys, file=file, cleared=False)
+    store = request.app[STORE]
+    jobs, damaged = await store.run(
+        store.listing, states=states, keys=keys, file=file, cleared=False
+    )
     return web.json_response(
         {
             "jobs": [request.app[ENGINE].view(job) for job in jobs],
@@ -172,16 +175,16 @@ async def list_jobs(request: web.Request) -> web.Response:
     )
 
 
-def _find(request: web.Request) -> Job | web.Response:
+async def _find(request: web.Request) -> Job | web.Response:
     key = request.match_info["key"]
-    job = request.app[STORE].get(key)
+    job = await request.app[STORE].run(request.app[STORE].get, key)
     if job is None:
         return error_response(404, f"There is no job with id or reference_id {key!r}.")
     return job
 
 
 async def get_job(request: web.Request) -> web.Response:
-    found = _find(request)
+    found = await _find(request)
     if isinstance(found, web.Response):
         return found
     return web.json_response(request.app[ENGINE].view(found))
@@ -191,12 +194,12 @@ def _change(action: str) -> Handler:
     """A handler for cancel or retry: the engine decides, the store enforces the states."""
 
     async def handler(request: web.Request) -> web.Response:
-        found = _find(request)
+        found = await _find(request)
         if isinstance(found, web.Response):
             return found
         engine = request.app[ENGINE]
         try:
-            job = engine.cancel(found.id) if action == "cancel" else engine.retry(found.id)
+            job = await (engine.cancel(found.id) if action == "cancel" else engine.retry(found.id))
         except (IllegalTransition, DuplicateReferenceError) as exc:
             return error_response(409, str(exc))
         except InputError as exc:
@@ -208,11 +211,11 @@ def _change(action: str) -> Handler:
 
 async def clear_job(request: web.Request) -> web.Response:
     """Take a final job out of the listings; its files and its reference_id stay."""
-    found = _find(request)
+    found = await _find(request)
     if isinstance(found, web.Response):
         return found
     try:
-        job = request.app[STORE].clear(found.id)
+        job = await request.app[ENGINE].steps.clear(found.id)
     except IllegalTransition as exc:
         return error_response(409, str(exc))
     return web.json_response(request.app[ENGINE].view(job))
@@ -240,7 +243,7 @@ async def set_api_key(request: web.Request) -> web.Response:
         api_key, auth = _key_from_json(await _json_body(request))
     except InputError as exc:
         return error_response(400, str(exc))
-    updated = request.app[ENGINE].set_api_key(api_key, auth)
+    updated = await request.app[ENGINE].set_api_key(api_key, auth)
     log.info(
         "The API key was replaced; %d job(s) that failed on the old one may be retried.", updated
     )
@@ -298,7 +301,7 @@ async def _end_event_streams(app: web.Application) -> None:
 
 
 async def _engine_context(app: web.Application) -> AsyncIterator[None]:
-    store = Store(app[CONFIG].store_path)
+    store = await asyncio.to_thread(Store, app[CONFIG].store_path)  # opening SQLite blocks
     engine = Engine(app[CONFIG], store)
     app[STORE], app[ENGINE] = store, engine
     try:
@@ -312,7 +315,7 @@ async def _engine_context(app: web.Application) -> AsyncIterator[None]:
         try:
             await engine.close()
         finally:
-            store.close()
+            await asyncio.to_thread(store.close)
 
 
 def create_app(

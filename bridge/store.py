@@ -7,17 +7,26 @@ restarted bridge knows what to reconcile.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
-from bridge.errors import DamagedJobError, DuplicateReferenceError, InputError, StoreError
+from bridge.errors import (
+    BridgeError,
+    DamagedJobError,
+    DuplicateReferenceError,
+    InputError,
+    StoreError,
+)
 from bridge.jobs import (
     ACTIVE_STATES,
     FINAL_STATES,
@@ -44,9 +53,15 @@ CREATE TABLE IF NOT EXISTS reference_ids (
     reference_id TEXT PRIMARY KEY,
     job_id TEXT NOT NULL
 );
+-- Finished watch-folder jobs whose files were already filed (survives a SIGKILL mid-batch).
+-- The watcher once kept it through a connection of its own: same table, so nothing migrates.
+CREATE TABLE IF NOT EXISTS watch_handled (job_id TEXT PRIMARY KEY, handled_at TEXT NOT NULL);
 """
 
 Listener = Callable[[Job], None]
+P = ParamSpec("P")
+T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class IllegalTransition(InputError):
@@ -91,7 +106,12 @@ _JSON_FIELD = "CASE WHEN json_valid(data) THEN json_extract(data, ?) END"
 
 
 class Store:
-    """Thread-safe access to the job table; listeners hear every committed change."""
+    """Thread-safe access to the job table; listeners hear every committed change.
+
+    The asyncio side calls it through `run` (or `submit`): every call then goes through one
+    writer thread in order, so a commit (and SQLite's 5 s busy wait) never blocks the loop.
+    Listeners are always called on the loop that last used `run`, in commit order.
+    """
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,6 +124,9 @@ class Store:
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.executescript(SCHEMA)
         self._listeners: list[Listener] = []
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
 
     @contextmanager
     def _sqlite(self) -> Iterator[None]:
@@ -124,8 +147,27 @@ class Store:
             ) from exc
 
     def close(self) -> None:
+        """Finish the writes already handed to the writer thread, then close the file."""
+        self._writer.shutdown(wait=True)
         with self._lock:
             self._db.close()
+
+    async def run(self, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """`call(*args, **kwargs)` (a method of this store) on the writer thread."""
+        self._bind_loop()
+        return await asyncio.wrap_future(self._writer.submit(call, *args, **kwargs))
+
+    def submit(self, call: Callable[P, Any], *args: P.args, **kwargs: P.kwargs) -> Future[Any]:
+        """Queue `call` on the writer thread without waiting (progress, notes): it runs after
+        every call queued before it. A job that moved on meanwhile is not worth a log line."""
+        future = self._writer.submit(call, *args, **kwargs)
+        future.add_done_callback(_log_unexpected)
+        return future
+
+    def _bind_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._loop, self._loop_thread = loop, threading.get_ident()
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call `listener(job)` after each committed change; returns the unsubscribe."""
@@ -160,8 +202,22 @@ class Store:
         return jobs, damaged
 
     def _notify(self, job: Job) -> None:
+        """Tell the listeners, on the loop when there is one (they touch asyncio objects)."""
+        loop = self._loop
+        if loop is not None and threading.get_ident() != self._loop_thread:
+            try:
+                loop.call_soon_threadsafe(self._dispatch, job)
+                return
+            except RuntimeError:  # the loop is closed: nobody there listens any more
+                pass
+        self._dispatch(job)
+
+    def _dispatch(self, job: Job) -> None:
         for listener in list(self._listeners):
-            listener(job)
+            try:
+                listener(job)
+            except Exception:
+                log.exception("a listener of the job store failed on job %s", job.reference_id)
 
     def _write(self, db: sqlite3.Connection, job: Job) -> None:
         data = asdict(job)
@@ -272,6 +328,7 @@ class Store:
         state: State | None = None,
         expect: frozenset[State] | set[State] | None = None,
         refusal: str = "so it cannot be changed that way",
+        after_commit: Callable[[], None] | None = None,
         **changes: Any,
     ) -> Job:
         """Apply one change in one transaction and return the job as now stored.
@@ -279,7 +336,24 @@ class Store:
         `expect` guards against races (e.g. a cancel arriving mid-upload): the change is
         refused with IllegalTransition ("Job X is <state>, <refusal>.") unless the job is
         still in one of those states. A job that becomes active again is no longer cleared.
+        `after_commit` runs once the change is durable, before anyone reads the store or
+        hears of the change (say, removing a file that the new state no longer needs).
         """
+        with self._lock:
+            job = self._update(job_id, state, expect, refusal, changes)
+            if after_commit is not None:
+                after_commit()
+        self._notify(job)
+        return job
+
+    def _update(
+        self,
+        job_id: str,
+        state: State | None,
+        expect: frozenset[State] | set[State] | None,
+        refusal: str,
+        changes: dict[str, Any],
+    ) -> Job:
         with self._transaction() as db:
             row = db.execute("SELECT data FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
@@ -302,8 +376,19 @@ class Store:
                 job.state = state
                 job.cleared = job.cleared and state in FINAL_STATES
             self._write(db, job)
-        self._notify(job)
         return job
+
+    def handled_watch_jobs(self) -> set[str]:
+        """The watch-folder jobs whose outcome has been filed (see `mark_watch_handled`)."""
+        return {row[0] for row in self._rows("SELECT job_id FROM watch_handled")}
+
+    def mark_watch_handled(self, job_id: str) -> None:
+        """Remember that a finished watch-folder job's files were filed, once and for good."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO watch_handled (job_id, handled_at) VALUES (?, ?)",
+                (job_id, now_iso()),
+            )
 
     def clear(self, job_id: str) -> Job:
         """Put a final job away: listings leave it out, while its files stay and its
@@ -314,3 +399,9 @@ class Store:
             refusal="so it cannot be cleared yet; cancel it first",
             cleared=True,
         )
+
+
+def _log_unexpected(future: Future[Any]) -> None:
+    exc = future.exception()
+    if exc is not None and not isinstance(exc, BridgeError):
+        log.error("a queued write to the job store failed", exc_info=exc)

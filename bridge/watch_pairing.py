@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.errors import InputError
+from bridge.jobs import check_options
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".m4v"})
 AUDIO_SUFFIXES = frozenset({".wav", ".mp3", ".flac", ".m4a"})
@@ -189,17 +190,11 @@ def read_sidecar(path: Path) -> dict[str, Any]:
         ) from None
     if not isinstance(data, dict):
         raise InputError(f"The sidecar {path.name} must hold a JSON object of options.")
-    unknown = sorted(set(data) - SIDECAR_OPTIONS)
-    if unknown:
-        raise InputError(
-            f"The sidecar {path.name} has unknown option(s) {', '.join(unknown)}; allowed: "
-            f"{', '.join(sorted(SIDECAR_OPTIONS))}."
-        )
-    for name in SIDECAR_OPTIONS - {"disable_active_speaker_detection"}:
-        if data.get(name) is not None and not isinstance(data[name], str):
-            raise InputError(f"In the sidecar {path.name}, {name} must be a string.")
-    if not isinstance(data.get("disable_active_speaker_detection", False), bool):
-        raise InputError(
-            f"In the sidecar {path.name}, disable_active_speaker_detection must be true or false."
-        )
+    check_options(
+        data,
+        SIDECAR_OPTIONS,
+        SIDECAR_OPTIONS - {"disable_active_speaker_detection"},
+        unknown=f"The sidecar {path.name} has unknown option(s)",
+        where=f"In the sidecar {path.name}, ",
+    )
     return data

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from bridge.config import BridgeConfig, Secret
-from bridge.emulator import EmulatorConfig, RunningEmulator, start_emulator
+from bridge.emulator import EmulatorConfig, RunningEmulator, emulator_in_background, start_emulator
 from bridge.engine import Engine
 from bridge.errors import StoreError
 from bridge.jobs import Job, JobSpec
@@ -58,6 +58,14 @@ async def running_emulator(
 @pytest.fixture
 async def emulator(tmp_path: Path) -> AsyncIterator[RunningEmulator]:
     async with running_emulator(tmp_path / "emu") as running:
+        yield running
+
+
+@contextlib.contextmanager
+def emulator_thread(storage: Path, **settings: Any) -> Iterator[RunningEmulator]:
+    """The emulator on a loop of its own, in a thread: for a bridge in another process, or
+    a test that times the callbacks of its own loop."""
+    with emulator_in_background(EmulatorConfig(storage_dir=storage, **settings)) as running:
         yield running
 
 

@@ -166,7 +166,7 @@ async def test_a_running_job_goes_on_under_the_new_key(
     job = await engine.submit(JobSpec(video_path=str(video), audio_path=str(audio)))
     await async_wait_until(lambda: engine.store.get(job.id).state == "processing")
     emulator.state.config.api_keys = frozenset({RIGHT_KEY})  # the old key is revoked
-    assert engine.set_api_key(Secret(RIGHT_KEY), "x-api-key") == 0
+    assert await engine.set_api_key(Secret(RIGHT_KEY), "x-api-key") == 0
     assert (await wait_final(engine, job.id)).state == "completed"
 
 
@@ -179,9 +179,9 @@ async def test_jobs_failed_for_want_of_a_key_say_retry_works_once_one_is_set(
     store.close()
     engine = await make_engine(key=None)  # resumes the queued job, without a key
     assert "No Chamelaion API key is set" in (await wait_final(engine, queued.id)).error
-    assert engine.set_api_key(Secret(EMULATOR_KEY), "x-api-key") == 1
+    assert await engine.set_api_key(Secret(EMULATOR_KEY), "x-api-key") == 1
     assert engine.store.get(queued.id).error == (
         "The bridge had no API key when this job ran; a key has been set since: retry the job."
     )
-    engine.retry(queued.id)
+    await engine.retry(queued.id)
     assert (await wait_final(engine, queued.id)).state == "completed"

@@ -80,9 +80,11 @@ async def test_rate_limit_forever_makes_the_job_wait_not_fail_or_hammer(
     job = await engine.submit(spec_for(sample_pair))
     await async_wait_until(lambda: emulator.state.stats.calls["generate-with-media"] >= 3)
 
-    still = engine.store.get(job.id)
+    # Why it waits, for the panel and `jobs` (each new try starts without a note).
+    still = await async_wait_until(
+        lambda: (j := engine.store.get(job.id)).note and "rate-limiting" in j.note and j
+    )
     assert still.state == State.UPLOADING and still.error is None
-    assert "rate-limiting" in still.note  # why it waits, for the panel and `jobs`
     # Retry-After of 0.3 s: three tries take at least 0.6 s, so this is no hammering.
     assert emulator.state.stats.calls["generate-with-media"] <= 4
 
@@ -140,7 +142,7 @@ async def test_remote_failure_shows_the_apis_message_and_retry_uses_a_new_refere
     assert failed.state == State.FAILED
     assert "no face detected in the video" in failed.error
 
-    retried = engine.retry("ep1-shot2")
+    retried = await engine.retry("ep1-shot2")
     assert retried.reference_id == "ep1-shot2-r2"
     assert retried.previous_reference_ids == ["ep1-shot2"]
     done = await wait_final(engine, job.id)
@@ -243,8 +245,8 @@ async def test_canceled_job_stops_and_can_be_retried_without_a_new_charge(
     engine = await make_engine()
     job = await engine.submit(spec_for(sample_pair, reference_id="cancel-me"))
     await async_wait_until(lambda: engine.store.get(job.id).request_id)
-    assert engine.cancel("cancel-me").state == State.CANCELED
-    retried = engine.retry(job.id)
+    assert (await engine.cancel("cancel-me")).state == State.CANCELED
+    retried = await engine.retry(job.id)
     assert retried.state == State.SUBMITTED and retried.reference_id == "cancel-me"
     done = await wait_final(engine, job.id)
     assert done.state == State.COMPLETED, done.error

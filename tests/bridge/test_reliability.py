@@ -4,6 +4,7 @@ them, loops never die, and a request the API forgot is failed with a sentence, n
 from __future__ import annotations
 
 import contextlib
+import logging
 import sqlite3
 from collections.abc import Iterator
 from datetime import timedelta
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge import media, preparing
+from bridge import media, preparing, remote
 from bridge.emulator import RunningEmulator
 from bridge.jobs import Job, JobSpec, State
 from bridge.store import Store
@@ -102,7 +103,7 @@ async def test_a_request_the_api_forgot_fails_with_a_sentence_and_retry_sends_it
         f"The Chamelaion API no longer knows request {failed.request_id} (it has answered"
     )
     assert "retry the job to send it again as a new request, which is charged again" in failed.error
-    engine.retry(job.id)
+    await engine.retry(job.id)
     done = await wait_final(engine, job.id)
     assert done.state == State.COMPLETED, done.error
     assert done.reference_id == "scene-4-r2" and done.previous_reference_ids == ["scene-4"]
@@ -149,7 +150,9 @@ async def test_a_full_data_disk_stalls_jobs_and_they_finish_once_space_is_back(
     assert not engine._poller.done()  # noqa: SLF001 - the poller must have lived through it
     # Each job says why it waits, although its record cannot take the note.
     for job in jobs:
-        note = engine.view(store.get(job.id))["note"]
+        note = await async_wait_until(
+            lambda job=job: engine.view(store.get(job.id))["note"], message="a note"
+        )
         assert note.startswith("Waiting to record what the Chamelaion API says: The bridge ")
         assert "database or disk is full" in note
 
@@ -298,7 +301,7 @@ async def test_a_result_that_stays_unplayable_fails_with_a_sentence_and_costs_no
     )
     assert [p.name for p in engine.config.output_dir.iterdir()] == []
     made.write_bytes(good)
-    engine.retry(job.id)
+    await engine.retry(job.id)
     done = await wait_final(engine, job.id)
     assert done.state == State.COMPLETED, done.error
     assert emulator.state.stats.generate_by_reference_id == {"garbled": 1}
@@ -349,3 +352,28 @@ async def test_an_older_request_under_the_same_reference_id_is_never_adopted(
     assert done.state == State.COMPLETED, done.error
     assert done.request_id != old.request_id
     assert media.probe(Path(done.output_path)).width == 128
+
+
+async def test_a_bug_in_the_remote_wrapper_reaches_the_log_with_its_traceback(
+    make_engine: EngineFactory,
+    sample_pair: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken_audio_type(path: Path) -> str:  # a programming error inside bridge.remote
+        return path.suffix + 1  # type: ignore[operator, no-any-return]
+
+    monkeypatch.setattr(remote, "_audio_type", broken_audio_type)
+    caplog.set_level(logging.INFO)  # what bridge.log (a handler on the root logger) gets
+    engine = await make_engine()
+    job = await engine.submit(spec_for(*sample_pair, reference_id="bug"))
+    failed = await wait_final(engine, job.id)
+
+    assert failed.state == State.FAILED
+    assert failed.error == (
+        "Unexpected error talking to the Chamelaion API (TypeError); details are in bridge.log."
+    )
+    (logged,) = [r for r in caplog.records if r.exc_info and r.exc_info[0] is TypeError]
+    assert logged.levelno == logging.ERROR
+    assert "Traceback (most recent call last)" in caplog.text
+    assert "in broken_audio_type" in caplog.text and "return path.suffix + 1" in caplog.text

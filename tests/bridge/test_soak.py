@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from bridge import discovery
-from bridge.emulator import EmulatorConfig, RunningEmulator, emulator_in_background
+from bridge.emulator import RunningEmulator
 from chamelaion_client.client import BridgeClient, BridgeUnavailable
+from tests.bridge.conftest import emulator_thread
 from tests.bridge.processes import BRIDGE, BridgeProcess, cli_env
 from tests.faults import faults_of, go_offline, go_online
 from tests.helpers import wait_until
@@ -42,11 +43,8 @@ DROP_KINDS = ("drop", "drop-after-accept", "drop-midway")
 
 @pytest.fixture
 def emulator(tmp_path: Path) -> Iterator[RunningEmulator]:
-    config = EmulatorConfig(
-        queued_seconds=0.2, processing_seconds=2.0, storage_dir=tmp_path / "emulator"
-    )
-    with emulator_in_background(config) as running:
-        yield running
+    with emulator_thread(tmp_path / "emulator", queued_seconds=0.2, processing_seconds=2.0) as em:
+        yield em
 
 
 def jobs_of(bridge: BridgeProcess, client: BridgeClient) -> tuple[BridgeClient, list[dict]]:
