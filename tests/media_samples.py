@@ -7,8 +7,8 @@ only tests need and reads the frame index back.
 
 from __future__ import annotations
 
-from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 from av.video.frame import VideoFrame
 
@@ -35,23 +35,12 @@ AUDIO_FORMATS = {
 
 
 def make_test_video(
-    path: Path,
-    frames: int,
-    fps: int | Fraction = 25,
-    size: tuple[int, int] = (320, 240),
-    with_audio: bool = False,
-    container: str = "mp4",
-    keyframe_interval: int = 250,
+    path: Path, frames: int, *args: Any, container: str = "mp4", **options: Any
 ) -> Path:
-    """Write an H.264 clip (mp4, mov, mkv or m4v) whose frames carry their own index."""
+    """The demo's indexed clip (`make_sample_video`'s arguments), in the container a file
+    suffix names: mp4, mov, mkv or m4v."""
     return make_sample_video(
-        path,
-        frames,
-        fps,
-        size,
-        with_audio=with_audio,
-        container_format=CONTAINER_FORMATS[container],
-        keyframe_interval=keyframe_interval,
+        path, frames, *args, container_format=CONTAINER_FORMATS[container], **options
     )
 
 
