@@ -98,7 +98,10 @@ def spawn_bridge(
     """Start a bridge detached, its output in the data folder's log, and wait for its health;
     return it and bridge.json (which may name another process when one ran already).
 
-    The daemon's exit status and last log line become a StartError when it stops at start.
+    The bridge is the one that publishes a bridge.json other than the one found before: a
+    `command` may run it as a child (a wrapper script, Windows' .exe launchers), so its pid
+    need not be the process's. The daemon's exit status and last log line become a
+    StartError when it stops at start.
     """
     log_path = folder / discovery.LOG_FILE
     try:
@@ -117,6 +120,7 @@ def spawn_bridge(
         if os.name == "nt"
         else {"start_new_session": True}
     )
+    stale = discovery.read_discovery(folder)
     try:
         with discovery.open_private(log_path) as log:
             process = subprocess.Popen(
@@ -136,7 +140,7 @@ def spawn_bridge(
     while time.monotonic() < deadline:
         code = process.poll()
         info = discovery.read_discovery(folder)
-        if info and (info.get("pid") == process.pid or code == 0):
+        if info and (info != stale or code == 0):
             try:
                 BridgeClient(info["url"], data_dir=folder).health()
                 return process, info

@@ -4,6 +4,8 @@ restarted only by whoever launched it."""
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -99,3 +101,18 @@ def test_start_refuses_a_data_folder_it_cannot_create(folder: Path) -> None:
     result = run_cli("start", "--data-dir", str(folder))
     assert result.returncode == EXIT_DATA_DIR_NOT_WRITABLE
     assert "is not writable" in one_sentence(result.stderr)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="a POSIX shell script as the serve command")
+def test_start_waits_for_a_serve_command_that_runs_the_bridge_as_its_child(
+    folder: Path, tmp_path: Path
+) -> None:
+    """A wrapper script (or Windows' chamelaion-bridge.exe launcher) is not the bridge's own
+    process: the bridge it starts is found by its bridge.json all the same."""
+    wrapper = tmp_path / "serve.sh"
+    wrapper.write_text(f'#!/bin/sh\n"{sys.executable}" -m bridge serve "$@"\n')
+    started = start(folder, "--serve-command", f"sh {wrapper}")
+    assert started["started"] is True
+    info = discovery.read_discovery(folder)
+    assert info is not None and started["pid"] == info["pid"]
+    assert BridgeClient(started["url"], data_dir=folder).health()["api_version"] == 1
