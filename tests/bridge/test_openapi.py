@@ -18,7 +18,8 @@ from jsonschema import Draft202012Validator
 
 import bridge
 from bridge.emulator import RunningEmulator
-from bridge.server import OPENAPI_PATH, create_app
+from bridge.errors import StoreError
+from bridge.server import OPENAPI_PATH, STORE, create_app
 from chamelaion_client.proofs import health_proof
 from tests.bridge.conftest import bridge_config, running_emulator
 from tests.helpers import async_wait_until
@@ -199,3 +200,31 @@ async def _next_event(response: ClientResponse) -> dict[str, Any]:
 async def _state(contract: Contract, job_id: str, state: str) -> bool:
     response = await contract.client.get(f"/v1/jobs/{job_id}", headers=AUTH)
     return (await contract.check("GET", "/v1/jobs/{key}", response))["state"] == state
+
+
+@pytest.mark.parametrize("disk_full", [False, True])
+async def test_a_store_that_cannot_be_used_answers_as_documented_on_every_route(
+    contract: Contract,
+    sample_pair: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    disk_full: bool,
+) -> None:
+    store = contract.client.server.app[STORE]
+
+    async def unusable(*args: Any, **kwargs: Any) -> Any:
+        raise StoreError("The bridge cannot use its job store.", disk_full=disk_full)
+
+    monkeypatch.setattr(store, "run", unusable)
+    status = 507 if disk_full else 503
+    video, audio = (str(p) for p in sample_pair)
+    body = {"video_path": video, "audio_path": audio}
+    await contract.call("POST", "/v1/jobs", expect=status, json=body)
+    await contract.call("GET", "/v1/jobs", expect=status)
+    for method, path in [
+        ("GET", "/v1/jobs/{key}"),
+        ("DELETE", "/v1/jobs/{key}"),
+        ("POST", "/v1/jobs/{key}/cancel"),
+        ("POST", "/v1/jobs/{key}/retry"),
+    ]:
+        await contract.call(method, path, key="any-job", expect=status)
+    await contract.call("PUT", "/v1/api-key", expect=status, json={"api_key": "another-key"})
