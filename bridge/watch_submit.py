@@ -5,16 +5,19 @@ still this watcher's (a restart, a duplicate event) is adopted, never submitted 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
-from bridge.errors import InputError, MediaError
+from bridge.errors import InputError, LocalProblem, MediaError
 from bridge.jobs import JobSpec, new_reference_id, numbered_reference_ids, safe_reference_id
 from bridge.watch_filing import OutcomeFiler
 from bridge.watch_pairing import RESULT_SUFFIX, Pair, read_sidecar
 from bridge.watch_state import Stage, Tracked, WatchState, stem_of
 
 SUBMIT_CONCURRENCY = 4
+
+log = logging.getLogger("bridge.watch")
 
 
 class PairSubmitter:
@@ -54,9 +57,29 @@ class PairSubmitter:
             except InputError as exc:
                 await self.filer.refuse(stem, pair, str(exc))
                 return
+            except Exception as exc:  # a full data disk, a bug: never a pair stuck for good
+                self._later(stem, tracked, exc)
+                return
+        state.problems.clear(f"{state.origin}:submit")
         tracked.stage, tracked.job_id = Stage.RUNNING, job.id
         state.remember(job)
         state.say(stem, f"submitted as job {job.reference_id}")
+
+    def _later(self, stem: str, tracked: Tracked, exc: Exception) -> None:
+        """Say why a pair could not be submitted now and look at it again after a settle
+        period: what stopped it (a full disk, the store) is fixed without anyone's help."""
+        state = self.state
+        if isinstance(exc, LocalProblem):
+            sentence = str(exc)  # logged once by problems.report, and by say
+        else:
+            log.error("watch %s: submitting %s failed", state.in_dir, stem, exc_info=exc)
+            sentence = (
+                f"Submitting {stem} from {state.in_dir} failed ({type(exc).__name__}); it is "
+                "tried again, details are in bridge.log."
+            )
+        state.problems.report(f"{state.origin}:submit", sentence)
+        tracked.stage, tracked.not_before = Stage.SETTLING, time.monotonic() + self.settle
+        state.say(stem, f"waiting: {sentence}")
 
     async def _spec(self, stem: str, pair: Pair, options: dict[str, Any]) -> JobSpec:
         urls = options.get("video_url") or options.get("audio_url")

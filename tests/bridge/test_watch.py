@@ -19,7 +19,7 @@ from bridge.emulator import EmulatorConfig, RunningEmulator, start_emulator
 from bridge.store import Store
 from bridge.watch import WatchFolder
 from bridge.watch_pairing import is_ignored_name, scan
-from tests.bridge.conftest import EngineFactory
+from tests.bridge.conftest import EngineFactory, fill_the_disk, free_the_disk
 from tests.bridge.processes import start_watch_process
 from tests.faults import faults_of
 from tests.helpers import async_wait_until
@@ -636,3 +636,26 @@ async def test_a_failed_folder_that_is_a_link_receives_nothing(
     )
     assert names(elsewhere) == set()
     assert {"bad.mp4", "bad.wav"} <= names(in_dir)
+
+
+async def test_a_pair_dropped_while_the_data_disk_is_full_is_submitted_once_there_is_room(
+    tmp_path: Path,
+    make_watcher: WatchFactory,
+    emulator: RunningEmulator,
+    sample_pair: tuple[Path, Path],
+) -> None:
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    watcher = await make_watcher(in_dir, out_dir, rescan=0.2)
+    fill_the_disk(watcher.store)
+    drop(sample_pair, in_dir, "roomless")
+    await async_wait_until(
+        lambda: any("is full" in p for p in watcher.problems.sentences()),
+        message="the full disk in health",
+    )
+    assert not any("Filing an outcome" in p for p in watcher.problems.sentences())
+
+    free_the_disk(watcher.store)
+    await async_wait_until(
+        lambda: (out_dir / "roomless.lipsync.mp4").exists(), message="the result"
+    )
+    assert emulator.state.stats.requests_created == 1
