@@ -267,7 +267,8 @@ async def events(request: web.Request) -> web.StreamResponse:
     queue: asyncio.Queue[str | None] = asyncio.Queue()
 
     def on_change(job: Job) -> None:
-        # The store calls this on whichever thread committed the change.
+        # The store calls this on the loop, except for a write made before any `Store.run`
+        # bound it to one (a test's direct write): thread-safe for that case.
         loop.call_soon_threadsafe(queue.put_nowait, json.dumps(job.to_json()))
 
     unsubscribe = request.app[STORE].subscribe(on_change)
