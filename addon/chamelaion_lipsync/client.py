@@ -14,13 +14,17 @@ from chamelaion_client import API_VERSION
 from chamelaion_client.client import BridgeClient, BridgeUnavailable
 
 
+class OtherApiVersion(BridgeUnavailable):
+    """Our data folder's bridge runs but speaks another API version (it was sent nothing)."""
+
+
 class Client(BridgeClient):
     """A BridgeClient whose health (and so every call) wants this add-on's API version."""
 
     def health(self) -> dict[str, Any]:
         body = super().health()
         if body.get("api_version") != API_VERSION:
-            raise BridgeUnavailable(
+            raise OtherApiVersion(
                 f"The Chamelaion bridge at {self.url} speaks API version "
                 f"{body.get('api_version', 'unknown')} and this add-on {API_VERSION}, so it was "
                 f"sent nothing; stop it with 'chamelaion-bridge stop --data-dir {self.data_dir}'."

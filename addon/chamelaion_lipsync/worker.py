@@ -18,7 +18,7 @@ from chamelaion_client.client import BridgeRequestError, BridgeUnavailable, Clie
 from chamelaion_client.layout import read_discovery
 
 from . import launcher
-from .client import Client
+from .client import Client, OtherApiVersion
 
 NEEDS_KEY = frozenset({"create", "retry"})  # requests that send work to the API
 # What a click sends: a bridge whose last start failed is started again at once for these
@@ -139,7 +139,7 @@ class Worker:
             if not self.settings.auto_start:
                 return Result(request, error=str(exc), unavailable=True)
             if request.kind == "health":  # a status check starts nothing
-                return Result(request, error=self._not_started(), unavailable=True)
+                return Result(request, error=self._not_started(exc), unavailable=True)
         problem = self.launcher.ensure_running(
             self.settings, self._client, self._stop, at_once=request.kind in CLICKS
         )
@@ -150,11 +150,16 @@ class Worker:
         except BridgeUnavailable as exc:
             return Result(request, error=str(exc), unavailable=True)
 
-    def _not_started(self) -> str:
+    def _not_started(self, exc: BridgeUnavailable) -> str:
         """The status while none answers and auto-start is on: why the last start failed,
-        else that the bridge starts by itself when there is work."""
+        else what runs in its place (a bridge of another API version), else that the bridge
+        starts by itself when there is work."""
         folder = self.settings.data_dir
-        return self.launcher.failures.get(folder) or (
+        if folder in self.launcher.failures:
+            return self.launcher.failures[folder]
+        if isinstance(exc, OtherApiVersion):
+            return str(exc)
+        return (
             f"The Chamelaion bridge is not running yet; it starts by itself with the next "
             f"Lip Sync (data folder {folder})."
         )

@@ -240,6 +240,8 @@ def test_someone_elses_bridge_of_another_api_version_is_refused_with_a_sentence(
     fresh: Any, clip: Path, dub: Path, data: Path, emulator: Any
 ) -> None:
     with other_api_bridge_and_a_shot(fresh, clip, dub, data, emulator, "cli") as old:
+        status = health_status()  # before any click: what runs, not "starts by itself"
+        assert f"speaks API version {OTHER_API_VERSION}" in status, status
         ref = lip_sync_fails(fresh, f"API version {OTHER_API_VERSION}")
         error = row(ref)["error"]
         assert f"pid {old.pid}" in error and "chamelaion-bridge stop --data-dir" in error
