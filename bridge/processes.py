@@ -10,6 +10,7 @@ start never pulls the rug from under another program.
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -226,7 +227,8 @@ def ensure_bridge(
     """A healthy bridge of this API version for `folder`: the running one, else a new one.
 
     A bridge of another API version is stopped and replaced when `launched_by` launched it,
-    else refused (StartError EXIT_OTHER_VERSION)."""
+    else refused (StartError EXIT_OTHER_VERSION); so is one that `command` serves, which is
+    stopped again rather than left to be met by the next start."""
     client = published_client(folder)
     if client is not None:
         health = client.health()
@@ -239,7 +241,16 @@ def ensure_bridge(
     client = BridgeClient(info["url"], data_dir=folder)
     health = client.health()
     if health.get("api_version") != bridge.API_VERSION:
-        raise other_version(folder, health, STARTERS.get(launched_by, launched_by))
+        if info.get("launched_by") != launched_by:  # another starter's, started meanwhile
+            raise other_version(folder, health, STARTERS.get(launched_by, launched_by))
+        stop_bridge(folder)  # what `command` serves: starting it again would not help
+        raise StartError(
+            EXIT_OTHER_VERSION,
+            f"The bridge that '{shlex.join(serve_command(folder, command=command))}' started "
+            f"speaks API version {health.get('api_version', 'unknown')}, and "
+            f"{STARTERS.get(launched_by, launched_by)} needs API version {bridge.API_VERSION}; "
+            "use a bridge command of this release, or none.",
+        )
     return _running(folder, client.url, health, started=True)
 
 

@@ -116,3 +116,19 @@ def test_start_waits_for_a_serve_command_that_runs_the_bridge_as_its_child(
     info = discovery.read_discovery(folder)
     assert info is not None and started["pid"] == info["pid"]
     assert BridgeClient(started["url"], data_dir=folder).health()["api_version"] == 1
+
+
+def test_a_serve_command_of_another_api_version_is_refused_and_its_bridge_stopped(
+    folder: Path, tmp_path: Path
+) -> None:
+    serve = tmp_path / "serve_other.py"
+    serve.write_text(
+        f"import sys, bridge; bridge.API_VERSION = {OTHER_API_VERSION}\n"
+        "from bridge.cli import main; sys.exit(main(['serve', *sys.argv[1:]]))\n"
+    )
+    command = f"{sys.executable} {serve}"
+    result = run_cli("start", "--data-dir", str(folder), "--serve-command", command)
+    assert result.returncode == EXIT_OTHER_VERSION
+    sentence = one_sentence(result.stderr)
+    assert f"API version {OTHER_API_VERSION}" in sentence and str(serve) in sentence
+    assert stop_bridge(folder) is None  # not left running: trying again would meet it again
