@@ -6,7 +6,8 @@ aiohttp or PyAV.
 """
 
 # The local HTTP API's version is the contract's, which the client package holds: the server
-# reports this attribute, so a test can serve another version by changing it.
+# reports these attributes, so a test can serve another version by changing them.
+from chamelaion_client import API_REVISION as API_REVISION
 from chamelaion_client import API_VERSION as API_VERSION
 
 __version__ = "0.1.0"

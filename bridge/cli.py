@@ -37,6 +37,7 @@ from bridge.jobs import (
     check_reference_id,
     check_url,
 )
+from chamelaion_client import speaks_this_api
 from chamelaion_client.client import BridgeClient, BridgeRequestError, BridgeUnavailable
 
 EXIT_JOB_FAILED = 1
@@ -93,7 +94,7 @@ def running_client(folder: Path) -> BridgeClient | None:
         health = client.health()
     except BridgeUnavailable:
         return None
-    if health.get("api_version") != bridge.API_VERSION:
+    if not speaks_this_api(health):
         raise processes.other_version(folder, health, "chamelaion-bridge")
     _version_note(health.get("version"))
     return client
@@ -503,7 +504,9 @@ def build_parser() -> Parser:
         cmd_start,
         "start a bridge in the background unless one of this API version runs; print its URL",
     )
-    start.add_argument("--json", action="store_true", help="print url, pid, version, api_version")
+    start.add_argument(
+        "--json", action="store_true", help="print url, pid, version, api_version, api_revision"
+    )
     start.add_argument(
         "--launched-by",
         default="cli",

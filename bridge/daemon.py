@@ -245,6 +245,7 @@ async def _run(
             "port": sock.getsockname()[1],
             "version": bridge.__version__,
             "api_version": bridge.API_VERSION,
+            "api_revision": bridge.API_REVISION,
             "started_at": now_iso(),
             "launched_by": os.environ.get(discovery.LAUNCHED_BY_ENV) or None,
         }

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import bridge
 from bridge import discovery
 from bridge.errors import BridgeError
+from chamelaion_client import THIS_API, api_of, speaks_this_api
 from chamelaion_client.client import BridgeClient, BridgeUnavailable
 
 START_TIMEOUT = 30.0
@@ -51,6 +51,7 @@ class Running:
     pid: int | None
     version: str
     api_version: int
+    api_revision: int
     started: bool  # started by this call, rather than found running
 
 
@@ -72,9 +73,9 @@ def other_version(folder: Path, health: dict[str, Any], needed_by: str) -> Start
     info = discovery.read_discovery(folder) or {}
     return StartError(
         EXIT_OTHER_VERSION,
-        f"A Chamelaion bridge of API version {health.get('api_version', 'unknown')} "
+        f"A Chamelaion bridge of API version {api_of(health)} "
         f"(bridge {health.get('version')}, pid {info.get('pid')}) runs for {folder}, and "
-        f"{needed_by} needs API version {bridge.API_VERSION}; stop it with "
+        f"{needed_by} needs API version {THIS_API}; stop it with "
         f"'chamelaion-bridge stop --data-dir {folder}' and try again.",
     )
 
@@ -232,7 +233,7 @@ def ensure_bridge(
     client = published_client(folder)
     if client is not None:
         health = client.health()
-        if health.get("api_version") == bridge.API_VERSION:
+        if speaks_this_api(health):
             return _running(folder, client.url, health, started=False)
         if (discovery.read_discovery(folder) or {}).get("launched_by") != launched_by:
             raise other_version(folder, health, STARTERS.get(launched_by, launched_by))
@@ -240,15 +241,15 @@ def ensure_bridge(
     _, info = spawn_bridge(folder, env=env, command=command, launched_by=launched_by)
     client = BridgeClient(info["url"], data_dir=folder)
     health = client.health()
-    if health.get("api_version") != bridge.API_VERSION:
+    if not speaks_this_api(health):
         if info.get("launched_by") != launched_by:  # another starter's, started meanwhile
             raise other_version(folder, health, STARTERS.get(launched_by, launched_by))
         stop_bridge(folder)  # what `command` serves: starting it again would not help
         raise StartError(
             EXIT_OTHER_VERSION,
             f"The bridge that '{shlex.join(serve_command(folder, command=command))}' started "
-            f"speaks API version {health.get('api_version', 'unknown')}, and "
-            f"{STARTERS.get(launched_by, launched_by)} needs API version {bridge.API_VERSION}; "
+            f"speaks API version {api_of(health)}, and "
+            f"{STARTERS.get(launched_by, launched_by)} needs API version {THIS_API}; "
             "use a bridge command of this release, or none.",
         )
     return _running(folder, client.url, health, started=True)
@@ -261,6 +262,7 @@ def _running(folder: Path, url: str, health: dict[str, Any], *, started: bool) -
         pid=info.get("pid"),
         version=str(health.get("version")),
         api_version=int(health["api_version"]),
+        api_revision=int(health["api_revision"]),
         started=started,
     )
 

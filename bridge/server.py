@@ -105,6 +105,7 @@ async def health(request: web.Request) -> web.Response:
         "status": "ok",
         "version": bridge.__version__,
         "api_version": bridge.API_VERSION,
+        "api_revision": bridge.API_REVISION,
         "api_base": redact_url(config.api_base),
         "api_key_configured": fingerprint is not None,
         "api_key_fingerprint": fingerprint,

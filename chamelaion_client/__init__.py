@@ -10,4 +10,28 @@ bridge of any release. Standard library only.
 - `client`: `BridgeClient`, the routes, and errors whose text is a sentence.
 """
 
-API_VERSION = 1  # of the local HTTP API (openapi.json's major); raised when clients would break
+from collections.abc import Mapping
+from typing import Any
+
+# The local HTTP API's version, openapi.json's info.version: the major number rises when
+# clients would break; the revision with each addition a client may rely on
+# (1: the bridge spells a free-text reference_id as a valid one).
+API_VERSION = 1
+API_REVISION = 1
+THIS_API = f"{API_VERSION}.{API_REVISION}"
+
+
+def api_of(health: Mapping[str, Any]) -> str:
+    """A bridge's API version as a sentence names it ("1.1"); before revisions, "1.0"."""
+    return f"{health.get('api_version', 'unknown')}.{health.get('api_revision', 0)}"
+
+
+def speaks_this_api(health: Mapping[str, Any]) -> bool:
+    """Whether a bridge (by its health) serves what this client relies on: the same major
+    version, at least this revision. An older bridge would answer some requests with 400."""
+    revision = health.get("api_revision", 0)
+    return (
+        health.get("api_version") == API_VERSION
+        and isinstance(revision, int)
+        and revision >= API_REVISION
+    )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from chamelaion_client import API_VERSION
+from chamelaion_client import THIS_API, api_of, speaks_this_api
 from chamelaion_client.client import BridgeClient, BridgeUnavailable
 
 
@@ -23,10 +23,10 @@ class Client(BridgeClient):
 
     def health(self) -> dict[str, Any]:
         body = super().health()
-        if body.get("api_version") != API_VERSION:
+        if not speaks_this_api(body):
             raise OtherApiVersion(
                 f"The Chamelaion bridge at {self.url} speaks API version "
-                f"{body.get('api_version', 'unknown')} and this add-on {API_VERSION}, so it was "
+                f"{api_of(body)} and this add-on needs {THIS_API}, so it was "
                 f"sent nothing; stop it with 'chamelaion-bridge stop --data-dir {self.data_dir}'."
             )
         return body

@@ -21,8 +21,9 @@ import pytest
 
 from bridge import discovery
 from bridge.processes import stop_bridge, stop_process
+from chamelaion_client import API_REVISION, API_VERSION
 from tests.addon.conftest import ADDON, configure, lipsync, row, shot, sync_until, take_of
-from tests.bridge.processes import OTHER_API_VERSION, other_api_bridge
+from tests.bridge.processes import OLDER_API, OTHER_API, OTHER_API_VERSION, other_api_bridge
 from tests.helpers import plant_stale_discovery, wait_until
 
 pytestmark = pytest.mark.blender
@@ -211,11 +212,17 @@ def test_a_stale_bridge_json_naming_a_plain_http_server_leads_to_a_fresh_bridge(
 
 @contextlib.contextmanager
 def other_api_bridge_and_a_shot(
-    scene: Any, clip: Path, dub: Path, data: Path, emulator: Any, launched_by: str
+    scene: Any,
+    clip: Path,
+    dub: Path,
+    data: Path,
+    emulator: Any,
+    launched_by: str,
+    api: tuple[int, int] = OTHER_API,
 ) -> Iterator[subprocess.Popen[str]]:
-    """A bridge of another API version running for `data`, launched by `launched_by`, and a
+    """A bridge of another API `api` running for `data`, launched by `launched_by`, and a
     shot ready for Lip Sync with the preferences on `data`; the bridge is stopped after."""
-    old = other_api_bridge(data, launched_by=launched_by)
+    old = other_api_bridge(data, launched_by=launched_by, api=api)
     try:
         configure(data, emulator.base_url)
         shot(scene, clip, dub)
@@ -224,15 +231,18 @@ def other_api_bridge_and_a_shot(
         stop_process(old)
 
 
+# An older revision is what an extension update meets: the bridge it launched before still runs.
+@pytest.mark.parametrize("api", [OTHER_API, OLDER_API], ids=["other-major", "older-revision"])
 def test_its_own_bridge_of_another_api_version_is_restarted_and_keeps_its_jobs(
-    fresh: Any, clip: Path, dub: Path, data: Path, emulator: Any
+    fresh: Any, clip: Path, dub: Path, data: Path, emulator: Any, api: tuple[int, int]
 ) -> None:
-    with other_api_bridge_and_a_shot(fresh, clip, dub, data, emulator, "blender") as old:
+    with other_api_bridge_and_a_shot(fresh, clip, dub, data, emulator, "blender", api) as old:
         ref = lipsync(fresh)
         assert sync_until(lambda: take_of(fresh, ref), message="the take")
         assert old.wait(timeout=20) == 0  # stopped cleanly by `start`, not killed
         info = discovery.read_discovery(data)
-        assert info["api_version"] == 1 and info["launched_by"] == "blender"
+        api_now = (info["api_version"], info["api_revision"])
+        assert api_now == (API_VERSION, API_REVISION) and info["launched_by"] == "blender"
         assert info["pid"] != old.pid
 
 

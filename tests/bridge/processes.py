@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import bridge
 from bridge import discovery
 from bridge.processes import stop_process
 from chamelaion_client.client import BridgeClient, BridgeUnavailable
@@ -17,6 +18,9 @@ from tests.helpers import wait_until
 
 BRIDGE = [sys.executable, "-m", "bridge"]
 OTHER_API_VERSION = 99
+OTHER_API = (OTHER_API_VERSION, 1)  # another major version: clients would break
+# The same major version one revision short: a bridge older than its clients.
+OLDER_API = (bridge.API_VERSION, bridge.API_REVISION - 1)
 
 
 def cli_env(**extra: str) -> dict[str, str]:
@@ -155,12 +159,15 @@ def start_watch_process(
 
 
 def other_api_bridge(
-    folder: Path, launched_by: str, env: dict[str, str] | None = None
+    folder: Path,
+    launched_by: str,
+    env: dict[str, str] | None = None,
+    api: tuple[int, int] = OTHER_API,
 ) -> subprocess.Popen[str]:
-    """A bridge speaking API version OTHER_API_VERSION (this very code with the constant
+    """A bridge speaking API `api` (version, revision: this very code with the constants
     changed), recorded as launched by `launched_by`; returns once it published bridge.json."""
     code = (
-        f"import sys, bridge; bridge.API_VERSION = {OTHER_API_VERSION}; "
+        f"import sys, bridge; bridge.API_VERSION, bridge.API_REVISION = {api}; "
         "from bridge.cli import main; sys.exit(main(['serve', *sys.argv[1:]]))"
     )
     process = subprocess.Popen(

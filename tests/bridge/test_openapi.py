@@ -126,8 +126,8 @@ def test_the_document_and_the_router_name_the_same_routes(tmp_path: Path) -> Non
     assert served == operations()
 
 
-def test_health_reports_the_documents_major_version() -> None:
-    assert DOCUMENT["info"]["version"].split(".")[0] == str(bridge.API_VERSION)
+def test_the_documents_version_is_the_api_version_and_revision_health_reports() -> None:
+    assert DOCUMENT["info"]["version"] == f"{bridge.API_VERSION}.{bridge.API_REVISION}.0"
 
 
 async def test_every_route_answers_as_documented(
@@ -137,7 +137,7 @@ async def test_every_route_answers_as_documented(
     call = contract.call
 
     health = await call("GET", "/v1/health", auth=False, expect=200, params={"challenge": "c1"})
-    assert health["api_version"] == bridge.API_VERSION
+    assert (health["api_version"], health["api_revision"]) == (1, bridge.API_REVISION)
     port = contract.client.server.port
     assert health["proof"] == health_proof(TOKEN, "c1", port)
     await call("GET", "/v1/health", auth=False, expect=403, headers={"Host": "evil.example"})

@@ -16,8 +16,11 @@ import bridge
 from bridge import discovery
 from bridge.daemon import EXIT_BAD_CONFIG, EXIT_DATA_DIR_NOT_WRITABLE
 from bridge.processes import EXIT_OTHER_VERSION, stop_bridge
+from chamelaion_client import API_REVISION, API_VERSION
 from chamelaion_client.client import BridgeClient, BridgeUnavailable
 from tests.bridge.processes import (
+    OLDER_API,
+    OTHER_API,
     OTHER_API_VERSION,
     cli_env,
     one_sentence,
@@ -61,27 +64,35 @@ def test_start_starts_one_bridge_and_then_finds_it(folder: Path) -> None:
     assert "No Chamelaion bridge is running" in run_cli("stop", "--data-dir", str(folder)).stdout
 
 
-def test_start_replaces_its_own_bridge_of_another_api_version(folder: Path) -> None:
-    old = other_api_bridge(folder, launched_by="cli")
+@pytest.mark.parametrize("api", [OTHER_API, OLDER_API], ids=["other-major", "older-revision"])
+def test_start_replaces_its_own_bridge_of_another_api_version(
+    folder: Path, api: tuple[int, int]
+) -> None:
+    old = other_api_bridge(folder, launched_by="cli", api=api)
     try:
         new = start(folder)
         assert old.wait(timeout=20) == 0  # stopped cleanly, its jobs kept in the store
         assert new["started"] is True and new["pid"] != old.pid
-        assert new["api_version"] == bridge.API_VERSION
+        assert (new["api_version"], new["api_revision"]) == (API_VERSION, API_REVISION)
     finally:
         stop(old)
 
 
-@pytest.mark.parametrize("command", [("start",), ("jobs",)])
+@pytest.mark.parametrize(
+    ("command", "api"),
+    [(("start",), OTHER_API), (("jobs",), OTHER_API), (("start",), OLDER_API)],
+    ids=["start", "jobs", "start-older-revision"],
+)
 def test_a_bridge_of_another_api_version_that_is_not_ours_is_refused(
-    folder: Path, command: tuple[str, ...]
+    folder: Path, command: tuple[str, ...], api: tuple[int, int]
 ) -> None:
-    old = other_api_bridge(folder, launched_by="someone-else")
+    old = other_api_bridge(folder, launched_by="someone-else", api=api)
     try:
         result = run_cli(*command, "--data-dir", str(folder))
         assert result.returncode == EXIT_OTHER_VERSION
         sentence = one_sentence(result.stderr)
-        assert f"API version {OTHER_API_VERSION}" in sentence and f"pid {old.pid}" in sentence
+        assert f"API version {api[0]}.{api[1]} " in sentence and f"pid {old.pid}" in sentence
+        assert f"needs API version {API_VERSION}.{API_REVISION};" in sentence
         assert "chamelaion-bridge stop" in sentence
         assert old.poll() is None  # still running: not ours to stop
     finally:
