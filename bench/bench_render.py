@@ -42,6 +42,7 @@ import bpy  # noqa: E402
 
 import build_addon  # noqa: E402
 from bridge.emulator import EmulatorConfig, emulator_in_background  # noqa: E402
+from chamelaion_client import RETRYABLE_STATES  # noqa: E402
 from tests.addon.conftest import (  # noqa: E402
     ADDON,
     FPS,
@@ -55,7 +56,6 @@ from tests.media_samples import make_test_audio, make_test_video  # noqa: E402
 TARGET_MS = 100.0
 REFERENCE_ID = "render-bench"
 EXPORTING = "exporting"  # the background Blender mixes and renders
-FAILED = ("failed", "canceled")
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -130,7 +130,7 @@ def follow(sync: Any, hz: float, timeout: float) -> dict[str, Any]:
             break
         now_stage = stage(sync, REFERENCE_ID)
         seen.setdefault(now_stage, done - began)
-        if now_stage in FAILED:
+        if now_stage in RETRYABLE_STATES:
             raise RuntimeError(f"The job {now_stage}: {failure(sync, REFERENCE_ID)}")
         if done - began > timeout:
             raise TimeoutError(f"No take after {timeout:.0f} s; the job is {now_stage}.")

@@ -20,6 +20,11 @@ API_VERSION = 1
 API_REVISION = 1
 THIS_API = f"{API_VERSION}.{API_REVISION}"
 
+# A job's states that never change again (openapi.json's State), and those of them that
+# ended without a result: the ones `retry` accepts.
+FINAL_STATES = frozenset({"completed", "failed", "canceled"})
+RETRYABLE_STATES = frozenset({"failed", "canceled"})
+
 
 def api_of(health: Mapping[str, Any]) -> str:
     """A bridge's API version as a sentence names it ("1.1"); before revisions, "1.0"."""

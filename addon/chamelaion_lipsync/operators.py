@@ -9,6 +9,7 @@ from typing import Any
 import bpy
 from bpy.props import EnumProperty, IntProperty, StringProperty
 
+from chamelaion_client import FINAL_STATES, RETRYABLE_STATES
 from chamelaion_client.layout import DEFAULT_URL, is_loopback_url
 
 from . import compat, export, props, sync, takes
@@ -166,7 +167,7 @@ class SEQUENCER_OT_chamelaion_cancel(_JobOperator, bpy.types.Operator):
             sync.worker().submit(Request("cancel", self.reference_id, tag=self.reference_id))
             return {"FINISHED"}
         job = sync.memory.rows.get(self.reference_id)
-        if job is None or job.get("state") in sync.FINAL_STATES:
+        if job is None or job.get("state") in FINAL_STATES:
             return {"CANCELLED"}
         sync.worker().submit(Request("cancel", job["id"], tag=self.reference_id))
         return {"FINISHED"}
@@ -184,7 +185,7 @@ class SEQUENCER_OT_chamelaion_retry(_JobOperator, bpy.types.Operator):
             sync.send(self.reference_id, unsent.body)  # the cause may be fixed: send it now
             return {"FINISHED"}
         job = sync.memory.rows.get(self.reference_id)
-        if job is None or job.get("state") not in ("failed", "canceled"):
+        if job is None or job.get("state") not in RETRYABLE_STATES:
             self.report({"ERROR"}, "Only a failed or canceled job can be retried.")
             return {"CANCELLED"}
         sync.memory.placed.discard(self.reference_id)
@@ -266,7 +267,7 @@ class SEQUENCER_OT_chamelaion_clear_finished(bpy.types.Operator):
         held = sync.held_references()  # a take no strip holds waits for Place Take: kept
         for job in sync.memory.rows.values():
             state = job.get("state")
-            if state in sync.FINAL_STATES and (state != "completed" or job["reference_id"] in held):
+            if state in FINAL_STATES and (state != "completed" or job["reference_id"] in held):
                 sync.worker().submit(Request("clear", job["id"], tag=job["reference_id"]))
         return {"FINISHED"}
 

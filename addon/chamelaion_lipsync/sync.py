@@ -19,6 +19,8 @@ from typing import Any
 
 import bpy
 
+from chamelaion_client import FINAL_STATES
+
 from . import placement, props, takes
 from .background import ExportTask
 from .takes import PlacementProblem
@@ -29,7 +31,6 @@ POLL_IDLE = 5.0
 HEALTH_EVERY = 5.0
 PLACE_BUDGET = 0.015
 FILE_ID = "chamelaion_file"
-FINAL_STATES = frozenset({"completed", "failed", "canceled"})
 
 News = list[tuple[str, str]]  # (report level "ERROR" | "WARNING", sentence) for the editor
 

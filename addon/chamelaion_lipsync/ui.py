@@ -9,6 +9,8 @@ from typing import Any
 
 import bpy
 
+from chamelaion_client import FINAL_STATES, RETRYABLE_STATES
+
 from . import compat, sync, takes
 
 STATE_ICONS = {
@@ -39,7 +41,7 @@ def state_text(job: dict[str, Any]) -> str:
     state = job.get("state", "")
     if state in ("uploading", "mixing", "rendering"):
         state += f" {float(job.get('progress') or 0.0):.0%}"
-    return f"{state}  {elapsed(job)}" if state not in sync.FINAL_STATES else state
+    return f"{state}  {elapsed(job)}" if state not in FINAL_STATES else state
 
 
 class SEQUENCER_PT_chamelaion(bpy.types.Panel):
@@ -95,12 +97,12 @@ class SEQUENCER_PT_chamelaion(bpy.types.Panel):
             for text in (job.get("error"), job.get("problem"), job.get("warning")):
                 if text:
                     sentence(box, context, text, "ERROR")
-            if job.get("note") and state not in sync.FINAL_STATES:
+            if job.get("note") and state not in FINAL_STATES:
                 sentence(box, context, job["note"], "INFO")
             actions = box.row(align=True)
-            if state not in sync.FINAL_STATES:
+            if state not in FINAL_STATES:
                 actions.operator("sequencer.chamelaion_cancel", text="Cancel").reference_id = ref
-            if state in ("failed", "canceled") and not job.get("local"):
+            if state in RETRYABLE_STATES and not job.get("local"):
                 actions.operator("sequencer.chamelaion_retry", text="Retry").reference_id = ref
             if state == "completed" and ref in held:
                 op = actions.operator("sequencer.chamelaion_select_take", text="Select Take")

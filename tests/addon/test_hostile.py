@@ -9,6 +9,7 @@ from typing import Any
 import bpy
 import pytest
 
+from chamelaion_client import FINAL_STATES
 from tests.addon.conftest import (
     addon_module,
     first_frame_index,
@@ -22,7 +23,6 @@ from tests.addon.conftest import (
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.blender
-FINAL = ("completed", "failed", "canceled")
 
 
 def shown_at(strip: Any, frame: int) -> int:
@@ -136,7 +136,7 @@ def test_cancel_while_the_job_is_being_sent_cancels_it(
 
         wait_until(sending, timeout=60, message="the job on its way to the bridge")
         assert bpy.ops.sequencer.chamelaion_cancel(reference_id=ref) == {"FINISHED"}
-        sync_until(lambda: row(ref).get("state") in FINAL, message="the job to end")
+        sync_until(lambda: row(ref).get("state") in FINAL_STATES, message="the job to end")
     finally:
         emulator.state.config.processing_seconds = 0.3
     assert row(ref)["state"] == "canceled" and take_of(fresh, ref) is None

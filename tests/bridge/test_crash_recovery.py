@@ -11,6 +11,7 @@ import pytest
 
 from bridge import media
 from bridge.emulator import RunningEmulator
+from chamelaion_client import FINAL_STATES
 from chamelaion_client.client import BridgeClient
 from tests.bridge.processes import BridgeProcess
 from tests.faults import faults_of
@@ -43,7 +44,7 @@ async def restart_and_finish(
 
         async def final(ref: str = ref) -> dict | None:
             job = await call(client.get_job, ref)
-            return job if job["state"] in ("completed", "failed", "canceled") else None
+            return job if job["state"] in FINAL_STATES else None
 
         finished.append(await async_wait_until(final, timeout=40, message=f"{ref} to finish"))
     return finished

@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient
 from bridge.emulator import RunningEmulator, emulator_in_background
 from bridge.jobs import MAX_CLIENT_BYTES, JobSpec
 from bridge.server import STORE
+from chamelaion_client import FINAL_STATES
 from chamelaion_client.client import BridgeRequestError
 from tests.bridge.processes import BridgeProcess, run_cli
 from tests.bridge.test_server import AUTH, api, error_of, job_body
@@ -35,7 +36,7 @@ async def listed(api: TestClient, *params: tuple[str, str]) -> list[str]:
 async def final(api: TestClient, key: str) -> dict[str, Any]:
     async def done() -> dict[str, Any] | None:
         job = await (await api.get(f"/v1/jobs/{key}", headers=AUTH)).json()
-        return job if job["state"] in ("completed", "failed", "canceled") else None
+        return job if job["state"] in FINAL_STATES else None
 
     return await async_wait_until(done, message=f"job {key} to finish")
 

@@ -19,7 +19,10 @@ from jsonschema import Draft202012Validator
 import bridge
 from bridge.emulator import RunningEmulator
 from bridge.errors import StoreError
+from bridge.jobs import FINAL_STATES as BRIDGE_FINAL_STATES
+from bridge.jobs import State
 from bridge.server import OPENAPI_PATH, STORE, create_app
+from chamelaion_client import FINAL_STATES, RETRYABLE_STATES
 from chamelaion_client.proofs import health_proof
 from tests.bridge.conftest import bridge_config, running_emulator
 from tests.helpers import async_wait_until
@@ -124,6 +127,12 @@ def test_the_document_and_the_router_name_the_same_routes(tmp_path: Path) -> Non
         if route.method != "HEAD" and route.resource is not None
     }
     assert served == operations()
+
+
+def test_the_job_states_clients_know_are_the_contracts_and_the_bridges() -> None:
+    documented = set(DOCUMENT["components"]["schemas"]["State"]["enum"])
+    assert documented == set(State)
+    assert FINAL_STATES == BRIDGE_FINAL_STATES and RETRYABLE_STATES < FINAL_STATES
 
 
 def test_the_documents_version_is_the_api_version_and_revision_health_reports() -> None:

@@ -17,6 +17,7 @@ import pytest
 
 from bridge import discovery
 from bridge.emulator import RunningEmulator
+from chamelaion_client import FINAL_STATES, RETRYABLE_STATES
 from chamelaion_client.client import BridgeClient, BridgeUnavailable
 from tests.bridge.conftest import emulator_thread
 from tests.bridge.processes import BRIDGE, BridgeProcess, cli_env
@@ -89,7 +90,7 @@ def test_twenty_jobs_survive_faults_and_three_kills_with_no_manual_retry(
         def all_final() -> list[dict] | None:
             nonlocal client
             client, jobs = jobs_of(bridge, client)
-            final = all(job["state"] in ("completed", "failed", "canceled") for job in jobs)
+            final = all(job["state"] in FINAL_STATES for job in jobs)
             return jobs if final else None
 
         jobs = wait_until(all_final, timeout=600, interval=0.5, message="every job to finish")
@@ -150,7 +151,7 @@ def test_submit_wait_outlasts_a_30_second_outage_of_the_api(
 
         def outage_over_with_jobs_waiting() -> bool:
             jobs = client.list_jobs()
-            assert all(job["state"] not in ("failed", "canceled") for job in jobs), jobs
+            assert all(job["state"] not in RETRYABLE_STATES for job in jobs), jobs
             return time.monotonic() >= outage_ends
 
         wait_until(outage_over_with_jobs_waiting, timeout=OUTAGE_SECONDS + 10, interval=1.0)
