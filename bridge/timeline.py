@@ -1,0 +1,538 @@
+"""Read an editor's timeline (anything OpenTimelineIO reads) into a plan of shots to lip-sync.
+
+A shot is one clip of the picture track: which frames of which local file to send, where it
+sits on the timeline, and which stretch of the dub goes with it. Every frame number is worked
+out with OpenTimelineIO's rational times and rounded once, so nothing drifts at 23.976 or
+29.97. A clip that can't be conformed honestly (a transition, an effect, another frame rate,
+media that is missing or too short) stays in the plan with a `problem` sentence; the rest go.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+from urllib.request import url2pathname
+
+import av
+import av.error
+import opentimelineio as otio
+from opentimelineio.opentime import RationalTime
+
+from .errors import InputError, MediaError
+from .jobs import MAX_REFERENCE_ID, check_reference_id, normalize_reference_id, quoted
+from .media import MediaInfo, check_audio_input, check_video_input
+
+# Adapters whose format carries no frame rate: they are told one (`rate=`) when reading.
+RATELESS_ADAPTERS = frozenset({"cmx_3600"})
+# Rates at which an EDL is first read only to find its media: every timecode of 24, 25,
+# 29.97 (drop frame too) and 30 fps parses at the first, 50 and 59.94/60 at the second.
+PROBE_RATES = (30000 / 1001, 60000 / 1001)
+# Frame rates closer than this are one rate written two ways (23.976 and 24000/1001).
+RATE_TOLERANCE = 1e-3
+# Characters of the timeline's and the clip's names kept in a reference_id.
+ID_NAME_CHARS = 40
+DIGEST_CHARS = 8
+# Problems quoted in the error when no clip at all can be conformed.
+QUOTED_PROBLEMS = 3
+
+
+class TimelineError(InputError):
+    """One sentence naming the file and the reason: unreadable, no video track, no usable
+    clip, unreadable dub (the CLI's exit status 4, as for every InputError)."""
+
+
+@dataclass(frozen=True)
+class Shot:
+    """One clip of the picture track: what to send and where its take goes."""
+
+    position: int  # 1-based among the picture track's clips (gaps are not counted)
+    name: str
+    reference_id: str
+    record_start: int  # first frame on the timeline, at `rate`, from the timeline's start
+    frames: int
+    media_path: str | None  # absolute path of the local media file; None when there is none
+    source_first: int  # the media file's own frame index (from its start) on the first frame
+    source_rate: float  # the media file's frame rate
+    audio_start: float  # seconds into the dub where the shot's sound starts
+    problem: str  # '' when the shot can be conformed, else one sentence why not
+    rate: float  # the timeline's frame rate
+
+    @property
+    def usable(self) -> bool:
+        return not self.problem
+
+    @property
+    def duration_seconds(self) -> float:
+        return self.frames / self.rate
+
+    @property
+    def video_range(self) -> dict[str, float]:
+        """The cut of the media file to send, in the local API's terms."""
+        return {
+            "start_seconds": self.source_first / self.source_rate,
+            "duration_seconds": self.frames / self.source_rate,
+        }
+
+    @property
+    def audio_range(self) -> dict[str, float]:
+        """The stretch of the dub that goes with the shot, in the local API's terms."""
+        return {"start_seconds": self.audio_start, "duration_seconds": self.duration_seconds}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **asdict(self),
+            "duration_seconds": self.duration_seconds,
+            "video_range": self.video_range,
+            "audio_range": self.audio_range,
+        }
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A timeline read for conforming: its picture track's shots, usable or not, in order."""
+
+    path: Path
+    name: str
+    rate: float
+    track_index: int  # index of the picture track in timeline.tracks (bottom = 0)
+    track_name: str
+    shots: tuple[Shot, ...]
+    timeline: otio.schema.Timeline = field(repr=False, compare=False)
+
+    @property
+    def usable(self) -> tuple[Shot, ...]:
+        return tuple(shot for shot in self.shots if shot.usable)
+
+    @property
+    def billable_seconds(self) -> float:
+        """What the API bills for the plan: the sum of the durations sent."""
+        return sum(shot.duration_seconds for shot in self.usable)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "name": self.name,
+            "rate": self.rate,
+            "track_index": self.track_index,
+            "track_name": self.track_name,
+            "shots": [shot.to_json() for shot in self.shots],
+            "billable_seconds": self.billable_seconds,
+        }
+
+
+def read_plan(
+    path: Path,
+    dub: Path,
+    *,
+    track: str | None = None,
+    rate: float | None = None,
+    audio_offset: float = 0.0,
+) -> Plan:
+    """Read TIMELINE and plan one job per clip of its picture track against DUB.
+
+    `track` names the picture track (or `V2`-style, counting video tracks from the bottom);
+    by default it is the first video track. `rate` is used only by formats that carry no
+    frame rate (a CMX 3600 EDL); without it they are read at the first clip's media's rate.
+    The dub starts at the timeline's first frame, shifted by `audio_offset` seconds. Raises
+    TimelineError for a timeline or dub that can't be read, or a plan with no usable shot.
+    """
+    path = Path(path).absolute()
+    dub = Path(dub).absolute()
+    dub_seconds = _dub_seconds(dub)
+    timeline, rate = _read_timeline(path, track, rate)
+    index, picture = _picture_track(timeline, path, track)
+    name = timeline.name or path.stem
+    context = _Context(path, name, rate, dub, dub_seconds, audio_offset, _MediaFiles())
+    shots = tuple(
+        _plan_shot(item, position, context)
+        for position, item in enumerate(_shot_items(picture), start=1)
+    )
+    if not shots:
+        raise TimelineError(
+            f"The timeline {path} has no clip on its picture track {_track_label(picture)}; "
+            "choose another track with --track or export the timeline again."
+        )
+    if not any(shot.usable for shot in shots):
+        reasons = "; ".join(f"{s.position} {s.name}: {s.problem}" for s in shots[:QUOTED_PROBLEMS])
+        raise TimelineError(
+            f"The timeline {path} has no clip that can be conformed ({reasons}"
+            f"{'; ...' if len(shots) > QUOTED_PROBLEMS else ''})."
+        )
+    return Plan(path, name, rate, index, picture.name, shots, timeline)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the timeline
+
+
+def _read_timeline(
+    path: Path, track: str | None, rate: float | None
+) -> tuple[otio.schema.Timeline, float]:
+    """The timeline as its adapter reads it, and its frame rate."""
+    adapter = _adapter_for(path)
+    if adapter.name not in RATELESS_ADAPTERS:
+        timeline = _read(path, adapter)
+        return timeline, _timeline_rate(timeline, path, track)
+    if rate is None:
+        rate = _first_media_rate(path, adapter, track)
+    return _read(path, adapter, rate=rate), rate
+
+
+def _adapter_for(path: Path) -> otio.adapters.Adapter:
+    if not path.is_file():
+        raise TimelineError(f"The timeline {path} does not exist or is not a file; check the path.")
+    try:
+        return otio.adapters.from_filepath(str(path))
+    except otio.exceptions.OTIOError:
+        raise TimelineError(
+            f"The timeline {path} is of a kind OpenTimelineIO cannot read "
+            f"({path.suffix or 'no extension'}); export it as .otio, CMX 3600 .edl, "
+            "Final Cut Pro 7 .xml or .fcpxml."
+        ) from None
+
+
+def _read(path: Path, adapter: otio.adapters.Adapter, **options: Any) -> otio.schema.Timeline:
+    """Read with the adapter; any failure of a third-party parser becomes one sentence."""
+    try:
+        result = adapter.read_from_file(str(path), **options)
+    except Exception as exc:  # adapters raise anything from KeyError to their own errors
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise TimelineError(
+            f"The timeline {path} cannot be read as {adapter.name} ({reason}); export it "
+            "again from your editor."
+        ) from None
+    if isinstance(result, otio.schema.Timeline):
+        return result
+    timelines = list(result.find_children(descended_from_type=otio.schema.Timeline))
+    if len(timelines) != 1:
+        names = ", ".join(quoted(t.name) for t in timelines) or "none"
+        raise TimelineError(
+            f"The file {path} holds {len(timelines)} timelines ({names}), not one; export "
+            "just the sequence to conform."
+        )
+    return timelines[0]
+
+
+def _timeline_rate(timeline: otio.schema.Timeline, path: Path, track: str | None) -> float:
+    """The rate the timeline counts frames at: its start time's, else its first item's."""
+    if timeline.global_start_time is not None:
+        return timeline.global_start_time.rate
+    _, picture = _picture_track(timeline, path, track)
+    for item in picture:
+        if not isinstance(item, otio.schema.Transition):
+            return item.duration().rate
+    raise TimelineError(f"The timeline {path} has an empty picture track; nothing to conform.")
+
+
+def _first_media_rate(path: Path, adapter: otio.adapters.Adapter, track: str | None) -> float:
+    """The frame rate of the first clip's local media, for a format that has none."""
+    _, picture = _picture_track(_probe_read(path, adapter), path, track)
+    media = _MediaFiles()
+    for item in _shot_items(picture):
+        local = _local_media(item, path.parent)
+        info = media.info(local) if isinstance(local, Path) else None
+        if isinstance(info, MediaInfo) and info.fps:
+            return float(info.fps)
+    raise TimelineError(
+        f"The timeline {path} carries no frame rate and none of its clips' media files could "
+        "be read to take it from; give the rate with --rate (e.g. --rate 25)."
+    )
+
+
+def _probe_read(path: Path, adapter: otio.adapters.Adapter) -> otio.schema.Timeline:
+    """The timeline read at a rate its timecodes fit, only to find its media files."""
+    for probe_rate in PROBE_RATES[:-1]:
+        try:
+            return adapter.read_from_file(str(path), rate=probe_rate, ignore_timecode_mismatch=True)
+        except Exception:  # timecodes that don't fit this rate: the next one may do
+            continue
+    return _read(path, adapter, rate=PROBE_RATES[-1], ignore_timecode_mismatch=True)
+
+
+def _picture_track(
+    timeline: otio.schema.Timeline, path: Path, track: str | None
+) -> tuple[int, otio.schema.Track]:
+    """(index in timeline.tracks, track): the first video track, or the one named `track`."""
+    videos = [
+        (index, item)
+        for index, item in enumerate(timeline.tracks)
+        if isinstance(item, otio.schema.Track) and item.kind == otio.schema.TrackKind.Video
+    ]
+    if not videos:
+        raise TimelineError(f"The timeline {path} has no video track; nothing to conform.")
+    if track is None:
+        return videos[0]
+    for index, item in videos:
+        if item.name == track:
+            return index, item
+    if track[:1] in "Vv" and track[1:].isdigit() and 1 <= int(track[1:]) <= len(videos):
+        return videos[int(track[1:]) - 1]
+    names = ", ".join(_track_label(item) for _, item in videos)
+    raise TimelineError(
+        f"The timeline {path} has no video track named {quoted(track)}; its video tracks are "
+        f"{names} (name one with --track, or count from the bottom: V1, V2, ...)."
+    )
+
+
+def _track_label(track: otio.schema.Track) -> str:
+    return quoted(track.name) if track.name else "(unnamed)"
+
+
+def _shot_items(track: otio.schema.Track) -> Iterator[otio.core.Item]:
+    """Every item of the track that shows picture: clips and nested sequences, not gaps."""
+    for item in track:
+        if isinstance(item, otio.core.Item) and not isinstance(item, otio.schema.Gap):
+            yield item
+
+
+# ---------------------------------------------------------------------------------------------
+# Planning one shot
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What every shot of one plan is measured against."""
+
+    path: Path
+    name: str
+    rate: float
+    dub: Path
+    dub_seconds: float | None
+    audio_offset: float
+    media: _MediaFiles
+
+
+def _plan_shot(item: otio.core.Item, position: int, ctx: _Context) -> Shot:
+    """The shot for one item; what is wrong with it goes into `problem`."""
+    record_start = _frames(_record_start(item), ctx.rate)
+    frames = _frames(item.trimmed_range().duration, ctx.rate)
+    audio_start = RationalTime(record_start, ctx.rate).to_seconds() - ctx.audio_offset
+    media_path, source_first, source_rate = None, 0, ctx.rate
+    problem = _item_problem(item) or _timing_problem(audio_start, ctx)
+    media = _local_media(item, ctx.path.parent) if isinstance(item, otio.schema.Clip) else None
+    if isinstance(media, str):
+        problem = problem or media
+    elif isinstance(media, Path):
+        media_path = str(media)
+        info = ctx.media.info(media)
+        if isinstance(info, str):
+            problem = problem or info
+        else:
+            source_rate = float(info.fps) if info.fps else ctx.rate
+            first = _source_first(item, info, ctx.media.timecode(media))
+            if isinstance(first, str):
+                problem = problem or first
+            else:
+                source_first = first
+                problem = problem or _source_problem(first, frames, info, ctx.rate)
+    sent = [media_path, source_first, frames, source_rate, str(ctx.dub), audio_start, ctx.rate]
+    return Shot(
+        position=position,
+        name=item.name,
+        reference_id=_reference_id(ctx.name, position, item.name, sent),
+        record_start=record_start,
+        frames=frames,
+        media_path=media_path,
+        source_first=source_first,
+        source_rate=source_rate,
+        audio_start=audio_start,
+        problem=problem,
+        rate=ctx.rate,
+    )
+
+
+def _record_start(item: otio.core.Item) -> RationalTime:
+    """Where the item starts on its track, from the track's first shown frame."""
+    start = item.range_in_parent().start_time
+    trimmed = item.parent().source_range
+    return start - trimmed.start_time if trimmed is not None else start
+
+
+def _item_problem(item: otio.core.Item) -> str:
+    """Why the item's picture is not simply frames of one file, or ''."""
+    if not isinstance(item, otio.schema.Clip):
+        return (
+            "it is a nested sequence (compound clip), not a clip; flatten it in your editor "
+            "to conform its shots."
+        )
+    for effect in item.effects:
+        if isinstance(effect, otio.schema.FreezeFrame):
+            return "it is a freeze frame, which a lip sync cannot follow."
+        if isinstance(effect, otio.schema.LinearTimeWarp):
+            return (
+                f"it plays at {effect.time_scalar:.0%} speed; render the speed change into a "
+                "new media file to conform it."
+            )
+        kind = "time effect" if isinstance(effect, otio.schema.TimeEffect) else "effect"
+        label = effect.effect_name or effect.name or "unnamed"
+        return f"it carries the {kind} {quoted(label)}, which the take would not have."
+    neighbours = item.parent().neighbors_of(item)
+    for neighbour in neighbours:
+        if isinstance(neighbour, otio.schema.Transition):
+            kind = neighbour.transition_type or "transition"
+            return (
+                f"a transition ({kind}) overlaps it, so its first or last frames mix with "
+                "another shot."
+            )
+    return ""
+
+
+def _timing_problem(audio_start: float, ctx: _Context) -> str:
+    """Why the dub has no sound for a shot starting `audio_start` seconds into it, or ''."""
+    if audio_start < 0:
+        return (
+            f"it starts {-audio_start:.3f} s before the dub does; give --audio-offset to say "
+            "where the dub starts on the timeline."
+        )
+    if ctx.dub_seconds is not None and audio_start >= ctx.dub_seconds:
+        return (
+            f"it starts at {audio_start:.3f} s, after the dub ends ({ctx.dub_seconds:.3f} s); "
+            "check the dub or --audio-offset."
+        )
+    return ""
+
+
+def _local_media(item: otio.schema.Clip, folder: Path) -> Path | str:
+    """The absolute path of the clip's local media file, or a sentence why there is none."""
+    ref = item.media_reference
+    if not isinstance(ref, otio.schema.ExternalReference) or not ref.target_url:
+        return "it has no media file in the timeline; relink it in your editor and export again."
+    url = ref.target_url
+    parts = urlsplit(url)
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            return f"its media {quoted(url, 80)} is on another machine; use a local copy."
+        local = Path(url2pathname(unquote(parts.path)))
+    elif len(parts.scheme) > 1:
+        return f"its media {quoted(url, 80)} is not a local file; download it and relink."
+    else:
+        local = Path(url)  # a plain path (a one-letter "scheme" is a Windows drive)
+    return (local if local.is_absolute() else folder / local).absolute()
+
+
+class _MediaFiles:
+    """Each media file of a plan probed once (sources are often used many times)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[Path, tuple[MediaInfo | str, str | None]] = {}
+
+    def info(self, path: Path) -> MediaInfo | str:
+        """What the file holds, or a sentence why it is not a readable video."""
+        return self._probe(path)[0]
+
+    def timecode(self, path: Path) -> str | None:
+        """The file's own start timecode, if it has one."""
+        return self._probe(path)[1]
+
+    def _probe(self, path: Path) -> tuple[MediaInfo | str, str | None]:
+        if path not in self._seen:
+            try:
+                self._seen[path] = check_video_input(path), _start_timecode(path)
+            except MediaError as exc:
+                self._seen[path] = _lowered(str(exc)), None
+        return self._seen[path]
+
+
+def _start_timecode(path: Path) -> str | None:
+    """The file's own start timecode (e.g. "01:00:00:00"), from its video stream or container."""
+    try:
+        with av.open(str(path)) as container:
+            for stream in container.streams:
+                if stream.metadata.get("timecode"):
+                    return stream.metadata["timecode"]
+            return container.metadata.get("timecode") or None
+    except (av.error.FFmpegError, OSError):
+        return None
+
+
+def _source_first(item: otio.schema.Clip, info: MediaInfo, timecode: str | None) -> int | str:
+    """The file's frame index shown on the clip's first frame, or a sentence why unknown.
+
+    The clip's source range is in the media's time: mapped onto the file through the
+    reference's available range when given, else the file's start timecode, else 0.
+    """
+    fps = float(info.fps)
+    available = item.media_reference.available_range
+    if available is not None:
+        origin = _frames(available.start_time, fps)
+    else:
+        try:
+            origin = _frames(otio.opentime.from_timecode(timecode, fps), fps) if timecode else 0
+        except ValueError:
+            return (
+                f"its media's start timecode {quoted(timecode)} does not fit its "
+                f"{fps:.3f} fps; fix the file's timecode or export an .otio."
+            )
+    return _frames(item.trimmed_range().start_time, fps) - origin
+
+
+def _source_problem(first: int, frames: int, info: MediaInfo, rate: float) -> str:
+    """Why frames [first, first + frames) of the file can't be sent as the shot, or ''."""
+    fps = float(info.fps)
+    if not _same_rate(fps, rate):
+        return (
+            f"its media runs at {fps:.3f} fps but the timeline at {rate:.3f} fps, so the take "
+            "would not match the shot frame for frame; conform it at the timeline's rate first."
+        )
+    if first < 0 or (info.frames is not None and first + frames > info.frames):
+        return (
+            f"it uses frames {first} to {first + frames - 1} of {info.path.name}, which has "
+            f"{info.frames} (0 to {(info.frames or 0) - 1}); relink it to the right file."
+        )
+    return ""
+
+
+def _dub_seconds(dub: Path) -> float | None:
+    """The dub's length in seconds; TimelineError when it is no readable audio."""
+    try:
+        return check_audio_input(dub).duration
+    except MediaError as exc:
+        raise TimelineError(f"The dub is unusable: {_lowered(str(exc))}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Numbers and names
+
+
+def _same_rate(a: float, b: float) -> bool:
+    return abs(a - b) < RATE_TOLERANCE
+
+
+def _frames(time: RationalTime, rate: float) -> int:
+    """A time as a whole number of frames at `rate`, rounded once.
+
+    A time already counted at (nearly) `rate` keeps its count: rescaling 1 h between 23.976
+    and 24000/1001 would move it by two frames.
+    """
+    value = time.value if _same_rate(time.rate, rate) else time.value_rescaled_to(rate)
+    return round(value)
+
+
+def _reference_id(timeline: str, position: int, name: str, sent: list[Any]) -> str:
+    """`<timeline>-<position>-<clip>-<digest>`: the same for the same cut, dub and ranges.
+
+    Running the same conform again gives the same ids (its jobs are adopted, nothing is
+    charged twice); a re-cut shot, another source range or another dub gives a new one.
+    """
+    digest = hashlib.sha256(json.dumps(sent).encode()).hexdigest()[:DIGEST_CHARS]
+    parts = [_id_part(timeline, "timeline"), f"{position:03d}", _id_part(name, "clip"), digest]
+    value = normalize_reference_id("-".join(parts))[:MAX_REFERENCE_ID]
+    return check_reference_id(value)
+
+
+def _id_part(text: str, fallback: str) -> str:
+    try:
+        return normalize_reference_id(text)[:ID_NAME_CHARS].strip("-._") or fallback
+    except InputError:
+        return fallback
+
+
+def _lowered(sentence: str) -> str:
+    """A sentence made the tail of another: first letter lowered unless a path or acronym."""
+    head = sentence[:2]
+    return sentence if head[:1] in "/\\" or head.isupper() else sentence[:1].lower() + sentence[1:]
