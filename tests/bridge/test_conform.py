@@ -1,0 +1,233 @@
+"""`chamelaion-bridge conform` end to end: cuts made with OpenTimelineIO from timecoded media,
+conformed by the real command against a real bridge and the emulator over real HTTP, and the
+written timeline read back with OpenTimelineIO. The emulator returns the uploaded picture, so
+each take's frames must be exactly the source frames the shot uses."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import opentimelineio as otio
+import pytest
+
+from bridge.emulator import EmulatorConfig, LipsyncRecord, RunningEmulator, emulator_in_background
+from chamelaion_client.client import BridgeClient
+from tests.bridge.processes import BRIDGE, cli_env, one_sentence, run_cli, serving
+from tests.helpers import wait_until
+from tests.media_samples import frame_index_of
+from tests.timelines import RATES, Cut, make_dub, ten_clip_cut, write_timeline
+
+FAILED_SENTENCE = "The face could not be tracked in this shot."
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[RunningEmulator]:
+    """The emulator on its own thread; requests take a second, as many at once as asked."""
+    config = EmulatorConfig(queued_seconds=0.05, processing_seconds=1.0)
+    with emulator_in_background(config) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def env(emulator: RunningEmulator) -> dict[str, str]:
+    return cli_env(
+        CHAMELAION_BASE_URL=emulator.base_url,
+        CHAMELAION_API_KEY="emulator-key",
+        CHAMELAION_POLL_INTERVAL="0.1",
+        CHAMELAION_GENERATE_PER_MINUTE="0",
+        CHAMELAION_ACCEPT_GRACE="1",
+    )
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]) -> Iterator[Path]:
+    """One real bridge for the module (conform finds it through the data folder)."""
+    folder = tmp_path_factory.mktemp("bridge")
+    with serving(folder, "--port", "0", env=env):
+        yield folder
+
+
+@pytest.fixture(autouse=True)
+def fresh_emulator(emulator: RunningEmulator) -> RunningEmulator:
+    """Each test counts only its own API calls."""
+    emulator.run(emulator.state.reset())
+    return emulator
+
+
+def conform(
+    data_dir: Path, env: dict[str, str], *args: str | Path
+) -> subprocess.CompletedProcess[str]:
+    return run_cli("conform", *map(str, args), "--data-dir", str(data_dir), env=env)
+
+
+def frame_indices(path: Path) -> list[int]:
+    with av.open(str(path)) as container:
+        return [frame_index_of(frame) for frame in container.decode(video=0)]
+
+
+def lipsync_track(out: Path) -> tuple[otio.schema.Timeline, otio.schema.Track]:
+    """OUT read back, and its "Lip Sync" track, checked to sit right above the picture."""
+    timeline = otio.adapters.read_from_file(str(out))
+    names = [track.name for track in timeline.tracks]
+    assert names.count("Lip Sync") == 1, names
+    index = names.index("Lip Sync")
+    picture = next(
+        i for i, t in enumerate(timeline.tracks) if t.kind == otio.schema.TrackKind.Video
+    )
+    assert index == picture + 1 and timeline.tracks[index].kind == otio.schema.TrackKind.Video
+    return timeline, timeline.tracks[index]
+
+
+def place(item: otio.core.Item, rate: Fraction) -> tuple[int, int]:
+    """(first frame on the timeline, frames) of an item of a track, at `rate`."""
+    shown = item.range_in_parent()
+    return shown.start_time.to_frames(float(rate)), shown.duration.to_frames(float(rate))
+
+
+def assert_conformed(out: Path, cut: Cut) -> list[otio.schema.Clip]:
+    """Every shot of the cut has its take on the Lip Sync track at its place, frame for frame."""
+    _, track = lipsync_track(out)
+    clips = [item for item in track if isinstance(item, otio.schema.Clip)]
+    expected = cut.expected()
+    assert len(clips) == len(expected)
+    for clip, shot in zip(clips, expected, strict=True):
+        assert place(clip, cut.rate) == (shot.record_start, shot.frames), shot.name
+        take = Path(clip.media_reference.target_url)
+        assert take.is_absolute() and take.parent == out.with_suffix("")
+        assert clip.source_range.start_time.value == 0
+        assert clip.source_range.duration.to_frames(float(cut.rate)) == shot.frames
+        first = shot.source_first
+        assert frame_indices(take) == list(range(first, first + shot.frames)), shot.name
+        ids = clip.metadata["chamelaion"]
+        assert ids["reference_id"] and ids["request_id"]
+    gaps = [item for item in track if isinstance(item, otio.schema.Gap)]
+    assert all(not gap.markers for gap in gaps)
+    return clips
+
+
+@pytest.mark.parametrize(
+    ("suffix", "rate"),
+    [
+        ("otio", "23.976"),
+        ("otio", "24"),
+        ("otio", "25"),
+        ("otio", "29.97"),
+        ("edl", "25"),
+        ("xml", "23.976"),
+    ],
+)
+def test_a_cut_is_conformed_frame_exactly(
+    tmp_path: Path,
+    data_dir: Path,
+    env: dict[str, str],
+    fresh_emulator: RunningEmulator,
+    suffix: str,
+    rate: str,
+) -> None:
+    cut = ten_clip_cut(tmp_path, RATES[rate])
+    timeline = cut.timeline(available_range=suffix != "edl")
+    path = write_timeline(timeline, tmp_path / f"{cut.name}.{suffix}")
+    dub = make_dub(tmp_path / "dub.wav", cut.seconds + 0.5)
+
+    result = conform(data_dir, env, path, "--audio", dub)
+
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / f"{cut.name}.lipsync.otio"
+    assert f"Wrote {out}: 10 of 10 shot(s)" in result.stdout
+    clips = assert_conformed(out, cut)
+    charged = fresh_emulator.state.stats.generate_by_reference_id
+    assert sorted(charged) == sorted(c.metadata["chamelaion"]["reference_id"] for c in clips)
+    assert set(charged.values()) == {1}
+
+
+def test_a_failed_shot_is_a_gap_with_its_error_and_exit_1(
+    tmp_path: Path, data_dir: Path, env: dict[str, str], fresh_emulator: RunningEmulator
+) -> None:
+    cut = ten_clip_cut(tmp_path, RATES["25"])
+    path = write_timeline(cut.timeline(), tmp_path / "cut.otio")
+    dub = make_dub(tmp_path / "dub.wav", cut.seconds)
+
+    def fail_shot_four(record: LipsyncRecord) -> None:
+        if "-004-" in (record.reference_id or ""):
+            record.status, record.error_message, record.output_url = "failed", "x", None
+
+    fresh_emulator.state.hooks.finishers.append(fail_shot_four)
+    out = tmp_path / "result.otio"
+    result = conform(data_dir, env, path, "--audio", dub, "--out", out, "--json")
+
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)
+    shot = next(s for s in report["shots"] if s["position"] == 4)
+    assert shot["state"] == "failed" and shot["take"] is None and shot["error"]
+    assert f"Shot 4 ({shot['name']}) has no take: {shot['error']}" in result.stderr
+    assert report["out"] == str(out) and report["takes_dir"] == str(tmp_path / "result.lipsync")
+    _, track = lipsync_track(out)
+    expected = cut.expected()[3]
+    (gap,) = [item for item in track if isinstance(item, otio.schema.Gap) and item.markers]
+    assert place(gap, cut.rate) == (expected.record_start, expected.frames)
+    assert [marker.name for marker in gap.markers] == [shot["error"]]
+    clips = [item for item in track if isinstance(item, otio.schema.Clip)]
+    assert len(clips) == 9 and expected.name not in [clip.name for clip in clips]
+
+
+def test_dry_run_and_limits_submit_nothing(
+    tmp_path: Path, data_dir: Path, env: dict[str, str], fresh_emulator: RunningEmulator
+) -> None:
+    cut = ten_clip_cut(tmp_path, RATES["29.97"])
+    path = write_timeline(cut.timeline(), tmp_path / "cut.otio")
+    dub = make_dub(tmp_path / "dub.wav", cut.seconds)
+    billable = sum(shot.frames for shot in cut.expected()) / float(cut.rate)
+
+    text = conform(data_dir, env, path, "--audio", dub, "--dry-run")
+    plan = json.loads(conform(data_dir, env, path, "--audio", dub, "--dry-run", "--json").stdout)
+    over = conform(data_dir, env, path, "--audio", dub, "--max-seconds", f"{billable - 0.1:.3f}")
+    edl_out = conform(data_dir, env, path, "--audio", dub, "--out", tmp_path / "cut.edl")
+
+    assert text.returncode == 0, text.stderr
+    assert f"Billable: {billable:.3f} s for 10 shot(s)." in text.stdout
+    assert "00:00:00;06 +5f (frames 6-10)" in text.stdout  # shot 2's place, in drop-frame style
+    assert plan["plan"]["billable_seconds"] == pytest.approx(billable)
+    assert [s["frames"] for s in plan["plan"]["shots"]] == [s.frames for s in cut.expected()]
+    assert over.returncode == 4 and str(path) in one_sentence(over.stderr)
+    assert "--max-seconds" in over.stderr
+    assert edl_out.returncode == 4 and "cut.edl" in one_sentence(edl_out.stderr)
+    assert fresh_emulator.state.stats.calls == {}
+    client = BridgeClient(data_dir=data_dir)
+    assert [job for job in client.list_jobs() if str(tmp_path) in job["audio_path"]] == []
+    assert not (tmp_path / "cut.lipsync.otio").exists()
+
+
+def test_a_killed_conform_run_again_charges_nothing_twice(
+    tmp_path: Path, data_dir: Path, env: dict[str, str], fresh_emulator: RunningEmulator
+) -> None:
+    cut = ten_clip_cut(tmp_path, RATES["24"])
+    path = write_timeline(cut.timeline(), tmp_path / "cut.otio")
+    dub = make_dub(tmp_path / "dub.wav", cut.seconds)
+    command = [*BRIDGE, "conform", str(path), "--audio", str(dub), "--data-dir", str(data_dir)]
+    client = BridgeClient(data_dir=data_dir)
+
+    def ours() -> list[dict[str, Any]]:
+        return [job for job in client.list_jobs() if job["audio_path"] == str(dub)]
+
+    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_until(lambda: ours(), message="the conform to submit a shot")
+    first.send_signal(signal.SIGKILL)
+    first.communicate(timeout=10)
+    assert first.returncode == -signal.SIGKILL
+    out = tmp_path / "cut.lipsync.otio"
+    assert not out.exists()
+
+    again = run_cli(*command[len(BRIDGE) :], env=env)
+
+    assert again.returncode == 0, again.stderr
+    assert_conformed(out, cut)
+    charged = fresh_emulator.state.stats.generate_by_reference_id
+    assert len(charged) == 10 and set(charged.values()) == {1}
+    assert len(ours()) == 10
