@@ -299,7 +299,12 @@ def _report(
     shots = []
     for shot in plan.shots:
         outcome, job = outcomes.get(shot.position), jobs.get(shot.position)
-        state = "skipped" if shot.problem else (job["state"] if job else "refused")
+        if shot.problem:
+            state = "skipped"
+        elif job is not None:
+            state = job["state"]
+        else:
+            state = "refused" if outcome is not None else "planned"
         shots.append(
             {
                 "position": shot.position,

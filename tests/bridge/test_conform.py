@@ -194,6 +194,7 @@ def test_dry_run_and_limits_submit_nothing(
     assert f"Billable: {billable:.3f} s for 10 shot(s)." in text.stdout
     assert "00:00:00;06 +5f (frames 6-10)" in text.stdout  # shot 2's place, in drop-frame style
     assert plan["plan"]["billable_seconds"] == pytest.approx(billable)
+    assert {shot["state"] for shot in plan["shots"]} == {"planned"}
     assert [s["frames"] for s in plan["plan"]["shots"]] == [s.frames for s in cut.expected()]
     assert over.returncode == 4 and str(path) in one_sentence(over.stderr)
     assert "--max-seconds" in over.stderr
@@ -204,27 +205,38 @@ def test_dry_run_and_limits_submit_nothing(
     assert not (tmp_path / "cut.lipsync.otio").exists()
 
 
-def test_a_killed_conform_run_again_charges_nothing_twice(
-    tmp_path: Path, data_dir: Path, env: dict[str, str], fresh_emulator: RunningEmulator
+@pytest.mark.parametrize("interruption", ["sigkill", "no-wait"])
+def test_an_interrupted_conform_run_again_charges_nothing_twice(
+    tmp_path: Path,
+    data_dir: Path,
+    env: dict[str, str],
+    fresh_emulator: RunningEmulator,
+    interruption: str,
 ) -> None:
     cut = ten_clip_cut(tmp_path, RATES["24"])
     path = write_timeline(cut.timeline(), tmp_path / "cut.otio")
     dub = make_dub(tmp_path / "dub.wav", cut.seconds)
-    command = [*BRIDGE, "conform", str(path), "--audio", str(dub), "--data-dir", str(data_dir)]
+    command = ["conform", str(path), "--audio", str(dub), "--data-dir", str(data_dir)]
     client = BridgeClient(data_dir=data_dir)
 
     def ours() -> list[dict[str, Any]]:
         return [job for job in client.list_jobs() if job["audio_path"] == str(dub)]
 
-    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    wait_until(lambda: ours(), message="the conform to submit a shot")
-    first.send_signal(signal.SIGKILL)
-    first.communicate(timeout=10)
-    assert first.returncode == -signal.SIGKILL
+    if interruption == "sigkill":
+        first = subprocess.Popen([*BRIDGE, *command], env=env, stdout=subprocess.PIPE)
+        wait_until(lambda: ours(), message="the conform to submit a shot")
+        first.send_signal(signal.SIGKILL)
+        first.communicate(timeout=10)
+        assert first.returncode == -signal.SIGKILL
+    else:
+        submitted = run_cli(*command, "--no-wait", env=env)
+        assert submitted.returncode == 0, submitted.stderr
+        assert "Submitted 10 shot(s) of cut.otio (0 already known)" in submitted.stdout
+        assert len(ours()) == 10
     out = tmp_path / "cut.lipsync.otio"
     assert not out.exists()
 
-    again = run_cli(*command[len(BRIDGE) :], env=env)
+    again = run_cli(*command, env=env)
 
     assert again.returncode == 0, again.stderr
     assert_conformed(out, cut)
