@@ -37,6 +37,11 @@ RATE_TOLERANCE = 1e-3
 # Characters of the timeline's and the clip's names kept in a reference_id.
 ID_NAME_CHARS = 40
 DIGEST_CHARS = 8
+# Adapters known to read some frame rates wrongly, and what to do instead.
+RATE_HINTS = {
+    "fcpx_xml": " (its FCPXML adapter reads only whole frame rates: for 23.976 or 29.97 fps "
+    "export an .otio or a Final Cut Pro 7 .xml instead)",
+}
 # Problems quoted in the error when no clip at all can be conformed.
 QUOTED_PROBLEMS = 3
 
@@ -103,6 +108,7 @@ class Plan:
     track_name: str
     shots: tuple[Shot, ...]
     timeline: otio.schema.Timeline = field(repr=False, compare=False)
+    start_timecode: str = ""  # the timeline's first frame, where the dub starts (+ offset)
 
     @property
     def usable(self) -> tuple[Shot, ...]:
@@ -120,6 +126,7 @@ class Plan:
             "rate": self.rate,
             "track_index": self.track_index,
             "track_name": self.track_name,
+            "start_timecode": self.start_timecode,
             "shots": [shot.to_json() for shot in self.shots],
             "billable_seconds": self.billable_seconds,
         }
@@ -144,10 +151,12 @@ def read_plan(
     path = Path(path).absolute()
     dub = Path(dub).absolute()
     dub_seconds = _dub_seconds(dub)
-    timeline, rate = _read_timeline(path, track, rate)
+    timeline, rate, adapter = _read_timeline(path, track, rate)
     index, picture = _picture_track(timeline, path, track)
     name = timeline.name or path.stem
-    context = _Context(path, name, rate, dub, dub_seconds, audio_offset, _MediaFiles())
+    context = _Context(
+        path, name, rate, dub, dub_seconds, audio_offset, _MediaFiles(), RATE_HINTS.get(adapter, "")
+    )
     shots = tuple(
         _plan_shot(item, position, context)
         for position, item in enumerate(_shot_items(picture), start=1)
@@ -163,7 +172,8 @@ def read_plan(
             f"The timeline {path} has no clip that can be conformed ({reasons}"
             f"{'; ...' if len(shots) > QUOTED_PROBLEMS else ''})."
         )
-    return Plan(path, name, rate, index, picture.name, shots, timeline)
+    start = otio.opentime.to_timecode(_start_time(timeline, picture, rate), rate)
+    return Plan(path, name, rate, index, picture.name, shots, timeline, start)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,15 +182,15 @@ def read_plan(
 
 def _read_timeline(
     path: Path, track: str | None, rate: float | None
-) -> tuple[otio.schema.Timeline, float]:
-    """The timeline as its adapter reads it, and its frame rate."""
+) -> tuple[otio.schema.Timeline, float, str]:
+    """The timeline as its adapter reads it, its frame rate and the adapter's name."""
     adapter = _adapter_for(path)
     if adapter.name not in RATELESS_ADAPTERS:
         timeline = _read(path, adapter)
-        return timeline, _timeline_rate(timeline, path, track)
+        return timeline, _timeline_rate(timeline, path, track), adapter.name
     if rate is None:
         rate = _first_media_rate(path, adapter, track)
-    return _read(path, adapter, rate=rate), rate
+    return _read(path, adapter, rate=rate), rate, adapter.name
 
 
 def _adapter_for(path: Path) -> otio.adapters.Adapter:
@@ -254,6 +264,20 @@ def _probe_read(path: Path, adapter: otio.adapters.Adapter) -> otio.schema.Timel
     return _read(path, adapter, rate=PROBE_RATES[-1], ignore_timecode_mismatch=True)
 
 
+def _start_time(
+    timeline: otio.schema.Timeline, picture: otio.schema.Track, rate: float
+) -> RationalTime:
+    """The record time of the timeline's first frame: its global start time, or for an EDL
+    the first event's record in (which the CMX 3600 adapter keeps as the track's negative
+    start, placing that event at frame 0)."""
+    if timeline.global_start_time is not None:
+        return timeline.global_start_time
+    trimmed = picture.source_range
+    if trimmed is not None and trimmed.start_time.value < 0:
+        return -trimmed.start_time
+    return RationalTime(0, rate)
+
+
 def _picture_track(
     timeline: otio.schema.Timeline, path: Path, track: str | None
 ) -> tuple[int, otio.schema.Track]:
@@ -305,11 +329,12 @@ class _Context:
     dub_seconds: float | None
     audio_offset: float
     media: _MediaFiles
+    rate_hint: str  # said after a frame rate mismatch the adapter may have caused
 
 
 def _plan_shot(item: otio.core.Item, position: int, ctx: _Context) -> Shot:
     """The shot for one item; what is wrong with it goes into `problem`."""
-    record_start = _frames(_record_start(item), ctx.rate)
+    record_start = _frames(item.range_in_parent().start_time, ctx.rate)
     frames = _frames(item.trimmed_range().duration, ctx.rate)
     audio_start = RationalTime(record_start, ctx.rate).to_seconds() - ctx.audio_offset
     media_path, source_first, source_rate = None, 0, ctx.rate
@@ -329,7 +354,7 @@ def _plan_shot(item: otio.core.Item, position: int, ctx: _Context) -> Shot:
                 problem = problem or first
             else:
                 source_first = first
-                problem = problem or _source_problem(first, frames, info, ctx.rate)
+                problem = problem or _source_problem(first, frames, info, ctx)
     sent = [media_path, source_first, frames, source_rate, str(ctx.dub), audio_start, ctx.rate]
     return Shot(
         position=position,
@@ -344,13 +369,6 @@ def _plan_shot(item: otio.core.Item, position: int, ctx: _Context) -> Shot:
         problem=problem,
         rate=ctx.rate,
     )
-
-
-def _record_start(item: otio.core.Item) -> RationalTime:
-    """Where the item starts on its track, from the track's first shown frame."""
-    start = item.range_in_parent().start_time
-    trimmed = item.parent().source_range
-    return start - trimmed.start_time if trimmed is not None else start
 
 
 def _item_problem(item: otio.core.Item) -> str:
@@ -471,13 +489,14 @@ def _source_first(item: otio.schema.Clip, info: MediaInfo, timecode: str | None)
     return _frames(item.trimmed_range().start_time, fps) - origin
 
 
-def _source_problem(first: int, frames: int, info: MediaInfo, rate: float) -> str:
+def _source_problem(first: int, frames: int, info: MediaInfo, ctx: _Context) -> str:
     """Why frames [first, first + frames) of the file can't be sent as the shot, or ''."""
     fps = float(info.fps)
-    if not _same_rate(fps, rate):
+    if not _same_rate(fps, ctx.rate):
         return (
-            f"its media runs at {fps:.3f} fps but the timeline at {rate:.3f} fps, so the take "
-            "would not match the shot frame for frame; conform it at the timeline's rate first."
+            f"its media runs at {fps:.3f} fps but the timeline at {ctx.rate:.3f} fps"
+            f"{ctx.rate_hint}, so the take would not match the shot frame for frame; conform "
+            "it at the timeline's rate first."
         )
     if first < 0 or (info.frames is not None and first + frames > info.frames):
         return (
