@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ import opentimelineio as otio
 from opentimelineio.opentime import RationalTime
 
 from .errors import InputError, MediaError
-from .jobs import MAX_REFERENCE_ID, check_reference_id, normalize_reference_id, quoted
+from .jobs import check_reference_id, quoted, safe_reference_id
 from .media import MediaInfo, check_audio_input, check_video_input
 
 # Adapters whose format carries no frame rate: they are told one (`rate=`) when reading.
@@ -148,8 +149,7 @@ def read_plan(
     The dub starts at the timeline's first frame, shifted by `audio_offset` seconds. Raises
     TimelineError for a timeline or dub that can't be read, or a plan with no usable shot.
     """
-    path = Path(path).absolute()
-    dub = Path(dub).absolute()
+    path, dub = _absolute(path), _absolute(dub)
     dub_seconds = _dub_seconds(dub)
     timeline, rate, adapter = _read_timeline(path, track, rate)
     index, picture = _picture_track(timeline, path, track)
@@ -430,7 +430,7 @@ def _local_media(item: otio.schema.Clip, folder: Path) -> Path | str:
         return f"its media {quoted(url, 80)} is not a local file; download it and relink."
     else:
         local = Path(url)  # a plain path (a one-letter "scheme" is a Windows drive)
-    return (local if local.is_absolute() else folder / local).absolute()
+    return _absolute(folder / local)
 
 
 class _MediaFiles:
@@ -518,6 +518,11 @@ def _dub_seconds(dub: Path) -> float | None:
 # Numbers and names
 
 
+def _absolute(path: Path) -> Path:
+    """An absolute path without `..` (symbolic links are left as the user named them)."""
+    return Path(os.path.abspath(path))
+
+
 def _same_rate(a: float, b: float) -> bool:
     return abs(a - b) < RATE_TOLERANCE
 
@@ -525,8 +530,8 @@ def _same_rate(a: float, b: float) -> bool:
 def _frames(time: RationalTime, rate: float) -> int:
     """A time as a whole number of frames at `rate`, rounded once.
 
-    A time already counted at (nearly) `rate` keeps its count: rescaling 1 h between 23.976
-    and 24000/1001 would move it by two frames.
+    A time already counted at (nearly) `rate` keeps its count: rescaling a 23:00:00:00
+    timecode between the 29.97 an editor writes and 30000/1001 would move it by two frames.
     """
     value = time.value if _same_rate(time.rate, rate) else time.value_rescaled_to(rate)
     return round(value)
@@ -539,16 +544,8 @@ def _reference_id(timeline: str, position: int, name: str, sent: list[Any]) -> s
     charged twice); a re-cut shot, another source range or another dub gives a new one.
     """
     digest = hashlib.sha256(json.dumps(sent).encode()).hexdigest()[:DIGEST_CHARS]
-    parts = [_id_part(timeline, "timeline"), f"{position:03d}", _id_part(name, "clip"), digest]
-    value = normalize_reference_id("-".join(parts))[:MAX_REFERENCE_ID]
-    return check_reference_id(value)
-
-
-def _id_part(text: str, fallback: str) -> str:
-    try:
-        return normalize_reference_id(text)[:ID_NAME_CHARS].strip("-._") or fallback
-    except InputError:
-        return fallback
+    names = (safe_reference_id(text, max_len=ID_NAME_CHARS) for text in (timeline, name))
+    return check_reference_id("-".join([next(names), f"{position:03d}", next(names), digest]))
 
 
 def _lowered(sentence: str) -> str:
