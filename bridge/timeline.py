@@ -33,6 +33,8 @@ RATELESS_ADAPTERS = frozenset({"cmx_3600"})
 # Rates at which an EDL is first read only to find its media: every timecode of 24, 25,
 # 29.97 (drop frame too) and 30 fps parses at the first, 50 and 59.94/60 at the second.
 PROBE_RATES = (30000 / 1001, 60000 / 1001)
+# No editor's timeline runs faster: a bigger --rate is a typing mistake.
+MAX_RATE = 1000
 # Frame rates closer than this are one rate written two ways (23.976 and 24000/1001).
 RATE_TOLERANCE = 1e-3
 # Characters of the timeline's and the clip's names kept in a reference_id.
@@ -149,14 +151,14 @@ def read_plan(
     The dub starts at the timeline's first frame, shifted by `audio_offset` seconds. Raises
     TimelineError for a timeline or dub that can't be read, or a plan with no usable shot.
     """
-    path, dub = _absolute(path), _absolute(dub)
-    dub_seconds = _dub_seconds(dub)
-    timeline, rate, adapter = _read_timeline(path, track, rate)
+    if rate is not None and not 0 < rate < MAX_RATE:
+        raise InputError(f"{rate:g} is not a frame rate; give one such as 25 or 23.976.")
+    path, dub, media = _absolute(path), _absolute(dub), _MediaFiles()
+    timeline, rate, adapter = _read_timeline(path, track, rate, media)
     index, picture = _picture_track(timeline, path, track)
     name = timeline.name or path.stem
-    context = _Context(
-        path, name, rate, dub, dub_seconds, audio_offset, _MediaFiles(), RATE_HINTS.get(adapter, "")
-    )
+    hint = RATE_HINTS.get(adapter, "")
+    context = _Context(path, name, rate, dub, _dub_seconds(dub), audio_offset, media, hint)
     shots = tuple(
         _plan_shot(item, position, context)
         for position, item in enumerate(_shot_items(picture), start=1)
@@ -181,7 +183,7 @@ def read_plan(
 
 
 def _read_timeline(
-    path: Path, track: str | None, rate: float | None
+    path: Path, track: str | None, rate: float | None, media: _MediaFiles
 ) -> tuple[otio.schema.Timeline, float, str]:
     """The timeline as its adapter reads it, its frame rate and the adapter's name."""
     adapter = _adapter_for(path)
@@ -189,7 +191,7 @@ def _read_timeline(
         timeline = _read(path, adapter)
         return timeline, _timeline_rate(timeline, path, track), adapter.name
     if rate is None:
-        rate = _first_media_rate(path, adapter, track)
+        rate = _first_media_rate(path, adapter, track, media)
     return _read(path, adapter, rate=rate), rate, adapter.name
 
 
@@ -239,11 +241,14 @@ def _timeline_rate(timeline: otio.schema.Timeline, path: Path, track: str | None
     raise TimelineError(f"The timeline {path} has an empty picture track; nothing to conform.")
 
 
-def _first_media_rate(path: Path, adapter: otio.adapters.Adapter, track: str | None) -> float:
+def _first_media_rate(
+    path: Path, adapter: otio.adapters.Adapter, track: str | None, media: _MediaFiles
+) -> float:
     """The frame rate of the first clip's local media, for a format that has none."""
     _, picture = _picture_track(_probe_read(path, adapter), path, track)
-    media = _MediaFiles()
     for item in _shot_items(picture):
+        if not isinstance(item, otio.schema.Clip):
+            continue
         local = _local_media(item, path.parent)
         info = media.info(local) if isinstance(local, Path) else None
         if isinstance(info, MediaInfo) and info.fps:
@@ -337,38 +342,52 @@ def _plan_shot(item: otio.core.Item, position: int, ctx: _Context) -> Shot:
     record_start = _frames(item.range_in_parent().start_time, ctx.rate)
     frames = _frames(item.trimmed_range().duration, ctx.rate)
     audio_start = RationalTime(record_start, ctx.rate).to_seconds() - ctx.audio_offset
-    media_path, source_first, source_rate = None, 0, ctx.rate
-    problem = _item_problem(item) or _timing_problem(audio_start, ctx)
-    media = _local_media(item, ctx.path.parent) if isinstance(item, otio.schema.Clip) else None
-    if isinstance(media, str):
-        problem = problem or media
-    elif isinstance(media, Path):
-        media_path = str(media)
-        info = ctx.media.info(media)
-        if isinstance(info, str):
-            problem = problem or info
-        else:
-            source_rate = float(info.fps) if info.fps else ctx.rate
-            first = _source_first(item, info, ctx.media.timecode(media))
-            if isinstance(first, str):
-                problem = problem or first
-            else:
-                source_first = first
-                problem = problem or _source_problem(first, frames, info, ctx)
-    sent = [media_path, source_first, frames, source_rate, str(ctx.dub), audio_start, ctx.rate]
+    source = _source_of(item, frames, ctx) if isinstance(item, otio.schema.Clip) else _NO_SOURCE
+    sent = [source.path, source.first, frames, source.rate, str(ctx.dub), audio_start, ctx.rate]
     return Shot(
         position=position,
         name=item.name,
         reference_id=_reference_id(ctx.name, position, item.name, sent),
         record_start=record_start,
         frames=frames,
-        media_path=media_path,
-        source_first=source_first,
-        source_rate=source_rate,
+        media_path=source.path,
+        source_first=source.first,
+        source_rate=source.rate or ctx.rate,
         audio_start=audio_start,
-        problem=problem,
+        problem=_item_problem(item) or source.problem or _timing_problem(audio_start, ctx),
         rate=ctx.rate,
     )
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Which frames of which file a clip shows, or why that can't be known or sent."""
+
+    path: str | None
+    first: int = 0
+    rate: float = 0.0  # 0 when unknown
+    problem: str = ""
+
+
+_NO_SOURCE = _Source(None)
+
+
+def _source_of(clip: otio.schema.Clip, frames: int, ctx: _Context) -> _Source:
+    media = _local_media(clip, ctx.path.parent)
+    if isinstance(media, str):
+        return _Source(None, problem=media)
+    info = ctx.media.info(media)
+    if isinstance(info, str):
+        return _Source(str(media), problem=info)
+    if not info.fps:
+        return _Source(
+            str(media), problem=f"the frame rate of {media.name} is unknown; re-export it."
+        )
+    fps = float(info.fps)
+    first = _source_first(clip, fps, ctx.media.timecode(media))
+    if isinstance(first, str):
+        return _Source(str(media), rate=fps, problem=first)
+    return _Source(str(media), first, fps, _source_problem(first, frames, info, ctx))
 
 
 def _item_problem(item: otio.core.Item) -> str:
@@ -378,6 +397,8 @@ def _item_problem(item: otio.core.Item) -> str:
             "it is a nested sequence (compound clip), not a clip; flatten it in your editor "
             "to conform its shots."
         )
+    if not item.enabled:
+        return "it is disabled on the timeline, so nobody sees it; enable it to conform it."
     for effect in item.effects:
         if isinstance(effect, otio.schema.FreezeFrame):
             return "it is a freeze frame, which a lip sync cannot follow."
@@ -418,8 +439,12 @@ def _timing_problem(audio_start: float, ctx: _Context) -> str:
 def _local_media(item: otio.schema.Clip, folder: Path) -> Path | str:
     """The absolute path of the clip's local media file, or a sentence why there is none."""
     ref = item.media_reference
+    if isinstance(ref, otio.schema.GeneratorReference):
+        return "it is generated in the editor (a title, colour or bars), not a video file."
+    if isinstance(ref, otio.schema.ImageSequenceReference):
+        return "its media is an image sequence; render it to a video file and relink it."
     if not isinstance(ref, otio.schema.ExternalReference) or not ref.target_url:
-        return "it has no media file in the timeline; relink it in your editor and export again."
+        return "its media is offline in the timeline; relink it in your editor and export again."
     url = ref.target_url
     parts = urlsplit(url)
     if parts.scheme == "file":
@@ -468,13 +493,12 @@ def _start_timecode(path: Path) -> str | None:
         return None
 
 
-def _source_first(item: otio.schema.Clip, info: MediaInfo, timecode: str | None) -> int | str:
+def _source_first(item: otio.schema.Clip, fps: float, timecode: str | None) -> int | str:
     """The file's frame index shown on the clip's first frame, or a sentence why unknown.
 
     The clip's source range is in the media's time: mapped onto the file through the
     reference's available range when given, else the file's start timecode, else 0.
     """
-    fps = float(info.fps)
     available = item.media_reference.available_range
     if available is not None:
         origin = _frames(available.start_time, fps)

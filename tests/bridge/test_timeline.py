@@ -15,6 +15,7 @@ import pytest
 from opentimelineio.opentime import RationalTime, TimeRange
 
 from bridge import media
+from bridge.errors import InputError
 from bridge.jobs import check_reference_id
 from bridge.timeline import Plan, TimelineError, read_plan
 from tests.timelines import (
@@ -225,6 +226,14 @@ def test_an_edl_is_read_at_the_rate_given_and_says_when_it_is_not_the_medias(
         read_plan(path, dub, rate=24)
 
 
+@pytest.mark.parametrize("rate", [0, -25, float("nan"), 2400])
+def test_a_rate_that_is_no_frame_rate_is_refused(made: Callable[[str], Made], rate: float) -> None:
+    folder, cut, dub = made("25")
+    path = write_timeline(cut.timeline(), folder / "badrate.edl")
+    with pytest.raises(InputError, match="is not a frame rate; give one such as 25"):
+        read_plan(path, dub, rate=rate)
+
+
 def test_an_edl_whose_media_cannot_be_found_asks_for_the_rate(tmp_path: Path) -> None:
     source = make_source(tmp_path / "gone.mp4", 10, Fraction(25))
     path = write_timeline(
@@ -292,6 +301,8 @@ def test_missing_remote_short_or_foreign_rate_media_are_problems(tmp_path: Path)
     clips = tuple(CutClip(good, 0, 5) for _ in range(4)) + (
         CutClip(pal, 0, 5),
         CutClip(good, 18, 5),
+        CutClip(good, 0, 5),
+        CutClip(good, 0, 5),
     )
     timeline = Cut("bad", Fraction(25), clips).timeline()
     refs = [clip.media_reference for clip in timeline.find_clips()]
@@ -299,6 +310,8 @@ def test_missing_remote_short_or_foreign_rate_media_are_problems(tmp_path: Path)
     refs[2].target_url = "https://example.com/A001.mp4"
     (tmp_path / "notes.mp4").write_text("not a video")
     refs[3].target_url = str(tmp_path / "notes.mp4")
+    timeline.find_clips()[6].media_reference = otio.schema.GeneratorReference(generator_kind="bars")
+    timeline.find_clips()[7].enabled = False
     plan = read_plan(
         write_timeline(timeline, tmp_path / "bad.otio"), make_dub(tmp_path / "d.wav", 2)
     )
@@ -308,6 +321,8 @@ def test_missing_remote_short_or_foreign_rate_media_are_problems(tmp_path: Path)
     assert "notes.mp4" in found.pop(4)
     assert "24.000 fps but the timeline at 25.000 fps" in found.pop(5)
     assert "frames 18 to 22 of good.mp4, which has 20" in found.pop(6)
+    assert "generated in the editor" in found.pop(7)
+    assert "disabled" in found.pop(8)
     assert found == {}
     assert plan.shots[1].media_path == str(tmp_path / "missing.mp4")
     assert plan.shots[2].media_path is None
