@@ -444,7 +444,10 @@ def _local_media(item: otio.schema.Clip, folder: Path) -> Path | str:
     if isinstance(ref, otio.schema.ImageSequenceReference):
         return "its media is an image sequence; render it to a video file and relink it."
     if not isinstance(ref, otio.schema.ExternalReference) or not ref.target_url:
-        return "its media is offline in the timeline; relink it in your editor and export again."
+        return _file_named_by(item, folder) or (
+            "its media is offline in the timeline (it names no file); relink it in your editor "
+            "and export again, or put the file named like the clip beside the timeline."
+        )
     url = ref.target_url
     parts = urlsplit(url)
     if parts.scheme == "file":
@@ -456,6 +459,19 @@ def _local_media(item: otio.schema.Clip, folder: Path) -> Path | str:
     else:
         local = Path(url)  # a plain path (a one-letter "scheme" is a Windows drive)
     return _absolute(folder / local)
+
+
+def _file_named_by(clip: otio.schema.Clip, folder: Path) -> Path | None:
+    """The file beside the timeline that an offline clip is named after, if there is one.
+
+    EDLs from Resolve and Premiere name each clip's file ("A001_C002.mov") but give no
+    path, so OpenTimelineIO leaves the clip offline; an editor keeps them together.
+    """
+    name = clip.name.strip()
+    if not Path(name).suffix or Path(name).name != name:
+        return None
+    candidate = folder / name
+    return _absolute(candidate) if candidate.is_file() else None
 
 
 class _MediaFiles:

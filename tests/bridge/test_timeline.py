@@ -226,6 +226,24 @@ def test_an_edl_is_read_at_the_rate_given_and_says_when_it_is_not_the_medias(
         read_plan(path, dub, rate=24)
 
 
+def test_an_edl_that_only_names_its_files_finds_them_beside_it(tmp_path: Path) -> None:
+    """Resolve and Premiere write '* FROM CLIP NAME: A001_C002.mov' and no path."""
+    sources = [make_source(tmp_path / f"A00{n}.mp4", 20, RATES["29.97"]) for n in (1, 2)]
+    clips = (CutClip(sources[0], 2, 5, name="A001.mp4"), CutClip(sources[1], 9, 4, name="A002.mp4"))
+    cut = Cut("names", RATES["29.97"], clips)
+    path = write_timeline(cut.timeline(), tmp_path / "names.edl")
+    path.write_text(
+        "".join(
+            line for line in path.read_text().splitlines(keepends=True) if "FROM CLIP:" not in line
+        )
+    )
+    plan = read_plan(path, make_dub(tmp_path / "dub.wav", 1))
+    assert placed(plan) == expected(cut)
+    sources[1].path.unlink()
+    plan = read_plan(path, make_dub(tmp_path / "dub.wav", 1))
+    assert "offline" in plan.shots[1].problem and plan.shots[1].media_path is None
+
+
 @pytest.mark.parametrize("rate", [0, -25, float("nan"), 2400])
 def test_a_rate_that_is_no_frame_rate_is_refused(made: Callable[[str], Made], rate: float) -> None:
     folder, cut, dub = made("25")
