@@ -159,10 +159,16 @@ def read_plan(
     name = timeline.name or path.stem
     hint = RATE_HINTS.get(adapter, "")
     context = _Context(path, name, rate, dub, _dub_seconds(dub), audio_offset, media, hint)
-    shots = tuple(
-        _plan_shot(item, position, context)
-        for position, item in enumerate(_shot_items(picture), start=1)
-    )
+    try:
+        shots = tuple(
+            _plan_shot(item, position, context)
+            for position, item in enumerate(_shot_items(picture), start=1)
+        )
+    except otio.exceptions.CannotComputeAvailableRangeError:
+        raise TimelineError(
+            f"The timeline {path} has a clip without a length (no source range and no media "
+            "range), so no shot's place can be known; export it again from your editor."
+        ) from None
     if not shots:
         raise TimelineError(
             f"The timeline {path} has no clip on its picture track {_track_label(picture)}; "
@@ -584,8 +590,10 @@ def _reference_id(timeline: str, position: int, name: str, sent: list[Any]) -> s
     charged twice); a re-cut shot, another source range or another dub gives a new one.
     """
     digest = hashlib.sha256(json.dumps(sent).encode()).hexdigest()[:DIGEST_CHARS]
-    names = (safe_reference_id(text, max_len=ID_NAME_CHARS) for text in (timeline, name))
-    return check_reference_id("-".join([next(names), f"{position:03d}", next(names), digest]))
+    timeline_part, clip_part = (
+        safe_reference_id(t, max_len=ID_NAME_CHARS) for t in (timeline, name)
+    )
+    return check_reference_id(f"{timeline_part}-{position:03d}-{clip_part}-{digest}")
 
 
 def _lowered(sentence: str) -> str:

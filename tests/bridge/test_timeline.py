@@ -431,6 +431,10 @@ def test_no_video_track_or_no_usable_clip_is_a_timeline_error(
     sound_only.tracks.append(otio.schema.Track(kind=otio.schema.TrackKind.Audio))
     with pytest.raises(TimelineError, match="has no video track"):
         read_plan(write_timeline(sound_only, tmp_path / "sound.otio"), dub)
+    lengthless = cut.timeline()
+    lengthless.tracks[0].append(otio.schema.Clip(name="no range"))
+    with pytest.raises(TimelineError, match="has a clip without a length"):
+        read_plan(write_timeline(lengthless, tmp_path / "lengthless.otio"), dub)
     timeline = cut.timeline()
     for clip in timeline.find_clips():
         clip.media_reference = otio.schema.MissingReference()
