@@ -111,7 +111,8 @@ class Plan:
     track_name: str
     shots: tuple[Shot, ...]
     timeline: otio.schema.Timeline = field(repr=False, compare=False)
-    start_timecode: str = ""  # the timeline's first frame, where the dub starts (+ offset)
+    # The timeline's first frame (non-drop-frame notation): where the dub starts (+ offset).
+    start_timecode: str = ""
 
     @property
     def usable(self) -> tuple[Shot, ...]:
@@ -180,7 +181,7 @@ def read_plan(
             f"The timeline {path} has no clip that can be conformed ({reasons}"
             f"{'; ...' if len(shots) > QUOTED_PROBLEMS else ''})."
         )
-    start = otio.opentime.to_timecode(_start_time(timeline, picture, rate), rate)
+    start = otio.opentime.to_timecode(_start_time(timeline, picture, rate), rate, False)
     return Plan(path, name, rate, index, picture.name, shots, timeline, start)
 
 

@@ -62,6 +62,14 @@ def expected(cut: Cut) -> list[tuple[int, str, int, int, str | None, int]]:
     ]
 
 
+def records_from_the_hour(line: str) -> str:
+    """An EDL line, its event's record timecodes moved from hour 00 to hour 01."""
+    fields = line.split()
+    if not fields or not fields[0].isdigit():
+        return line
+    return " ".join(fields[:-2] + [f"01{tc[2:]}" for tc in fields[-2:]])
+
+
 def problems(plan: Plan) -> dict[int, str]:
     return {shot.position: shot.problem for shot in plan.shots if shot.problem}
 
@@ -91,6 +99,24 @@ def test_each_format_at_each_rate_places_every_clip_frame_exactly(
     assert plan.billable_seconds == pytest.approx(
         float(sum(clip.frames for clip in cut.clips) / cut.rate)
     )
+
+
+@pytest.mark.parametrize(
+    ("suffix", "rate_name"), [("otio", "29.97"), ("xml", "29.97"), ("edl", "25")]
+)
+def test_a_timeline_starting_at_01_00_00_00_counts_from_its_first_frame(
+    made: Callable[[str], Made], suffix: str, rate_name: str
+) -> None:
+    folder, cut, dub = made(rate_name)
+    timeline = cut.timeline()
+    timeline.global_start_time = otio.opentime.from_timecode("01:00:00:00", float(cut.rate))
+    path = write_timeline(timeline, folder / f"hour.{suffix}")
+    if suffix == "edl":  # the writer starts records at 00:00:00:00; editors at the hour
+        path.write_text("\n".join(map(records_from_the_hour, path.read_text().splitlines())))
+    plan = read_plan(path, dub)
+    assert plan.start_timecode == "01:00:00:00"
+    assert placed(plan) == expected(cut)
+    assert plan.shots[1].audio_start == pytest.approx(float(6 / cut.rate))
 
 
 @pytest.mark.parametrize("rate_name", ["24", "25"])
@@ -294,7 +320,7 @@ def test_transitions_speed_changes_freeze_frames_and_effects_are_problems_others
         assert "'Gaussian Blur'" in found.pop(8)
     assert found == {}
     usable = [s.position for s in plan.usable]
-    assert usable == [3, 5, 7, 8, 9, 10] if suffix == "edl" else [3, 5, 7, 9, 10]
+    assert usable == ([3, 5, 7, 8, 9, 10] if suffix == "edl" else [3, 5, 7, 9, 10])
     assert plan.billable_seconds == pytest.approx(sum(s.frames for s in plan.usable) / 25)
     for shot, wanted in zip(plan.shots[2:], cut.expected()[2:], strict=True):
         assert (shot.record_start, shot.source_first) == (wanted.record_start, wanted.source_first)
@@ -443,7 +469,7 @@ def test_no_video_track_or_no_usable_clip_is_a_timeline_error(
         read_plan(path, dub)
 
 
-def test_a_dub_that_is_no_audio_is_refused_before_anything_is_planned(
+def test_a_dub_that_is_no_audio_is_a_timeline_error_naming_the_dub(
     made: Callable[[str], Made], tmp_path: Path
 ) -> None:
     folder, cut, _ = made("25")
