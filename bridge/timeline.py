@@ -35,6 +35,9 @@ RATELESS_ADAPTERS = frozenset({"cmx_3600"})
 PROBE_RATES = (30000 / 1001, 60000 / 1001)
 # No editor's timeline runs faster: a bigger --rate is a typing mistake.
 MAX_RATE = 1000
+# NTSC rates are these times 1000/1001; an editor names them to within NTSC_TOLERANCE.
+NTSC_BASES = (24, 30, 48, 60, 120)
+NTSC_TOLERANCE = 0.01
 # Frame rates closer than this are one rate written two ways (23.976 and 24000/1001).
 RATE_TOLERANCE = 1e-3
 # Characters of the timeline's and the clip's names kept in a reference_id.
@@ -154,6 +157,8 @@ def read_plan(
     """
     if rate is not None and not 0 < rate < MAX_RATE:
         raise InputError(f"{rate:g} is not a frame rate; give one such as 25 or 23.976.")
+    if rate is not None:
+        rate = _ntsc_rate(rate)
     path, dub, media = _absolute(path), _absolute(dub), _MediaFiles()
     timeline, rate, adapter = _read_timeline(path, track, rate, media)
     index, picture = _picture_track(timeline, path, track)
@@ -568,6 +573,15 @@ def _dub_seconds(dub: Path) -> float | None:
 def _absolute(path: Path) -> Path:
     """An absolute path without `..` (symbolic links are left as the user named them)."""
     return Path(os.path.abspath(path))
+
+
+def _ntsc_rate(rate: float) -> float:
+    """A rate as an editor names it, exact: 23.98 and 23.976 are 24000/1001, 29.97 30000/1001."""
+    for whole in NTSC_BASES:
+        ntsc = whole * 1000 / 1001
+        if abs(rate - ntsc) < NTSC_TOLERANCE:
+            return ntsc
+    return rate
 
 
 def _same_rate(a: float, b: float) -> bool:

@@ -247,7 +247,9 @@ def test_an_edl_is_read_at_the_rate_given_and_says_when_it_is_not_the_medias(
 ) -> None:
     folder, cut, dub = made("23.976")
     path = write_timeline(cut.timeline(), folder / "rate.edl")
-    assert placed(read_plan(path, dub, rate=float(RATES["23.976"]))) == expected(cut)
+    for named in (float(RATES["23.976"]), 23.976, 23.98):  # as Resolve, Premiere, Avid name it
+        plan = read_plan(path, dub, rate=named)
+        assert placed(plan) == expected(cut) and problems(plan) == {}
     with pytest.raises(TimelineError, match=r"23\.976 fps but the timeline at 24\.000 fps"):
         read_plan(path, dub, rate=24)
 
