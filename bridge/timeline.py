@@ -152,8 +152,11 @@ def read_plan(
     `track` names the picture track (or `V2`-style, counting video tracks from the bottom);
     by default it is the first video track. `rate` is used only by formats that carry no
     frame rate (a CMX 3600 EDL); without it they are read at the first clip's media's rate.
-    The dub starts at the timeline's first frame, shifted by `audio_offset` seconds. Raises
-    TimelineError for a timeline or dub that can't be read, or a plan with no usable shot.
+    The dub starts at the timeline's first frame (an EDL's first event), shifted by
+    `audio_offset` seconds. Media paths resolve against the timeline's folder, where an
+    offline clip named like a file ("A001_C002.mov") also finds its file. Raises
+    TimelineError for a timeline or dub that can't be read, or a plan with no usable shot;
+    the dub is checked here because which shots it reaches is part of the plan.
     """
     if rate is not None and not 0 < rate < MAX_RATE:
         raise InputError(f"{rate:g} is not a frame rate; give one such as 25 or 23.976.")
