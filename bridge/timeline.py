@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ import opentimelineio as otio
 from opentimelineio.opentime import RationalTime
 
 from .errors import InputError, MediaError
-from .jobs import MAX_REFERENCE_ID, check_reference_id, normalize_reference_id, quoted
+from .jobs import check_reference_id, quoted, safe_reference_id
 from .media import MediaInfo, check_audio_input, check_video_input
 
 # Adapters whose format carries no frame rate: they are told one (`rate=`) when reading.
@@ -32,11 +33,21 @@ RATELESS_ADAPTERS = frozenset({"cmx_3600"})
 # Rates at which an EDL is first read only to find its media: every timecode of 24, 25,
 # 29.97 (drop frame too) and 30 fps parses at the first, 50 and 59.94/60 at the second.
 PROBE_RATES = (30000 / 1001, 60000 / 1001)
+# No editor's timeline runs faster: a bigger --rate is a typing mistake.
+MAX_RATE = 1000
+# NTSC rates are these times 1000/1001; an editor names them to within NTSC_TOLERANCE.
+NTSC_BASES = (24, 30, 48, 60, 120)
+NTSC_TOLERANCE = 0.01
 # Frame rates closer than this are one rate written two ways (23.976 and 24000/1001).
 RATE_TOLERANCE = 1e-3
 # Characters of the timeline's and the clip's names kept in a reference_id.
 ID_NAME_CHARS = 40
 DIGEST_CHARS = 8
+# Adapters known to read some frame rates wrongly, and what to do instead.
+RATE_HINTS = {
+    "fcpx_xml": " (its FCPXML adapter reads only whole frame rates: for 23.976 or 29.97 fps "
+    "export an .otio or a Final Cut Pro 7 .xml instead)",
+}
 # Problems quoted in the error when no clip at all can be conformed.
 QUOTED_PROBLEMS = 3
 
@@ -103,6 +114,8 @@ class Plan:
     track_name: str
     shots: tuple[Shot, ...]
     timeline: otio.schema.Timeline = field(repr=False, compare=False)
+    # The timeline's first frame (non-drop-frame notation): where the dub starts (+ offset).
+    start_timecode: str = ""
 
     @property
     def usable(self) -> tuple[Shot, ...]:
@@ -120,6 +133,7 @@ class Plan:
             "rate": self.rate,
             "track_index": self.track_index,
             "track_name": self.track_name,
+            "start_timecode": self.start_timecode,
             "shots": [shot.to_json() for shot in self.shots],
             "billable_seconds": self.billable_seconds,
         }
@@ -138,20 +152,32 @@ def read_plan(
     `track` names the picture track (or `V2`-style, counting video tracks from the bottom);
     by default it is the first video track. `rate` is used only by formats that carry no
     frame rate (a CMX 3600 EDL); without it they are read at the first clip's media's rate.
-    The dub starts at the timeline's first frame, shifted by `audio_offset` seconds. Raises
-    TimelineError for a timeline or dub that can't be read, or a plan with no usable shot.
+    The dub starts at the timeline's first frame (an EDL's first event), shifted by
+    `audio_offset` seconds. Media paths resolve against the timeline's folder, where an
+    offline clip named like a file ("A001_C002.mov") also finds its file. Raises
+    TimelineError for a timeline or dub that can't be read, or a plan with no usable shot;
+    the dub is checked here because which shots it reaches is part of the plan.
     """
-    path = Path(path).absolute()
-    dub = Path(dub).absolute()
-    dub_seconds = _dub_seconds(dub)
-    timeline, rate = _read_timeline(path, track, rate)
+    if rate is not None and not 0 < rate < MAX_RATE:
+        raise InputError(f"{rate:g} is not a frame rate; give one such as 25 or 23.976.")
+    if rate is not None:
+        rate = _ntsc_rate(rate)
+    path, dub, media = _absolute(path), _absolute(dub), _MediaFiles()
+    timeline, rate, adapter = _read_timeline(path, track, rate, media)
     index, picture = _picture_track(timeline, path, track)
     name = timeline.name or path.stem
-    context = _Context(path, name, rate, dub, dub_seconds, audio_offset, _MediaFiles())
-    shots = tuple(
-        _plan_shot(item, position, context)
-        for position, item in enumerate(_shot_items(picture), start=1)
-    )
+    hint = RATE_HINTS.get(adapter, "")
+    context = _Context(path, name, rate, dub, _dub_seconds(dub), audio_offset, media, hint)
+    try:
+        shots = tuple(
+            _plan_shot(item, position, context)
+            for position, item in enumerate(_shot_items(picture), start=1)
+        )
+    except otio.exceptions.CannotComputeAvailableRangeError:
+        raise TimelineError(
+            f"The timeline {path} has a clip without a length (no source range and no media "
+            "range), so no shot's place can be known; export it again from your editor."
+        ) from None
     if not shots:
         raise TimelineError(
             f"The timeline {path} has no clip on its picture track {_track_label(picture)}; "
@@ -163,7 +189,8 @@ def read_plan(
             f"The timeline {path} has no clip that can be conformed ({reasons}"
             f"{'; ...' if len(shots) > QUOTED_PROBLEMS else ''})."
         )
-    return Plan(path, name, rate, index, picture.name, shots, timeline)
+    start = otio.opentime.to_timecode(_start_time(timeline, picture, rate), rate, False)
+    return Plan(path, name, rate, index, picture.name, shots, timeline, start)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,16 +198,16 @@ def read_plan(
 
 
 def _read_timeline(
-    path: Path, track: str | None, rate: float | None
-) -> tuple[otio.schema.Timeline, float]:
-    """The timeline as its adapter reads it, and its frame rate."""
+    path: Path, track: str | None, rate: float | None, media: _MediaFiles
+) -> tuple[otio.schema.Timeline, float, str]:
+    """The timeline as its adapter reads it, its frame rate and the adapter's name."""
     adapter = _adapter_for(path)
     if adapter.name not in RATELESS_ADAPTERS:
         timeline = _read(path, adapter)
-        return timeline, _timeline_rate(timeline, path, track)
+        return timeline, _timeline_rate(timeline, path, track), adapter.name
     if rate is None:
-        rate = _first_media_rate(path, adapter, track)
-    return _read(path, adapter, rate=rate), rate
+        rate = _first_media_rate(path, adapter, track, media)
+    return _read(path, adapter, rate=rate), rate, adapter.name
 
 
 def _adapter_for(path: Path) -> otio.adapters.Adapter:
@@ -229,11 +256,14 @@ def _timeline_rate(timeline: otio.schema.Timeline, path: Path, track: str | None
     raise TimelineError(f"The timeline {path} has an empty picture track; nothing to conform.")
 
 
-def _first_media_rate(path: Path, adapter: otio.adapters.Adapter, track: str | None) -> float:
+def _first_media_rate(
+    path: Path, adapter: otio.adapters.Adapter, track: str | None, media: _MediaFiles
+) -> float:
     """The frame rate of the first clip's local media, for a format that has none."""
     _, picture = _picture_track(_probe_read(path, adapter), path, track)
-    media = _MediaFiles()
     for item in _shot_items(picture):
+        if not isinstance(item, otio.schema.Clip):
+            continue
         local = _local_media(item, path.parent)
         info = media.info(local) if isinstance(local, Path) else None
         if isinstance(info, MediaInfo) and info.fps:
@@ -252,6 +282,20 @@ def _probe_read(path: Path, adapter: otio.adapters.Adapter) -> otio.schema.Timel
         except Exception:  # timecodes that don't fit this rate: the next one may do
             continue
     return _read(path, adapter, rate=PROBE_RATES[-1], ignore_timecode_mismatch=True)
+
+
+def _start_time(
+    timeline: otio.schema.Timeline, picture: otio.schema.Track, rate: float
+) -> RationalTime:
+    """The record time of the timeline's first frame: its global start time, or for an EDL
+    the first event's record in (which the CMX 3600 adapter keeps as the track's negative
+    start, placing that event at frame 0)."""
+    if timeline.global_start_time is not None:
+        return timeline.global_start_time
+    trimmed = picture.source_range
+    if trimmed is not None and trimmed.start_time.value < 0:
+        return -trimmed.start_time
+    return RationalTime(0, rate)
 
 
 def _picture_track(
@@ -305,52 +349,60 @@ class _Context:
     dub_seconds: float | None
     audio_offset: float
     media: _MediaFiles
+    rate_hint: str  # said after a frame rate mismatch the adapter may have caused
 
 
 def _plan_shot(item: otio.core.Item, position: int, ctx: _Context) -> Shot:
     """The shot for one item; what is wrong with it goes into `problem`."""
-    record_start = _frames(_record_start(item), ctx.rate)
+    record_start = _frames(item.range_in_parent().start_time, ctx.rate)
     frames = _frames(item.trimmed_range().duration, ctx.rate)
     audio_start = RationalTime(record_start, ctx.rate).to_seconds() - ctx.audio_offset
-    media_path, source_first, source_rate = None, 0, ctx.rate
-    problem = _item_problem(item) or _timing_problem(audio_start, ctx)
-    media = _local_media(item, ctx.path.parent) if isinstance(item, otio.schema.Clip) else None
-    if isinstance(media, str):
-        problem = problem or media
-    elif isinstance(media, Path):
-        media_path = str(media)
-        info = ctx.media.info(media)
-        if isinstance(info, str):
-            problem = problem or info
-        else:
-            source_rate = float(info.fps) if info.fps else ctx.rate
-            first = _source_first(item, info, ctx.media.timecode(media))
-            if isinstance(first, str):
-                problem = problem or first
-            else:
-                source_first = first
-                problem = problem or _source_problem(first, frames, info, ctx.rate)
-    sent = [media_path, source_first, frames, source_rate, str(ctx.dub), audio_start, ctx.rate]
+    source = _source_of(item, frames, ctx) if isinstance(item, otio.schema.Clip) else _NO_SOURCE
+    sent = [source.path, source.first, frames, source.rate, str(ctx.dub), audio_start, ctx.rate]
     return Shot(
         position=position,
         name=item.name,
         reference_id=_reference_id(ctx.name, position, item.name, sent),
         record_start=record_start,
         frames=frames,
-        media_path=media_path,
-        source_first=source_first,
-        source_rate=source_rate,
+        media_path=source.path,
+        source_first=source.first,
+        source_rate=source.rate or ctx.rate,
         audio_start=audio_start,
-        problem=problem,
+        problem=_item_problem(item) or source.problem or _timing_problem(audio_start, ctx),
         rate=ctx.rate,
     )
 
 
-def _record_start(item: otio.core.Item) -> RationalTime:
-    """Where the item starts on its track, from the track's first shown frame."""
-    start = item.range_in_parent().start_time
-    trimmed = item.parent().source_range
-    return start - trimmed.start_time if trimmed is not None else start
+@dataclass(frozen=True)
+class _Source:
+    """Which frames of which file a clip shows, or why that can't be known or sent."""
+
+    path: str | None
+    first: int = 0
+    rate: float = 0.0  # 0 when unknown
+    problem: str = ""
+
+
+_NO_SOURCE = _Source(None)
+
+
+def _source_of(clip: otio.schema.Clip, frames: int, ctx: _Context) -> _Source:
+    media = _local_media(clip, ctx.path.parent)
+    if isinstance(media, str):
+        return _Source(None, problem=media)
+    info = ctx.media.info(media)
+    if isinstance(info, str):
+        return _Source(str(media), problem=info)
+    if not info.fps:
+        return _Source(
+            str(media), problem=f"the frame rate of {media.name} is unknown; re-export it."
+        )
+    fps = float(info.fps)
+    first = _source_first(clip, fps, ctx.media.timecode(media))
+    if isinstance(first, str):
+        return _Source(str(media), rate=fps, problem=first)
+    return _Source(str(media), first, fps, _source_problem(first, frames, info, ctx))
 
 
 def _item_problem(item: otio.core.Item) -> str:
@@ -360,6 +412,8 @@ def _item_problem(item: otio.core.Item) -> str:
             "it is a nested sequence (compound clip), not a clip; flatten it in your editor "
             "to conform its shots."
         )
+    if not item.enabled:
+        return "it is disabled on the timeline, so nobody sees it; enable it to conform it."
     for effect in item.effects:
         if isinstance(effect, otio.schema.FreezeFrame):
             return "it is a freeze frame, which a lip sync cannot follow."
@@ -400,8 +454,15 @@ def _timing_problem(audio_start: float, ctx: _Context) -> str:
 def _local_media(item: otio.schema.Clip, folder: Path) -> Path | str:
     """The absolute path of the clip's local media file, or a sentence why there is none."""
     ref = item.media_reference
+    if isinstance(ref, otio.schema.GeneratorReference):
+        return "it is generated in the editor (a title, colour or bars), not a video file."
+    if isinstance(ref, otio.schema.ImageSequenceReference):
+        return "its media is an image sequence; render it to a video file and relink it."
     if not isinstance(ref, otio.schema.ExternalReference) or not ref.target_url:
-        return "it has no media file in the timeline; relink it in your editor and export again."
+        return _file_named_by(item, folder) or (
+            "its media is offline in the timeline (it names no file); relink it in your editor "
+            "and export again, or put the file named like the clip beside the timeline."
+        )
     url = ref.target_url
     parts = urlsplit(url)
     if parts.scheme == "file":
@@ -412,7 +473,20 @@ def _local_media(item: otio.schema.Clip, folder: Path) -> Path | str:
         return f"its media {quoted(url, 80)} is not a local file; download it and relink."
     else:
         local = Path(url)  # a plain path (a one-letter "scheme" is a Windows drive)
-    return (local if local.is_absolute() else folder / local).absolute()
+    return _absolute(folder / local)
+
+
+def _file_named_by(clip: otio.schema.Clip, folder: Path) -> Path | None:
+    """The file beside the timeline that an offline clip is named after, if there is one.
+
+    EDLs from Resolve and Premiere name each clip's file ("A001_C002.mov") but give no
+    path, so OpenTimelineIO leaves the clip offline; an editor keeps them together.
+    """
+    name = clip.name.strip()
+    if not Path(name).suffix or Path(name).name != name:
+        return None
+    candidate = folder / name
+    return _absolute(candidate) if candidate.is_file() else None
 
 
 class _MediaFiles:
@@ -450,13 +524,12 @@ def _start_timecode(path: Path) -> str | None:
         return None
 
 
-def _source_first(item: otio.schema.Clip, info: MediaInfo, timecode: str | None) -> int | str:
+def _source_first(item: otio.schema.Clip, fps: float, timecode: str | None) -> int | str:
     """The file's frame index shown on the clip's first frame, or a sentence why unknown.
 
     The clip's source range is in the media's time: mapped onto the file through the
     reference's available range when given, else the file's start timecode, else 0.
     """
-    fps = float(info.fps)
     available = item.media_reference.available_range
     if available is not None:
         origin = _frames(available.start_time, fps)
@@ -471,13 +544,14 @@ def _source_first(item: otio.schema.Clip, info: MediaInfo, timecode: str | None)
     return _frames(item.trimmed_range().start_time, fps) - origin
 
 
-def _source_problem(first: int, frames: int, info: MediaInfo, rate: float) -> str:
+def _source_problem(first: int, frames: int, info: MediaInfo, ctx: _Context) -> str:
     """Why frames [first, first + frames) of the file can't be sent as the shot, or ''."""
     fps = float(info.fps)
-    if not _same_rate(fps, rate):
+    if not _same_rate(fps, ctx.rate):
         return (
-            f"its media runs at {fps:.3f} fps but the timeline at {rate:.3f} fps, so the take "
-            "would not match the shot frame for frame; conform it at the timeline's rate first."
+            f"its media runs at {fps:.3f} fps but the timeline at {ctx.rate:.3f} fps"
+            f"{ctx.rate_hint}, so the take would not match the shot frame for frame; conform "
+            "it at the timeline's rate first."
         )
     if first < 0 or (info.frames is not None and first + frames > info.frames):
         return (
@@ -499,6 +573,20 @@ def _dub_seconds(dub: Path) -> float | None:
 # Numbers and names
 
 
+def _absolute(path: Path) -> Path:
+    """An absolute path without `..` (symbolic links are left as the user named them)."""
+    return Path(os.path.abspath(path))
+
+
+def _ntsc_rate(rate: float) -> float:
+    """A rate as an editor names it, exact: 23.98 and 23.976 are 24000/1001, 29.97 30000/1001."""
+    for whole in NTSC_BASES:
+        ntsc = whole * 1000 / 1001
+        if abs(rate - ntsc) < NTSC_TOLERANCE:
+            return ntsc
+    return rate
+
+
 def _same_rate(a: float, b: float) -> bool:
     return abs(a - b) < RATE_TOLERANCE
 
@@ -506,8 +594,8 @@ def _same_rate(a: float, b: float) -> bool:
 def _frames(time: RationalTime, rate: float) -> int:
     """A time as a whole number of frames at `rate`, rounded once.
 
-    A time already counted at (nearly) `rate` keeps its count: rescaling 1 h between 23.976
-    and 24000/1001 would move it by two frames.
+    A time already counted at (nearly) `rate` keeps its count: rescaling a 23:00:00:00
+    timecode between the 29.97 an editor writes and 30000/1001 would move it by two frames.
     """
     value = time.value if _same_rate(time.rate, rate) else time.value_rescaled_to(rate)
     return round(value)
@@ -520,16 +608,10 @@ def _reference_id(timeline: str, position: int, name: str, sent: list[Any]) -> s
     charged twice); a re-cut shot, another source range or another dub gives a new one.
     """
     digest = hashlib.sha256(json.dumps(sent).encode()).hexdigest()[:DIGEST_CHARS]
-    parts = [_id_part(timeline, "timeline"), f"{position:03d}", _id_part(name, "clip"), digest]
-    value = normalize_reference_id("-".join(parts))[:MAX_REFERENCE_ID]
-    return check_reference_id(value)
-
-
-def _id_part(text: str, fallback: str) -> str:
-    try:
-        return normalize_reference_id(text)[:ID_NAME_CHARS].strip("-._") or fallback
-    except InputError:
-        return fallback
+    timeline_part, clip_part = (
+        safe_reference_id(t, max_len=ID_NAME_CHARS) for t in (timeline, name)
+    )
+    return check_reference_id(f"{timeline_part}-{position:03d}-{clip_part}-{digest}")
 
 
 def _lowered(sentence: str) -> str:

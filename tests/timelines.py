@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
+import av
 import opentimelineio as otio
 from opentimelineio.opentime import RationalTime, TimeRange
 
-from tests.media_samples import make_test_audio, make_test_video
+from tests.media_samples import frame_index_of, make_test_audio, make_test_video
 
 # The rates conform is tested at, by the name an editor gives them.
 RATES = {
@@ -120,14 +121,19 @@ class Cut:
         return clip.name or f"{clip.source.path.stem}_{position:02d}"
 
     def timeline(
-        self, *, relative_to: Path | None = None, available_range: bool = True
+        self,
+        *,
+        relative_to: Path | None = None,
+        available_range: bool = True,
+        stated_rate: float | None = None,
     ) -> otio.schema.Timeline:
         """The cut as OpenTimelineIO builds it: source ranges in the sources' timecode.
 
         `relative_to` writes media paths relative to that folder; `available_range=False`
-        leaves the file's start to its timecode tag, as an EDL does.
+        leaves the file's start to its timecode tag, as an EDL does; `stated_rate` is the
+        rate the timeline states, when an editor rounds it (29.97 for 30000/1001).
         """
-        rate = float(self.rate)
+        rate = stated_rate or float(self.rate)
         timeline = otio.schema.Timeline(name=self.name)
         timeline.global_start_time = RationalTime(0, rate)
         track = otio.schema.Track(name="V1", kind=otio.schema.TrackKind.Video)
@@ -188,3 +194,10 @@ def ten_clip_cut(folder: Path, rate: Fraction, name: str = "ep101") -> Cut:
         CutClip(a, 33, 6),
     )
     return Cut(name, rate, clips)
+
+
+def frame_indices(path: Path) -> list[int]:
+    """The index each decoded frame of a video carries, in presentation order: a take or a
+    cut made from indexed sources shows which source frames it holds."""
+    with av.open(str(path)) as container:
+        return [frame_index_of(frame) for frame in container.decode(video=0)]
