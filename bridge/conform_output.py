@@ -76,6 +76,9 @@ def lipsync_timeline(plan: Plan, outcomes: Mapping[int, Outcome]) -> otio.schema
     """
     timeline = plan.timeline.deepcopy()
     track = otio.schema.Track(name=TRACK_NAME, kind=otio.schema.TrackKind.Video)
+    # Shown through the picture track's own trim (an EDL read at the hour has one), so a
+    # take sits at its shot's frame whether a reader goes by the track's times or the stack's.
+    track.source_range = timeline.tracks[plan.track_index].source_range
     cursor = 0
     for shot in sorted(plan.shots, key=lambda s: s.record_start):
         if shot.record_start > cursor:

@@ -13,16 +13,22 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import av
 import opentimelineio as otio
 import pytest
 
 from bridge.emulator import EmulatorConfig, LipsyncRecord, RunningEmulator, emulator_in_background
 from chamelaion_client.client import BridgeClient
 from tests.bridge.processes import BRIDGE, cli_env, one_sentence, run_cli, serving
+from tests.bridge.test_timeline import records_from_the_hour
 from tests.helpers import wait_until
-from tests.media_samples import frame_index_of
-from tests.timelines import RATES, Cut, make_dub, ten_clip_cut, write_timeline
+from tests.timelines import (
+    RATES,
+    Cut,
+    frame_indices,
+    make_dub,
+    ten_clip_cut,
+    write_timeline,
+)
 
 FAILED_SENTENCE = "The face could not be tracked in this shot."
 
@@ -67,22 +73,19 @@ def conform(
     return run_cli("conform", *map(str, args), "--data-dir", str(data_dir), env=env)
 
 
-def frame_indices(path: Path) -> list[int]:
-    with av.open(str(path)) as container:
-        return [frame_index_of(frame) for frame in container.decode(video=0)]
-
-
-def lipsync_track(out: Path) -> tuple[otio.schema.Timeline, otio.schema.Track]:
-    """OUT read back, and its "Lip Sync" track, checked to sit right above the picture."""
+def lipsync_track(out: Path) -> tuple[otio.schema.Track, otio.schema.Track]:
+    """OUT read back: its picture track and its "Lip Sync" track, checked to sit right above
+    it and to show the same stretch of time."""
     timeline = otio.adapters.read_from_file(str(out))
     names = [track.name for track in timeline.tracks]
     assert names.count("Lip Sync") == 1, names
     index = names.index("Lip Sync")
-    picture = next(
-        i for i, t in enumerate(timeline.tracks) if t.kind == otio.schema.TrackKind.Video
-    )
-    assert index == picture + 1 and timeline.tracks[index].kind == otio.schema.TrackKind.Video
-    return timeline, timeline.tracks[index]
+    video = otio.schema.TrackKind.Video
+    picture = next(i for i, track in enumerate(timeline.tracks) if track.kind == video)
+    assert index == picture + 1 and timeline.tracks[index].kind == video
+    lipsync, picture_track = timeline.tracks[index], timeline.tracks[picture]
+    assert lipsync.source_range == picture_track.source_range
+    return picture_track, lipsync
 
 
 def place(item: otio.core.Item, rate: Fraction) -> tuple[int, int]:
@@ -93,11 +96,13 @@ def place(item: otio.core.Item, rate: Fraction) -> tuple[int, int]:
 
 def assert_conformed(out: Path, cut: Cut) -> list[otio.schema.Clip]:
     """Every shot of the cut has its take on the Lip Sync track at its place, frame for frame."""
-    _, track = lipsync_track(out)
+    picture, track = lipsync_track(out)
     clips = [item for item in track if isinstance(item, otio.schema.Clip)]
+    shown = [item for item in picture if isinstance(item, otio.schema.Clip)]
     expected = cut.expected()
     assert len(clips) == len(expected)
-    for clip, shot in zip(clips, expected, strict=True):
+    for clip, original, shot in zip(clips, shown, expected, strict=True):
+        assert place(clip, cut.rate) == place(original, cut.rate), shot.name
         assert place(clip, cut.rate) == (shot.record_start, shot.frames), shot.name
         take = Path(clip.media_reference.target_url)
         assert take.is_absolute() and take.parent == out.with_suffix("")
@@ -133,7 +138,10 @@ def test_a_cut_is_conformed_frame_exactly(
 ) -> None:
     cut = ten_clip_cut(tmp_path, RATES[rate])
     timeline = cut.timeline(available_range=suffix != "edl")
+    timeline.global_start_time = otio.opentime.from_timecode("01:00:00:00", float(cut.rate))
     path = write_timeline(timeline, tmp_path / f"{cut.name}.{suffix}")
+    if suffix == "edl":  # the writer starts records at 00:00:00:00, editors at the hour
+        path.write_text("\n".join(map(records_from_the_hour, path.read_text().splitlines())))
     dub = make_dub(tmp_path / "dub.wav", cut.seconds + 0.5)
 
     result = conform(data_dir, env, path, "--audio", dub)
