@@ -27,7 +27,7 @@ from bridge import conform_output
 from bridge.conform_output import Missing, Outcome, Take
 from bridge.errors import InputError
 from bridge.jobs import FINAL_STATES, State
-from bridge.timeline import Plan, Shot, TimelineError, read_plan
+from bridge.timeline import Plan, Shot, read_plan
 from chamelaion_client.client import BridgeClient, BridgeRequestError, BridgeUnavailable
 
 EXIT_ALL_DONE = 0
@@ -78,8 +78,8 @@ def conform_id(plan: Plan) -> str:
 
 
 def load_plan(options: ConformOptions) -> Plan:
-    """Read and check the plan; TimelineError (no usable shot, too) or ConformRefused when it
-    is not to be run, OutputError when OUT's format cannot hold the result."""
+    """Read and check the plan; an InputError (exit 4) when it is not to be run: TimelineError
+    (unreadable, no usable shot), ConformRefused, or OutputError (OUT's format can't hold it)."""
     plan = read_plan(
         options.timeline,
         options.dub,
@@ -97,22 +97,27 @@ def load_plan(options: ConformOptions) -> Plan:
     return plan
 
 
-def _timecode(frames: int, rate: float) -> str:
-    return str(otio.opentime.to_timecode(otio.opentime.RationalTime(frames, rate), rate))
+def _record_timecode(plan: Plan, frames: int) -> str:
+    """Where a frame of the plan sits on the editor's timeline (non-drop-frame notation)."""
+    start = plan.start_timecode or "00:00:00:00"
+    at = otio.opentime.from_timecode(start, plan.rate) + otio.opentime.RationalTime(
+        frames, plan.rate
+    )
+    return str(otio.opentime.to_timecode(at, plan.rate, False))
 
 
 def plan_lines(plan: Plan) -> list[str]:
     """The plan as a person reads it: each shot's place, source range, or why it can't go."""
     usable = len(plan.usable)
     lines = [
-        f'{plan.path.name}: track "{plan.track_name}" at {plan.rate:g} fps, {len(plan.shots)} '
-        f"shot(s), {usable} to lip-sync"
+        f'{plan.path.name}: track "{plan.track_name}" at {plan.rate:g} fps from '
+        f"{_record_timecode(plan, 0)}, {len(plan.shots)} shot(s), {usable} to lip-sync"
         + (f", {len(plan.shots) - usable} that cannot be" if usable < len(plan.shots) else "")
         + "."
     ]
     for shot in plan.shots:
         place = (
-            f"{_timecode(shot.record_start, plan.rate)} +{shot.frames}f "
+            f"{_record_timecode(plan, shot.record_start)} +{shot.frames}f "
             f"(frames {shot.record_start}-{shot.record_start + shot.frames - 1})"
         )
         if shot.problem:
@@ -387,6 +392,3 @@ def _submitted_only(
             f"{options.out_path}.\n"
         )
     return EXIT_SHOT_FAILED if submission.refused else EXIT_ALL_DONE
-
-
-__all__ = ["ConformOptions", "ConformRefused", "TimelineError", "run_conform"]

@@ -176,6 +176,7 @@ def test_a_failed_shot_is_a_gap_with_its_error_and_exit_1(
     assert shot["state"] == "failed" and shot["take"] is None and shot["error"]
     assert f"Shot 4 ({shot['name']}) has no take: {shot['error']}" in result.stderr
     assert report["out"] == str(out) and report["takes_dir"] == str(tmp_path / "result.lipsync")
+    assert [job["position"] for job in report["jobs"]] == list(range(1, 11))
     _, track = lipsync_track(out)
     expected = cut.expected()[3]
     (gap,) = [item for item in track if isinstance(item, otio.schema.Gap) and item.markers]
@@ -189,7 +190,9 @@ def test_dry_run_and_limits_submit_nothing(
     tmp_path: Path, data_dir: Path, env: dict[str, str], fresh_emulator: RunningEmulator
 ) -> None:
     cut = ten_clip_cut(tmp_path, RATES["29.97"])
-    path = write_timeline(cut.timeline(), tmp_path / "cut.otio")
+    timeline = cut.timeline()
+    timeline.global_start_time = otio.opentime.from_timecode("01:00:00:00", float(cut.rate))
+    path = write_timeline(timeline, tmp_path / "cut.otio")
     dub = make_dub(tmp_path / "dub.wav", cut.seconds)
     billable = sum(shot.frames for shot in cut.expected()) / float(cut.rate)
 
@@ -200,7 +203,7 @@ def test_dry_run_and_limits_submit_nothing(
 
     assert text.returncode == 0, text.stderr
     assert f"Billable: {billable:.3f} s for 10 shot(s)." in text.stdout
-    assert "00:00:00;06 +5f (frames 6-10)" in text.stdout  # shot 2's place, in drop-frame style
+    assert "01:00:00:06 +5f (frames 6-10)" in text.stdout  # shot 2's place on the timeline
     assert plan["plan"]["billable_seconds"] == pytest.approx(billable)
     assert {shot["state"] for shot in plan["shots"]} == {"planned"}
     assert [s["frames"] for s in plan["plan"]["shots"]] == [s.frames for s in cut.expected()]
