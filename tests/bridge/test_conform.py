@@ -155,11 +155,14 @@ def test_a_cut_is_conformed_frame_exactly(
     assert set(charged.values()) == {1}
 
 
-def test_a_failed_shot_is_a_gap_with_its_error_and_exit_1(
+def test_failed_and_unconformable_shots_are_gaps_with_their_reason(
     tmp_path: Path, data_dir: Path, env: dict[str, str], fresh_emulator: RunningEmulator
 ) -> None:
     cut = ten_clip_cut(tmp_path, RATES["25"])
-    path = write_timeline(cut.timeline(), tmp_path / "cut.otio")
+    timeline = cut.timeline()
+    sped_up = next(c for c in timeline.find_clips() if c.name == cut.clip_name(7))
+    sped_up.effects.append(otio.schema.LinearTimeWarp(time_scalar=2.0))
+    path = write_timeline(timeline, tmp_path / "cut.otio")
     dub = make_dub(tmp_path / "dub.wav", cut.seconds)
 
     def fail_shot_four(record: LipsyncRecord) -> None:
@@ -172,18 +175,23 @@ def test_a_failed_shot_is_a_gap_with_its_error_and_exit_1(
 
     assert result.returncode == 1, result.stderr
     report = json.loads(result.stdout)
-    shot = next(s for s in report["shots"] if s["position"] == 4)
-    assert shot["state"] == "failed" and shot["take"] is None and shot["error"]
-    assert f"Shot 4 ({shot['name']}) has no take: {shot['error']}" in result.stderr
+    failed, skipped = report["shots"][3], report["shots"][6]
+    assert failed["state"] == "failed" and failed["take"] is None and failed["error"]
+    assert skipped["state"] == "skipped" and "speed" in skipped["error"]
+    assert f"Shot 4 ({failed['name']}) has no take: {failed['error']}" in result.stderr
+    assert "Shot 7" not in result.stderr  # the plan said so before; it never was a job
     assert report["out"] == str(out) and report["takes_dir"] == str(tmp_path / "result.lipsync")
-    assert [job["position"] for job in report["jobs"]] == list(range(1, 11))
+    assert [job["position"] for job in report["jobs"]] == [1, 2, 3, 4, 5, 6, 8, 9, 10]
+    assert len(fresh_emulator.state.stats.generate_by_reference_id) == 9
     _, track = lipsync_track(out)
-    expected = cut.expected()[3]
-    (gap,) = [item for item in track if isinstance(item, otio.schema.Gap) and item.markers]
-    assert place(gap, cut.rate) == (expected.record_start, expected.frames)
-    assert [marker.name for marker in gap.markers] == [shot["error"]]
-    clips = [item for item in track if isinstance(item, otio.schema.Clip)]
-    assert len(clips) == 9 and expected.name not in [clip.name for clip in clips]
+    marked = [item for item in track if isinstance(item, otio.schema.Gap) and item.markers]
+    assert len(marked) == 2
+    expected = cut.expected()
+    for gap, shot, wanted in zip(marked, (failed, skipped), expected[3:7:3], strict=True):
+        assert place(gap, cut.rate) == (wanted.record_start, wanted.frames)
+        assert [marker.name for marker in gap.markers] == [shot["error"]]
+    clips = [item.name for item in track if isinstance(item, otio.schema.Clip)]
+    assert len(clips) == 8 and failed["name"] not in clips and skipped["name"] not in clips
 
 
 def test_dry_run_and_limits_submit_nothing(
