@@ -453,7 +453,14 @@ def cmd_conform(args: argparse.Namespace) -> int:
         no_wait=args.no_wait,
         json=args.json,
     )
-    return run_conform(options, lambda: hand_over_key(connect(args, start=True)))
+    try:
+        return run_conform(options, lambda: hand_over_key(connect(args, start=True)))
+    except KeyboardInterrupt:
+        raise CliError(
+            EXIT_INTERRUPTED,
+            "Interrupted; the shots already submitted go on in the bridge: run the same "
+            "command again to adopt them and write the timeline.",
+        ) from None
 
 
 def _seconds(value: str) -> float:
