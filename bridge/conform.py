@@ -271,8 +271,8 @@ def outcome_of(job: Mapping[str, Any]) -> Outcome:
         if job.get("output_path") and path.is_file():
             return Take(path, reference_id, request_id)
         return Missing(
-            f"The take of job {reference_id} is no longer at {path}; retry the job with "
-            f"'chamelaion-bridge retry {reference_id}' (no new charge) and conform again.",
+            f"The take of job {reference_id} is no longer at {path}; put it back there "
+            "and run the same conform again.",
             reference_id,
             request_id,
         )
