@@ -93,6 +93,11 @@ def load_plan(options: ConformOptions) -> Plan:
             f"--max-seconds {options.max_seconds:g}; nothing was submitted: raise the limit or "
             "conform a shorter cut."
         )
+    if options.out_path.resolve() == options.timeline.resolve():
+        raise conform_output.OutputError(
+            f"--out names the timeline {options.timeline} itself; write the result to another "
+            "file so the cut stays as it was exported."
+        )
     conform_output.check_writable(plan, options.out_path)
     return plan
 

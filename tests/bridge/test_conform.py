@@ -208,6 +208,7 @@ def test_dry_run_and_limits_submit_nothing(
     plan = json.loads(conform(data_dir, env, path, "--audio", dub, "--dry-run", "--json").stdout)
     over = conform(data_dir, env, path, "--audio", dub, "--max-seconds", f"{billable - 0.1:.3f}")
     edl_out = conform(data_dir, env, path, "--audio", dub, "--out", tmp_path / "cut.edl")
+    itself = conform(data_dir, env, path, "--audio", dub, "--out", path)
 
     assert text.returncode == 0, text.stderr
     assert f"Billable: {billable:.3f} s for 10 shot(s)." in text.stdout
@@ -218,6 +219,7 @@ def test_dry_run_and_limits_submit_nothing(
     assert over.returncode == 4 and str(path) in one_sentence(over.stderr)
     assert "--max-seconds" in over.stderr
     assert edl_out.returncode == 4 and "cut.edl" in one_sentence(edl_out.stderr)
+    assert itself.returncode == 4 and "itself" in one_sentence(itself.stderr)
     assert fresh_emulator.state.stats.calls == {}
     client = BridgeClient(data_dir=data_dir)
     assert [job for job in client.list_jobs() if str(tmp_path) in job["audio_path"]] == []
