@@ -213,23 +213,26 @@ class ShotProgress:
         self.shots = {shot.position: shot for shot in plan.usable}
         self.states: dict[int, str] = {}
 
-    def show(self, position: int, job: Mapping[str, Any]) -> None:
-        state = job["state"]
-        if self.states.get(position) == state:
+    def update(self, jobs: Mapping[int, Mapping[str, Any]]) -> None:
+        """Show what changed since the last round: lines, or the counts redrawn once."""
+        changed = {p: job for p, job in jobs.items() if self.states.get(p) != job["state"]}
+        self.states.update({p: job["state"] for p, job in changed.items()})
+        if not changed:
             return
-        self.states[position] = state
         if self.table:
             counts = Counter(self.states.values())
             line = ", ".join(f"{counts[s]} {s}" for s in State if counts[s])
             self.stream.write(f"\rShots: {line}".ljust(100))
         else:
-            shot = self.shots[position]
-            error = f": {job.get('error')}" if state == State.FAILED and job.get("error") else ""
-            self.stream.write(
-                f"[{position}/{len(self.shots)}] {shot.name} ({job['reference_id']}): "
-                f"{state}{error}\n"
-            )
+            for position, job in sorted(changed.items()):
+                self.stream.write(self._line(position, job))
         self.stream.flush()
+
+    def _line(self, position: int, job: Mapping[str, Any]) -> str:
+        state, shot = job["state"], self.shots[position]
+        error = f": {job.get('error')}" if state == State.FAILED and job.get("error") else ""
+        where = f"[{position}/{len(self.shots)}] {shot.name} ({job['reference_id']})"
+        return f"{where}: {state}{error}\n"
 
     def done(self) -> None:
         if self.table and self.states:
@@ -249,8 +252,7 @@ def wait_for(
     file_id = conform_id(plan)
     try:
         while True:
-            for position, job in jobs.items():
-                progress.show(position, job)
+            progress.update(jobs)
             waiting = [p for p, job in jobs.items() if job["state"] not in FINAL_STATES]
             if not waiting:
                 return jobs

@@ -5,6 +5,7 @@ each take's frames must be exactly the source frames the shot uses."""
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from typing import Any
 import opentimelineio as otio
 import pytest
 
+from bridge.conform import ConformOptions, run_conform
 from bridge.emulator import EmulatorConfig, LipsyncRecord, RunningEmulator, emulator_in_background
 from chamelaion_client.client import BridgeClient
 from tests.bridge.processes import BRIDGE, cli_env, one_sentence, run_cli, serving
@@ -180,6 +182,8 @@ def test_failed_and_unconformable_shots_are_gaps_with_their_reason(
     assert skipped["state"] == "skipped" and "speed" in skipped["error"]
     assert f"Shot 4 ({failed['name']}) has no take: {failed['error']}" in result.stderr
     assert "Shot 7" not in result.stderr  # the plan said so before; it never was a job
+    assert result.stderr.count(": completed\n") == 8  # one line per shot and state
+    assert result.stderr.count(f"({failed['reference_id']}): failed: {failed['error']}\n") == 1
     assert report["out"] == str(out) and report["takes_dir"] == str(tmp_path / "result.lipsync")
     assert [job["position"] for job in report["jobs"]] == [1, 2, 3, 4, 5, 6, 8, 9, 10]
     assert len(fresh_emulator.state.stats.generate_by_reference_id) == 9
@@ -264,3 +268,26 @@ def test_an_interrupted_conform_run_again_charges_nothing_twice(
     charged = fresh_emulator.state.stats.generate_by_reference_id
     assert len(charged) == 10 and set(charged.values()) == {1}
     assert len(ours()) == 10
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_on_a_terminal_progress_is_one_line_of_counts(
+    tmp_path: Path, data_dir: Path, fresh_emulator: RunningEmulator
+) -> None:
+    cut = ten_clip_cut(tmp_path, RATES["25"])
+    path = write_timeline(cut.timeline(), tmp_path / "cut.otio")
+    dub = make_dub(tmp_path / "dub.wav", cut.seconds)
+    options = ConformOptions(timeline=path, dub=dub)
+    stdout, terminal = io.StringIO(), Terminal()
+
+    status = run_conform(options, lambda: BridgeClient(data_dir=data_dir), stdout, terminal)
+
+    assert status == 0
+    shown = terminal.getvalue()
+    assert shown.startswith("\rShots: 10 queued") and shown.endswith("\n")
+    assert shown.count("\n") == 1 and "\rShots: 10 completed" in shown
+    assert stdout.getvalue().startswith(f"Wrote {options.out_path}: 10 of 10 shot(s)")
