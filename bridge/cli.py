@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import errno
 import json
+import math
 import os
 import re
 import shlex
@@ -437,6 +438,50 @@ def cmd_emulator(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_conform(args: argparse.Namespace) -> int:
+    from bridge.conform import ConformOptions, run_conform
+
+    options = ConformOptions(
+        timeline=Path(os.path.abspath(os.path.expanduser(args.timeline))),
+        dub=Path(os.path.abspath(os.path.expanduser(args.audio))),
+        out=_folder_arg(args.out) if args.out else None,
+        track=args.track,
+        audio_offset=args.audio_offset,
+        rate=args.rate,
+        max_seconds=args.max_seconds,
+        dry_run=args.dry_run,
+        no_wait=args.no_wait,
+        json=args.json,
+    )
+    try:
+        return run_conform(options, lambda: hand_over_key(connect(args, start=True)))
+    except KeyboardInterrupt:
+        raise CliError(
+            EXIT_INTERRUPTED,
+            "Interrupted; the shots already submitted go on in the bridge: run the same "
+            "command again to adopt them and write the timeline.",
+        ) from None
+
+
+def _seconds(value: str) -> float:
+    """A finite number of seconds (argparse type)."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds")
+    return number
+
+
+def _positive(value: str) -> float:
+    """A finite number above 0 (argparse type)."""
+    number = _seconds(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not above 0")
+    return number
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from bridge.demo import DemoError, run_demo
 
@@ -564,6 +609,66 @@ def build_parser() -> Parser:
     emulator.add_argument("--port", type=int, default=7879, help="port (default 7879)")
 
     command("demo", cmd_demo, "the whole round trip on sample media (offline without a key)")
+
+    conform = command(
+        "conform",
+        cmd_conform,
+        "lip-sync every clip of an editor's timeline (.otio, CMX 3600 .edl, FCP 7 .xml, "
+        '.fcpxml) against its dub and write the timeline back with a "Lip Sync" track of '
+        "the takes; running it again adopts the jobs it made (nothing is charged twice). "
+        "Exit 0 when every shot completed, 1 when any failed (OUT is still written), 4 for a "
+        "timeline that cannot be read or has no usable clip, or a plan over --max-seconds",
+    )
+    conform.add_argument("timeline", metavar="TIMELINE", help="the timeline file")
+    conform.add_argument(
+        "--audio", required=True, metavar="DUB", help="the dub of the whole timeline (audio file)"
+    )
+    conform.add_argument(
+        "--out",
+        metavar="OUT",
+        help="the timeline to write; its extension names the format (default: "
+        "<TIMELINE stem>.lipsync.otio beside TIMELINE); takes go to the folder "
+        "<OUT without extension>.lipsync beside it",
+    )
+    conform.add_argument(
+        "--track",
+        metavar="NAME",
+        help="the picture track by name, or V1, V2, ... from the bottom (default: the first "
+        "video track)",
+    )
+    conform.add_argument(
+        "--audio-offset",
+        type=_seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help="where the dub starts on the timeline, in seconds from its first frame (default 0)",
+    )
+    conform.add_argument(
+        "--rate",
+        type=_positive,
+        metavar="FPS",
+        help="frame rate of a timeline that carries none (a CMX 3600 EDL; default: the first "
+        "clip's media's rate)",
+    )
+    conform.add_argument(
+        "--max-seconds",
+        type=_seconds,
+        metavar="N",
+        help="refuse a plan that bills more than N media seconds (exit 4, nothing submitted)",
+    )
+    conform.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (shots, source ranges, places, billable seconds); submit nothing",
+    )
+    conform.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="submit and return; run the same command again to wait and write OUT",
+    )
+    conform.add_argument(
+        "--json", action="store_true", help="print the plan (and the jobs and OUT) as JSON"
+    )
     return parser
 
 

@@ -313,17 +313,19 @@ def check_file_id(value: Any, what: str) -> str:
 
 
 @dataclass(frozen=True)
-class VideoRange:
-    """A cut of the source video, in seconds from its start."""
+class MediaRange:
+    """A cut of a source file (the video's `video_range`, the audio's `audio_range`), in
+    seconds from its start."""
 
     start_seconds: float
     duration_seconds: float
 
     @classmethod
-    def from_json(cls, value: Any) -> VideoRange:
+    def from_json(cls, value: Any, name: str = "video_range") -> MediaRange:
+        """Parse the request field `name`, refusing it with a sentence that names it."""
         if not isinstance(value, dict) or set(value) != {"start_seconds", "duration_seconds"}:
             raise InputError(
-                "video_range must be an object with exactly start_seconds and duration_seconds."
+                f"{name} must be an object with exactly start_seconds and duration_seconds."
             )
         start, duration = value["start_seconds"], value["duration_seconds"]
         numbers = all(
@@ -332,10 +334,16 @@ class VideoRange:
         # Comparisons, not float(): NaN fails every one, and a huge int does not overflow.
         if not (numbers and 0 <= start <= MAX_RANGE_SECONDS and 0 < duration <= MAX_RANGE_SECONDS):
             raise InputError(
-                f"video_range needs start_seconds from 0 and duration_seconds above 0, both "
+                f"{name} needs start_seconds from 0 and duration_seconds above 0, both "
                 f"finite numbers of seconds up to {MAX_RANGE_SECONDS} (7 days)."
             )
         return cls(float(start), float(duration))
+
+    def as_tuple(self) -> tuple[float, float]:
+        return (self.start_seconds, self.duration_seconds)
+
+
+RANGE_FIELDS = ("video_range", "audio_range")
 
 
 @dataclass
@@ -351,7 +359,9 @@ class JobSpec:
     model: str | None = None
     output_dir: str | None = None
     output_name: str | None = None
-    video_range: VideoRange | None = None
+    video_range: MediaRange | None = None
+    # The part of the audio file to send, cut sample-exactly (padded with silence past its end).
+    audio_range: MediaRange | None = None
     # The client's own record of the job, returned as given; `client["file"]` is a filter.
     client: dict[str, Any] | None = None
     origin: str = "api"
@@ -362,13 +372,18 @@ class JobSpec:
         if not isinstance(body, dict):
             raise InputError("The request body must be a JSON object.")
         allowed = frozenset(f.name for f in fields(cls)) - {"origin", "output_name"}
-        text_fields = allowed - {"video_range", "disable_active_speaker_detection", "client"}
+        text_fields = allowed - {*RANGE_FIELDS, "disable_active_speaker_detection", "client"}
         check_options(body, allowed, text_fields, unknown="Unknown field(s)")
-        video_range, client = body.get("video_range"), body.get("client")
+        ranges = {
+            name: MediaRange.from_json(body[name], name)
+            for name in RANGE_FIELDS
+            if body.get(name) is not None
+        }
+        client = body.get("client")
         spec = cls(
             **{k: body.get(k) for k in text_fields},
+            **ranges,
             disable_active_speaker_detection=body.get("disable_active_speaker_detection", False),
-            video_range=VideoRange.from_json(video_range) if video_range is not None else None,
             client=check_client(client) if client is not None else None,
             origin=origin,
         )
@@ -389,8 +404,9 @@ class JobSpec:
                 "Give both inputs as local files or both as URLs: the API takes uploads or "
                 "links, not a mix."
             )
-        if self.video_range and self.video_url:
-            raise InputError("video_range works with video_path only, not with video_url.")
+        for kind in ("video", "audio"):
+            if getattr(self, f"{kind}_range") and getattr(self, f"{kind}_url"):
+                raise InputError(f"{kind}_range works with {kind}_path only, not with {kind}_url.")
         if self.reference_id is not None:
             check_reference_id(self.reference_id)
         if self.model not in (None, DEFAULT_MODEL):

@@ -289,30 +289,81 @@ def prepare_video(
     return out
 
 
-def prepare_audio(path: Path, workdir: Path, checked: MediaInfo | None = None) -> Path:
-    """Return the file to upload: a WAV or MP3 as it is, any other audio as 16-bit PCM WAV.
+def prepare_audio(
+    path: Path,
+    workdir: Path,
+    checked: MediaInfo | None = None,
+    audio_range: tuple[float, float] | None = None,
+) -> Path:
+    """Return the file to upload: a WAV or MP3 as it is, any other audio (or a range) as
+    16-bit PCM WAV at the source's rate and channels.
 
-    `checked` is check_audio_input's answer when the caller has just had it.
+    `audio_range` is (start_seconds, duration_seconds); the cut holds exactly the samples
+    round(start * rate) up to but excluding that plus round(duration * rate), silence where
+    it runs past the end of the file. `checked` is check_audio_input's answer when the
+    caller has just had it.
     """
     path = Path(path)
     info = checked or check_audio_input(path)
     demuxer = UPLOADABLE_AUDIO.get(path.suffix.lower())
-    if demuxer is not None and demuxer in info.format_name.split(","):
+    if audio_range is None and demuxer is not None and demuxer in info.format_name.split(","):
         return path
-    out = Path(workdir) / f"{path.stem}.upload.wav"
     with ExitStack() as stack:
         source = stack.enter_context(_open(path))
         stream = _audio_stream(source)
+        rate, layout = stream.codec_context.sample_rate, _layout_name(stream)
+        first, count = 0, None
+        if audio_range is not None:
+            first, count = _audio_window_of(path, info, rate, audio_range)
+        suffix = f".s{first}-{first + count}" if count is not None else ""
+        out = Path(workdir) / f"{path.stem}{suffix}.upload.wav"
         tmp = stack.enter_context(atomic_path(out))
         target = stack.enter_context(av.open(str(tmp), "w", format="wav"))
-        pcm = target.add_stream(
-            "pcm_s16le", rate=stream.codec_context.sample_rate, layout=_layout_name(stream)
-        )
-        for frame in _decoded(source, stream):
-            frame.pts = None
-            target.mux(pcm.encode(frame))
+        pcm = target.add_stream("pcm_s16le", rate=rate, layout=layout)
+        span = math.inf if count is None else count / rate
+        written = 0
+        for piece in _audio_window(source, stream, first / rate, span, "s16"):
+            target.mux(pcm.encode(piece))
+            written += piece.samples
+        for piece in _silence(written, (count or 0) - written, rate, layout):
+            target.mux(pcm.encode(piece))
         target.mux(pcm.encode(None))
     return out
+
+
+def _audio_window_of(
+    path: Path, info: MediaInfo, rate: int, audio_range: tuple[float, float]
+) -> tuple[int, int]:
+    """The first sample and the number of samples a range covers; MediaError for one that
+    is empty or starts after the end of the audio (nothing of the file would be sent)."""
+    start, duration = audio_range
+    first, count = round(start * rate), round(duration * rate)
+    if start < 0 or count < 1:
+        raise MediaError(
+            f"The range to send from {path} (start {start:g} s, duration {duration:g} s) "
+            "is empty or negative; select a range of at least one sample."
+        )
+    if info.duration is not None and first >= round(info.duration * rate):
+        raise MediaError(
+            f"The range to send from {path} starts at {start:g} s, after the end of the "
+            f"audio ({info.duration:g} s); select a range inside the file or a longer dub."
+        )
+    return first, count
+
+
+SILENCE_CHUNK = 4096
+
+
+def _silence(position: int, samples: int, rate: int, layout: str) -> Iterator[av.AudioFrame]:
+    """`samples` of 16-bit silence in frames of at most SILENCE_CHUNK, from `position`."""
+    while samples > 0:
+        size = min(samples, SILENCE_CHUNK)
+        frame = av.AudioFrame(format="s16", layout=layout, samples=size)
+        frame.planes[0].update(bytes(2 * frame.layout.nb_channels * size))
+        frame.sample_rate, frame.pts = rate, position
+        frame.time_base = Fraction(1, rate)
+        position, samples = position + size, samples - size
+        yield frame
 
 
 def _is_uploadable_mp4(info: MediaInfo) -> bool:
@@ -486,11 +537,28 @@ def _audio_packets(
     span: float,
 ) -> Iterator[tuple[float, Packet]]:
     """AAC packets for the audio from `offset` seconds (after the stream's start) for `span`."""
+    for piece in _audio_window(source, stream, offset, span, "flt"):
+        for packet in target.encode(piece):
+            yield float(packet.pts * packet.time_base), packet
+    for packet in target.encode(None):
+        yield float(packet.pts * packet.time_base), packet
+
+
+def _audio_window(
+    source: InputContainer,
+    stream: AudioStream,
+    offset: float,
+    span: float,
+    sample_format: str,
+) -> Iterator[av.AudioFrame]:
+    """The stream's samples from `offset` seconds (after its start) for `span` seconds, as
+    packed frames in `sample_format`, each stamped with its first sample's place in the
+    window; it ends early where the stream does."""
     rate = stream.codec_context.sample_rate
     window_start = round(offset * rate)
     window_end = window_start + round(span * rate) if math.isfinite(span) else math.inf
     _seek_before(source, stream, offset)
-    resampler = av.AudioResampler(format="flt", layout=_layout_name(stream), rate=rate)
+    resampler = av.AudioResampler(format=sample_format, layout=_layout_name(stream), rate=rate)
     origin = stream.start_time or 0
     position = None
     for frame in _decoded(source, stream):
@@ -505,20 +573,17 @@ def _audio_packets(
             if hi > lo:
                 piece = _slice_audio(packed, lo - begin, hi - begin)
                 piece.pts = lo - window_start
-                for packet in target.encode(piece):
-                    yield float(packet.pts * packet.time_base), packet
+                yield piece
         if position >= window_end:
             break
-    for packet in target.encode(None):
-        yield float(packet.pts * packet.time_base), packet
 
 
 def _slice_audio(frame: av.AudioFrame, start: int, stop: int) -> av.AudioFrame:
-    """Samples [start, stop) of a packed float frame, as a new frame."""
+    """Samples [start, stop) of a packed frame, as a new frame of the same format."""
     if start == 0 and stop == frame.samples:
         return frame
-    width = 4 * frame.layout.nb_channels
-    piece = av.AudioFrame(format="flt", layout=frame.layout.name, samples=stop - start)
+    width = frame.format.bytes * frame.layout.nb_channels
+    piece = av.AudioFrame(format=frame.format.name, layout=frame.layout.name, samples=stop - start)
     piece.planes[0].update(bytes(frame.planes[0])[start * width : stop * width])
     piece.sample_rate = frame.sample_rate
     piece.time_base = Fraction(1, frame.sample_rate)

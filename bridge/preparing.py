@@ -2,8 +2,8 @@
 
 Converting a large MOV (ProRes, MJPEG) can take minutes, so the result is kept, with a
 manifest, across retries and restarts of the bridge. It is reused only while the inputs are
-unchanged (size and mtime): an input edited after it was checked is checked again before
-anything is paid for.
+unchanged (size and mtime) and were cut to the same ranges: an input edited after it was
+checked is checked again before anything is paid for, and another range is another cut.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from bridge.discovery import write_atomic
 
 MANIFEST = "prepared.json"
 Signature = tuple[str, int, int]  # (path, size, mtime_ns)
+Range = tuple[float, float] | None  # (start_seconds, duration_seconds) of a cut, or all of it
 
 
 def signature(path: Path) -> Signature:
@@ -65,22 +66,32 @@ class Prepared:
     video: Path
     audio: Path
     sources: tuple[Signature, Signature]
+    ranges: tuple[Range, Range] = (None, None)
 
     def still_valid(self) -> bool:
         """The inputs are unchanged and the prepared files are still there."""
         return self.video.is_file() and self.audio.is_file() and _current(self.sources)
 
 
-def load(workdir: Path) -> Prepared | None:
-    """What an earlier run prepared for this job, if it can still be used as it is."""
+def _range(value: list[float] | None) -> Range:
+    return None if value is None else (float(value[0]), float(value[1]))
+
+
+def load(workdir: Path, video_range: Range = None, audio_range: Range = None) -> Prepared | None:
+    """What an earlier run prepared for this job, if it can still be used as it is: the
+    inputs unchanged and cut to these very ranges."""
     try:
         data = json.loads((workdir / MANIFEST).read_text(encoding="utf-8"))
+        ranges = data.get("ranges", [None, None])
         prepared = Prepared(
             Path(data["video"]),
             Path(data["audio"]),
             (tuple(data["sources"][0]), tuple(data["sources"][1])),  # type: ignore[arg-type]
+            (_range(ranges[0]), _range(ranges[1])),
         )
     except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
+    if prepared.ranges != (video_range, audio_range):
         return None
     return prepared if prepared.still_valid() else None
 
@@ -89,9 +100,10 @@ def prepare(
     video: Path,
     audio: Path,
     workdir: Path,
-    video_range: tuple[float, float] | None,
+    video_range: Range,
     checked: Checked | None,
     progress: Callable[[float], None] | None = None,
+    audio_range: Range = None,
 ) -> Prepared:
     """Check (unless `checked` still holds), convert or cut what the API cannot take as it
     is, and record the outcome in the work folder. Blocking: run it in a thread."""
@@ -100,13 +112,15 @@ def prepare(
     workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
     prepared = Prepared(
         media.prepare_video(video, workdir, video_range, checked.video, progress),
-        media.prepare_audio(audio, workdir, checked.audio),
+        media.prepare_audio(audio, workdir, checked.audio, audio_range),
         checked.sources,
+        (video_range, audio_range),
     )
     manifest = {
         "video": str(prepared.video),
         "audio": str(prepared.audio),
         "sources": [list(sig) for sig in prepared.sources],
+        "ranges": [list(r) if r is not None else None for r in prepared.ranges],
     }
     write_atomic(workdir / MANIFEST, json.dumps(manifest), mode=0o600)
     return prepared

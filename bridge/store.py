@@ -30,10 +30,11 @@ from bridge.errors import (
 from bridge.jobs import (
     ACTIVE_STATES,
     FINAL_STATES,
+    RANGE_FIELDS,
     Job,
     JobSpec,
+    MediaRange,
     State,
-    VideoRange,
     can_transition,
     new_reference_id,
     now_iso,
@@ -73,8 +74,9 @@ def _job_from_row(data: str) -> Job:
     known = {f.name for f in fields(Job)}
     raw = {k: v for k, v in raw.items() if k in known}
     raw["state"] = State(raw["state"])
-    if raw.get("video_range"):
-        raw["video_range"] = VideoRange(**raw["video_range"])
+    for name in RANGE_FIELDS:
+        if raw.get(name):
+            raw[name] = MediaRange(**raw[name])
     return Job(**raw)
 
 

@@ -132,14 +132,11 @@ class Submitter:
         if not job.video_path or not job.audio_path:
             return None
         workdir = self.ctx.config.work_dir / job.id
-        prepared = await asyncio.to_thread(preparing.load, workdir)
+        video_range = job.video_range.as_tuple() if job.video_range else None
+        audio_range = job.audio_range.as_tuple() if job.audio_range else None
+        prepared = await asyncio.to_thread(preparing.load, workdir, video_range, audio_range)
         if prepared is not None:
             return prepared
-        video_range = (
-            (job.video_range.start_seconds, job.video_range.duration_seconds)
-            if job.video_range
-            else None
-        )
         async with self._prepare_slots:
             try:
                 return await asyncio.to_thread(
@@ -150,6 +147,7 @@ class Submitter:
                     video_range,
                     self.ctx.checked.pop(job.id, None),
                     self._preparing_reporter(job.id),
+                    audio_range,
                 )
             except OSError as exc:
                 if exc.errno != errno.ENOSPC:

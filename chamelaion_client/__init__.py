@@ -15,9 +15,9 @@ from typing import Any
 
 # The local HTTP API's version, openapi.json's info.version: the major number rises when
 # clients would break; the revision with each addition a client may rely on
-# (1: the bridge spells a free-text reference_id as a valid one).
+# (1: the bridge spells a free-text reference_id as a valid one; 2: a job's audio_range).
 API_VERSION = 1
-API_REVISION = 1
+API_REVISION = 2
 THIS_API = f"{API_VERSION}.{API_REVISION}"
 
 # A job's states that never change again (openapi.json's State), and those of them that

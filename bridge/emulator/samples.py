@@ -52,8 +52,10 @@ def make_sample_video(
     with_audio: bool = False,
     container_format: str = "mp4",
     keyframe_interval: int = 250,
+    timecode: str | None = None,
 ) -> Path:
-    """Write an H.264 clip (in an FFmpeg container format) whose frames carry their index."""
+    """Write an H.264 clip (in an FFmpeg container format) whose frames carry their index,
+    tagged with a start `timecode` ("01:00:00:00") when given, as cameras tag theirs."""
     width, height = size
     if width < INDEX_BITS * 8 or height < INDEX_BAND_HEIGHT * 2 or frames >= 2**INDEX_BITS:
         raise ValueError("sample video must be at least 96x48 and shorter than 4096 frames")
@@ -64,6 +66,8 @@ def make_sample_video(
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.codec_context.time_base = 1 / fps
         stream.codec_context.gop_size = keyframe_interval
+        if timecode is not None:
+            stream.metadata["timecode"] = timecode
         audio = None
         if with_audio:
             audio = out.add_stream("aac", rate=48000, layout="mono")

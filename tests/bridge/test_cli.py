@@ -32,7 +32,18 @@ from tests.bridge.processes import (
 )
 from tests.helpers import wait_until
 
-COMMANDS = ["serve", "submit", "jobs", "status", "cancel", "retry", "watch", "emulator", "demo"]
+COMMANDS = [
+    "serve",
+    "submit",
+    "jobs",
+    "status",
+    "cancel",
+    "retry",
+    "watch",
+    "emulator",
+    "demo",
+    "conform",
+]
 
 
 @pytest.fixture(scope="module")

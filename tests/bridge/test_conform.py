@@ -1,0 +1,293 @@
+"""`chamelaion-bridge conform` end to end: cuts made with OpenTimelineIO from timecoded media,
+conformed by the real command against a real bridge and the emulator over real HTTP, and the
+written timeline read back with OpenTimelineIO. The emulator returns the uploaded picture, so
+each take's frames must be exactly the source frames the shot uses."""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+import subprocess
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import opentimelineio as otio
+import pytest
+
+from bridge.conform import ConformOptions, run_conform
+from bridge.emulator import EmulatorConfig, LipsyncRecord, RunningEmulator, emulator_in_background
+from chamelaion_client.client import BridgeClient
+from tests.bridge.processes import BRIDGE, cli_env, one_sentence, run_cli, serving
+from tests.bridge.test_timeline import records_from_the_hour
+from tests.helpers import wait_until
+from tests.timelines import (
+    RATES,
+    Cut,
+    frame_indices,
+    make_dub,
+    ten_clip_cut,
+    write_timeline,
+)
+
+FAILED_SENTENCE = "The face could not be tracked in this shot."
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[RunningEmulator]:
+    """The emulator on its own thread; requests take a second, as many at once as asked."""
+    config = EmulatorConfig(queued_seconds=0.05, processing_seconds=1.0)
+    with emulator_in_background(config) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def env(emulator: RunningEmulator) -> dict[str, str]:
+    return cli_env(
+        CHAMELAION_BASE_URL=emulator.base_url,
+        CHAMELAION_API_KEY="emulator-key",
+        CHAMELAION_POLL_INTERVAL="0.1",
+        CHAMELAION_GENERATE_PER_MINUTE="0",
+        CHAMELAION_ACCEPT_GRACE="1",
+    )
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]) -> Iterator[Path]:
+    """One real bridge for the module (conform finds it through the data folder)."""
+    folder = tmp_path_factory.mktemp("bridge")
+    with serving(folder, "--port", "0", env=env):
+        yield folder
+
+
+@pytest.fixture(autouse=True)
+def fresh_emulator(emulator: RunningEmulator) -> RunningEmulator:
+    """Each test counts only its own API calls."""
+    emulator.run(emulator.state.reset())
+    return emulator
+
+
+def conform(
+    data_dir: Path, env: dict[str, str], *args: str | Path
+) -> subprocess.CompletedProcess[str]:
+    return run_cli("conform", *map(str, args), "--data-dir", str(data_dir), env=env)
+
+
+def lipsync_track(out: Path) -> tuple[otio.schema.Track, otio.schema.Track]:
+    """OUT read back: its picture track and its "Lip Sync" track, checked to sit right above
+    it and to show the same stretch of time."""
+    timeline = otio.adapters.read_from_file(str(out))
+    names = [track.name for track in timeline.tracks]
+    assert names.count("Lip Sync") == 1, names
+    index = names.index("Lip Sync")
+    video = otio.schema.TrackKind.Video
+    picture = next(i for i, track in enumerate(timeline.tracks) if track.kind == video)
+    assert index == picture + 1 and timeline.tracks[index].kind == video
+    lipsync, picture_track = timeline.tracks[index], timeline.tracks[picture]
+    assert lipsync.source_range == picture_track.source_range
+    return picture_track, lipsync
+
+
+def place(item: otio.core.Item, rate: Fraction) -> tuple[int, int]:
+    """(first frame on the timeline, frames) of an item of a track, at `rate`."""
+    shown = item.range_in_parent()
+    return shown.start_time.to_frames(float(rate)), shown.duration.to_frames(float(rate))
+
+
+def assert_conformed(out: Path, cut: Cut) -> list[otio.schema.Clip]:
+    """Every shot of the cut has its take on the Lip Sync track at its place, frame for frame."""
+    picture, track = lipsync_track(out)
+    clips = [item for item in track if isinstance(item, otio.schema.Clip)]
+    shown = [item for item in picture if isinstance(item, otio.schema.Clip)]
+    expected = cut.expected()
+    assert len(clips) == len(expected)
+    for clip, original, shot in zip(clips, shown, expected, strict=True):
+        assert place(clip, cut.rate) == place(original, cut.rate), shot.name
+        assert place(clip, cut.rate) == (shot.record_start, shot.frames), shot.name
+        take = Path(clip.media_reference.target_url)
+        assert take.is_absolute() and take.parent == out.with_suffix("")
+        assert clip.source_range.start_time.value == 0
+        assert clip.source_range.duration.to_frames(float(cut.rate)) == shot.frames
+        first = shot.source_first
+        assert frame_indices(take) == list(range(first, first + shot.frames)), shot.name
+        ids = clip.metadata["chamelaion"]
+        assert ids["reference_id"] and ids["request_id"]
+    gaps = [item for item in track if isinstance(item, otio.schema.Gap)]
+    assert all(not gap.markers for gap in gaps)
+    return clips
+
+
+@pytest.mark.parametrize(
+    ("suffix", "rate"),
+    [
+        ("otio", "23.976"),
+        ("otio", "24"),
+        ("otio", "25"),
+        ("otio", "29.97"),
+        ("edl", "25"),
+        ("xml", "23.976"),
+    ],
+)
+def test_a_cut_is_conformed_frame_exactly(
+    tmp_path: Path,
+    data_dir: Path,
+    env: dict[str, str],
+    fresh_emulator: RunningEmulator,
+    suffix: str,
+    rate: str,
+) -> None:
+    cut = ten_clip_cut(tmp_path, RATES[rate])
+    timeline = cut.timeline(available_range=suffix != "edl")
+    timeline.global_start_time = otio.opentime.from_timecode("01:00:00:00", float(cut.rate))
+    path = write_timeline(timeline, tmp_path / f"{cut.name}.{suffix}")
+    if suffix == "edl":  # the writer starts records at 00:00:00:00, editors at the hour
+        path.write_text("\n".join(map(records_from_the_hour, path.read_text().splitlines())))
+    dub = make_dub(tmp_path / "dub.wav", cut.seconds + 0.5)
+
+    result = conform(data_dir, env, path, "--audio", dub)
+
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / f"{cut.name}.lipsync.otio"
+    assert f"Wrote {out}: 10 of 10 shot(s)" in result.stdout
+    clips = assert_conformed(out, cut)
+    charged = fresh_emulator.state.stats.generate_by_reference_id
+    assert sorted(charged) == sorted(c.metadata["chamelaion"]["reference_id"] for c in clips)
+    assert set(charged.values()) == {1}
+
+
+def test_failed_and_unconformable_shots_are_gaps_with_their_reason(
+    tmp_path: Path, data_dir: Path, env: dict[str, str], fresh_emulator: RunningEmulator
+) -> None:
+    cut = ten_clip_cut(tmp_path, RATES["25"])
+    timeline = cut.timeline()
+    sped_up = next(c for c in timeline.find_clips() if c.name == cut.clip_name(7))
+    sped_up.effects.append(otio.schema.LinearTimeWarp(time_scalar=2.0))
+    path = write_timeline(timeline, tmp_path / "cut.otio")
+    dub = make_dub(tmp_path / "dub.wav", cut.seconds)
+
+    def fail_shot_four(record: LipsyncRecord) -> None:
+        if "-004-" in (record.reference_id or ""):
+            record.status, record.error_message, record.output_url = "failed", "x", None
+
+    fresh_emulator.state.hooks.finishers.append(fail_shot_four)
+    out = tmp_path / "result.otio"
+    result = conform(data_dir, env, path, "--audio", dub, "--out", out, "--json")
+
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)
+    failed, skipped = report["shots"][3], report["shots"][6]
+    assert failed["state"] == "failed" and failed["take"] is None and failed["error"]
+    assert skipped["state"] == "skipped" and "speed" in skipped["error"]
+    assert f"Shot 4 ({failed['name']}) has no take: {failed['error']}" in result.stderr
+    assert "Shot 7" not in result.stderr  # the plan said so before; it never was a job
+    assert result.stderr.count(": completed\n") == 8  # one line per shot and state
+    assert result.stderr.count(f"({failed['reference_id']}): failed: {failed['error']}\n") == 1
+    assert report["out"] == str(out) and report["takes_dir"] == str(tmp_path / "result.lipsync")
+    assert [job["position"] for job in report["jobs"]] == [1, 2, 3, 4, 5, 6, 8, 9, 10]
+    assert len(fresh_emulator.state.stats.generate_by_reference_id) == 9
+    _, track = lipsync_track(out)
+    marked = [item for item in track if isinstance(item, otio.schema.Gap) and item.markers]
+    assert len(marked) == 2
+    expected = cut.expected()
+    for gap, shot, wanted in zip(marked, (failed, skipped), expected[3:7:3], strict=True):
+        assert place(gap, cut.rate) == (wanted.record_start, wanted.frames)
+        assert [marker.name for marker in gap.markers] == [shot["error"]]
+    clips = [item.name for item in track if isinstance(item, otio.schema.Clip)]
+    assert len(clips) == 8 and failed["name"] not in clips and skipped["name"] not in clips
+
+
+def test_dry_run_and_limits_submit_nothing(
+    tmp_path: Path, data_dir: Path, env: dict[str, str], fresh_emulator: RunningEmulator
+) -> None:
+    cut = ten_clip_cut(tmp_path, RATES["29.97"])
+    timeline = cut.timeline()
+    timeline.global_start_time = otio.opentime.from_timecode("01:00:00:00", float(cut.rate))
+    path = write_timeline(timeline, tmp_path / "cut.otio")
+    dub = make_dub(tmp_path / "dub.wav", cut.seconds)
+    billable = sum(shot.frames for shot in cut.expected()) / float(cut.rate)
+
+    text = conform(data_dir, env, path, "--audio", dub, "--dry-run")
+    plan = json.loads(conform(data_dir, env, path, "--audio", dub, "--dry-run", "--json").stdout)
+    over = conform(data_dir, env, path, "--audio", dub, "--max-seconds", f"{billable - 0.1:.3f}")
+    edl_out = conform(data_dir, env, path, "--audio", dub, "--out", tmp_path / "cut.edl")
+    itself = conform(data_dir, env, path, "--audio", dub, "--out", path)
+
+    assert text.returncode == 0, text.stderr
+    assert f"Billable: {billable:.3f} s for 10 shot(s)." in text.stdout
+    assert "01:00:00:06 +5f (frames 6-10)" in text.stdout  # shot 2's place on the timeline
+    assert plan["plan"]["billable_seconds"] == pytest.approx(billable)
+    assert {shot["state"] for shot in plan["shots"]} == {"planned"}
+    assert [s["frames"] for s in plan["plan"]["shots"]] == [s.frames for s in cut.expected()]
+    assert over.returncode == 4 and str(path) in one_sentence(over.stderr)
+    assert "--max-seconds" in over.stderr
+    assert edl_out.returncode == 4 and "cut.edl" in one_sentence(edl_out.stderr)
+    assert itself.returncode == 4 and "itself" in one_sentence(itself.stderr)
+    assert fresh_emulator.state.stats.calls == {}
+    client = BridgeClient(data_dir=data_dir)
+    assert [job for job in client.list_jobs() if str(tmp_path) in job["audio_path"]] == []
+    assert not (tmp_path / "cut.lipsync.otio").exists()
+
+
+@pytest.mark.parametrize("interruption", ["sigkill", "no-wait"])
+def test_an_interrupted_conform_run_again_charges_nothing_twice(
+    tmp_path: Path,
+    data_dir: Path,
+    env: dict[str, str],
+    fresh_emulator: RunningEmulator,
+    interruption: str,
+) -> None:
+    cut = ten_clip_cut(tmp_path, RATES["24"])
+    path = write_timeline(cut.timeline(), tmp_path / "cut.otio")
+    dub = make_dub(tmp_path / "dub.wav", cut.seconds)
+    command = ["conform", str(path), "--audio", str(dub), "--data-dir", str(data_dir)]
+    client = BridgeClient(data_dir=data_dir)
+
+    def ours() -> list[dict[str, Any]]:
+        return [job for job in client.list_jobs() if job["audio_path"] == str(dub)]
+
+    if interruption == "sigkill":
+        first = subprocess.Popen([*BRIDGE, *command], env=env, stdout=subprocess.PIPE)
+        wait_until(lambda: ours(), message="the conform to submit a shot")
+        first.send_signal(signal.SIGKILL)
+        first.communicate(timeout=10)
+        assert first.returncode == -signal.SIGKILL
+    else:
+        submitted = run_cli(*command, "--no-wait", env=env)
+        assert submitted.returncode == 0, submitted.stderr
+        assert "Submitted 10 shot(s) of cut.otio (0 already known)" in submitted.stdout
+        assert len(ours()) == 10
+    out = tmp_path / "cut.lipsync.otio"
+    assert not out.exists()
+
+    again = run_cli(*command, env=env)
+
+    assert again.returncode == 0, again.stderr
+    assert_conformed(out, cut)
+    charged = fresh_emulator.state.stats.generate_by_reference_id
+    assert len(charged) == 10 and set(charged.values()) == {1}
+    assert len(ours()) == 10
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_on_a_terminal_progress_is_one_line_of_counts(
+    tmp_path: Path, data_dir: Path, fresh_emulator: RunningEmulator
+) -> None:
+    cut = ten_clip_cut(tmp_path, RATES["25"])
+    path = write_timeline(cut.timeline(), tmp_path / "cut.otio")
+    dub = make_dub(tmp_path / "dub.wav", cut.seconds)
+    options = ConformOptions(timeline=path, dub=dub)
+    stdout, terminal = io.StringIO(), Terminal()
+
+    status = run_conform(options, lambda: BridgeClient(data_dir=data_dir), stdout, terminal)
+
+    assert status == 0
+    shown = terminal.getvalue()
+    assert shown.startswith("\rShots: 10 queued") and shown.endswith("\n")
+    assert shown.count("\n") == 1 and "\rShots: 10 completed" in shown
+    assert stdout.getvalue().startswith(f"Wrote {options.out_path}: 10 of 10 shot(s)")
