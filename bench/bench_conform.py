@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import sys
 import time
 import urllib.parse
@@ -25,7 +24,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from bench_upload import Bridge, Emulator, machine, scratch_folder
+from bench_cli import bench_parser, parse_bench_args, run_bench
+from bench_upload import Bridge, Emulator, machine
 
 from bridge.conform import ConformOptions, run_conform
 from chamelaion_client.client import BridgeClient
@@ -128,7 +128,7 @@ def print_table(result: dict[str, Any]) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--shots", type=int, default=50, help="clips on the timeline (default 50)")
     parser.add_argument(
         "--queued-seconds", type=float, default=1.0, help="emulator queue time (default 1)"
@@ -139,21 +139,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=5.0,
         help="how long the emulator processes a request (default 5)",
     )
-    parser.add_argument(
-        "--tmp-dir", help="parent folder for the scratch files (default: the system temp folder)"
-    )
-    parser.add_argument("--json", action="store_true", help="print the result as JSON only")
-    return parser.parse_args(argv)
+    return parse_bench_args(parser, argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    with scratch_folder(args.tmp_dir) as folder:
-        result = measure(args, folder)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print_table(result)
+    run_bench(parse_args(argv), measure, print_table)
     return 0
 
 

@@ -19,14 +19,14 @@ Run: .venv/bin/python bench/bench_polling.py [--jobs 100] [--seconds 60] [--json
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from bench_upload import Bridge, Emulator, machine, scratch_folder
+from bench_cli import bench_parser, parse_bench_args, run_bench
+from bench_upload import Bridge, Emulator, machine
 
 from bridge.config import BridgeConfig
 from tests.media_samples import make_sample_media
@@ -156,7 +156,7 @@ def print_table(result: dict[str, Any]) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--jobs", type=int, default=100, help="jobs processing (default 100)")
     parser.add_argument(
         "--seconds", type=float, default=60.0, help="length of the window (default 60)"
@@ -167,21 +167,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1.0,
         help="how long the emulator keeps a new request queued (default 1)",
     )
-    parser.add_argument(
-        "--tmp-dir", help="parent folder for the scratch files (default: the system temp folder)"
-    )
-    parser.add_argument("--json", action="store_true", help="print the result as JSON only")
-    return parser.parse_args(argv)
+    return parse_bench_args(parser, argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    with scratch_folder(args.tmp_dir) as folder:
-        result = measure(args, folder)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print_table(result)
+    run_bench(parse_args(argv), measure, print_table)
     return 0
 
 
