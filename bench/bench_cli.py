@@ -15,20 +15,28 @@ from typing import Any
 Measure = Callable[[argparse.Namespace, Path], dict[str, Any]]
 
 
-def bench_parser(doc: str) -> argparse.ArgumentParser:
-    """A parser described by the first paragraph of the benchmark's docstring."""
-    return argparse.ArgumentParser(description=doc.split("\n\n")[0])
-
-
 def parse_bench_args(
-    parser: argparse.ArgumentParser, argv: list[str] | None = None
+    doc: str, add_options: Callable[[argparse.ArgumentParser], None], argv: list[str] | None
 ) -> argparse.Namespace:
-    """The benchmark's own options plus the shared ones, parsed."""
+    """The benchmark's own options plus the shared ones, parsed; described by the first
+    paragraph of the benchmark's docstring."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    add_options(parser)
     parser.add_argument(
         "--tmp-dir", help="parent folder for the scratch files (default: the system temp folder)"
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON only")
     return parser.parse_args(argv)
+
+
+def add_queued_seconds(parser: argparse.ArgumentParser) -> None:
+    """--queued-seconds, for the benchmarks that run the emulator in its own process."""
+    parser.add_argument(
+        "--queued-seconds",
+        type=float,
+        default=1.0,
+        help="how long the emulator keeps a new request queued (default 1)",
+    )
 
 
 @contextlib.contextmanager

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -24,7 +23,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from bench_cli import bench_parser, parse_bench_args, run_bench
+from bench_cli import add_queued_seconds, parse_bench_args, run_bench
 from bench_upload import Bridge, Emulator, machine
 
 from bridge.conform import ConformOptions, run_conform
@@ -127,25 +126,16 @@ def print_table(result: dict[str, Any]) -> None:
     print(f"  {'total':<38} {result['local_api_calls_total']:>6}")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = bench_parser(__doc__)
+def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shots", type=int, default=50, help="clips on the timeline (default 50)")
-    parser.add_argument(
-        "--queued-seconds", type=float, default=1.0, help="emulator queue time (default 1)"
-    )
+    add_queued_seconds(parser)
     parser.add_argument(
         "--processing-seconds",
         type=float,
         default=5.0,
         help="how long the emulator processes a request (default 5)",
     )
-    return parse_bench_args(parser, argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    run_bench(parse_args(argv), measure, print_table)
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_bench(parse_bench_args(__doc__, add_options, None), measure, print_table)

@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from bench_cli import bench_parser, parse_bench_args, run_bench
+from bench_cli import add_queued_seconds, parse_bench_args, run_bench
 from bench_upload import Bridge, Emulator, machine
 
 from bridge.config import BridgeConfig
@@ -155,25 +154,13 @@ def print_table(result: dict[str, Any]) -> None:
         print(f"{name:<58} {count:>10g} {share:>14}")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = bench_parser(__doc__)
+def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=100, help="jobs processing (default 100)")
     parser.add_argument(
         "--seconds", type=float, default=60.0, help="length of the window (default 60)"
     )
-    parser.add_argument(
-        "--queued-seconds",
-        type=float,
-        default=1.0,
-        help="how long the emulator keeps a new request queued (default 1)",
-    )
-    return parse_bench_args(parser, argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    run_bench(parse_args(argv), measure, print_table)
-    return 0
+    add_queued_seconds(parser)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_bench(parse_bench_args(__doc__, add_options, None), measure, print_table)

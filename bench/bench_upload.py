@@ -41,7 +41,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # for tests.media_samples
 
-from bench_cli import bench_parser, parse_bench_args, run_bench  # noqa: E402
+from bench_cli import parse_bench_args, run_bench  # noqa: E402
 
 from bridge import discovery, media  # noqa: E402
 from bridge.processes import StartError, spawn_bridge, stop_process  # noqa: E402
@@ -482,8 +482,7 @@ def print_summary(result: dict[str, Any]) -> None:
         print(f"{name}: {target['value']} (target {target['target']}) {verdict}")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = bench_parser(__doc__)
+def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sizes-mib",
         type=lambda s: sorted({int(x) for x in s.split(",")}),
@@ -494,11 +493,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--rounds", type=int, default=5, help="runs per size and client (default 5)"
     )
-    return parse_bench_args(parser, argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = parse_bench_args(__doc__, add_options, argv)
     if shutil.which("curl") is None:
         print("curl is not installed; install it (apt-get install curl) and run again.")
         return 2
