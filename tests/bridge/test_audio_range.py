@@ -15,8 +15,7 @@ from bridge import media, preparing
 from bridge.emulator import RunningEmulator
 from bridge.errors import MediaError
 from bridge.server import ENGINE
-from tests.bridge.conftest import wait_final
-from tests.bridge.test_server import AUTH, api, error_of, job_body  # noqa: F401 (fixture)
+from tests.bridge.conftest import AUTH, assert_nothing_created, error_of, job_body, wait_final
 from tests.media_samples import make_test_audio, make_test_video
 
 RATE = 8000
@@ -120,7 +119,7 @@ def test_another_range_is_another_preparation(tmp_path: Path) -> None:
     ],
 )
 async def test_bad_audio_ranges_are_refused_before_anything_is_created(
-    api: TestClient,  # noqa: F811 (the fixture)
+    api: TestClient,
     emulator: RunningEmulator,
     sample_pair: tuple[Path, Path],
     change: dict[str, Any],
@@ -128,12 +127,11 @@ async def test_bad_audio_ranges_are_refused_before_anything_is_created(
 ) -> None:
     body = {**job_body(sample_pair), **change}
     assert expected in await error_of(await api.post("/v1/jobs", json=body, headers=AUTH), 400)
-    assert (await (await api.get("/v1/jobs", headers=AUTH)).json())["jobs"] == []
-    assert emulator.state.stats.calls == {}
+    await assert_nothing_created(api, emulator)
 
 
 async def test_audio_range_needs_a_local_audio_file(
-    api: TestClient,  # noqa: F811 (the fixture)
+    api: TestClient,
 ) -> None:
     body = {
         "video_url": "https://example.com/v.mp4",
@@ -145,7 +143,7 @@ async def test_audio_range_needs_a_local_audio_file(
 
 
 async def test_the_api_sends_the_cut_and_shows_the_range(
-    api: TestClient,  # noqa: F811 (the fixture)
+    api: TestClient,
     tmp_path: Path,
 ) -> None:
     video = make_test_video(tmp_path / "clip.mp4", 75, 25, SIZE)
