@@ -21,13 +21,13 @@ from bridge.conform import ConformOptions, run_conform
 from bridge.emulator import EmulatorConfig, LipsyncRecord, RunningEmulator, emulator_in_background
 from chamelaion_client.client import BridgeClient
 from tests.bridge.processes import BRIDGE, cli_env, one_sentence, run_cli, serving
-from tests.bridge.test_timeline import records_from_the_hour
 from tests.helpers import wait_until
+from tests.media_samples import frame_indices
 from tests.timelines import (
     RATES,
     Cut,
-    frame_indices,
     make_dub,
+    records_from_the_hour,
     ten_clip_cut,
     write_timeline,
 )
