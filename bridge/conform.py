@@ -190,26 +190,32 @@ def submit_plan(client: BridgeClient, plan: Plan, options: ConformOptions) -> Su
     for shot in plan.usable:
         body = _job_body(shot, options, file_id, plan)
         job = known.get(shot.reference_id)
-        if job is None:
-            try:
-                job = client.create_job(body)
-            except BridgeRequestError as exc:
-                if exc.status == 409:
-                    job = client.get_job(shot.reference_id)
-                elif 400 <= exc.status < 500 and exc.status not in (401, 403):
-                    result.refused[shot.position] = Missing(str(exc), shot.reference_id)
+        try:
+            if job is None:
+                try:
+                    result.jobs[shot.position] = client.create_job(body)
                     continue
-                else:
-                    raise
-            else:
-                result.jobs[shot.position] = job
-                continue
-        if options.retry_failed and job["state"] in RETRYABLE_STATES:
-            job = _retried(client, job)
-            result.retried += 1
+                except BridgeRequestError as exc:
+                    if exc.status != 409:
+                        raise
+                    job = client.get_job(shot.reference_id)
+            if options.retry_failed and job["state"] in RETRYABLE_STATES:
+                job = _retried(client, job)
+                result.retried += 1
+        except BridgeRequestError as exc:
+            if not _refusal(exc):
+                raise
+            result.refused[shot.position] = Missing(str(exc), shot.reference_id)
+            continue
         result.jobs[shot.position] = job
         result.adopted += 1
     return result
+
+
+def _refusal(exc: BridgeRequestError) -> bool:
+    """Whether the bridge refused this shot's request for a reason of its own (say, a source
+    that vanished), not for one that stops every shot (a wrong token, its own error)."""
+    return 400 <= exc.status < 500 and exc.status not in (401, 403)
 
 
 def _retried(client: BridgeClient, job: dict[str, Any]) -> dict[str, Any]:

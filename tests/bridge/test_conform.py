@@ -295,8 +295,11 @@ def test_a_rerun_with_retry_failed_sends_the_failed_shot_again_and_no_other(
     after_first = dict(charged)
     assert len(after_first) == 10 and set(after_first.values()) == {1}
 
+    sent = conform(data_dir, env, path, "--audio", dub, "--retry-failed", "--no-wait")
     retried = conform(data_dir, env, path, "--audio", dub, "--retry-failed")
 
+    assert sent.returncode == 0, sent.stderr
+    assert "Submitted 0 shot(s) of cut.otio (10 already known, 1 of them retried)" in sent.stdout
     assert retried.returncode == 0, retried.stderr
     assert "has no take" not in retried.stderr
     assert_conformed(out, cut)
