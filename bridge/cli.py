@@ -452,6 +452,7 @@ def cmd_conform(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         no_wait=args.no_wait,
         json=args.json,
+        retry_failed=args.retry_failed,
     )
     try:
         return run_conform(options, lambda: hand_over_key(connect(args, start=True)))
@@ -617,7 +618,8 @@ def build_parser() -> Parser:
         '.fcpxml) against its dub and write the timeline back with a "Lip Sync" track of '
         "the takes; running it again adopts the jobs it made (nothing is charged twice). "
         "Exit 0 when every shot completed, 1 when any failed (OUT is still written), 4 for a "
-        "timeline that cannot be read or has no usable clip, or a plan over --max-seconds",
+        "timeline that cannot be read or has no usable clip, or a plan over --max-seconds; "
+        "after failures, run it again with --retry-failed",
     )
     conform.add_argument("timeline", metavar="TIMELINE", help="the timeline file")
     conform.add_argument(
@@ -668,6 +670,12 @@ def build_parser() -> Parser:
     )
     conform.add_argument(
         "--json", action="store_true", help="print the plan (and the jobs and OUT) as JSON"
+    )
+    conform.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="retry the shots whose jobs failed or were canceled (through the bridge's retry; "
+        "a completed shot is never sent again), then wait as usual",
     )
     return parser
 
