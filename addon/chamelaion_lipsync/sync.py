@@ -169,12 +169,15 @@ def apply(result: Result, news: News) -> None:
         return
     if kind == "clear":
         memory.rows.pop(value.get("reference_id", ""), None)
-    elif isinstance(value, dict) and value.get("reference_id") in memory.rows:
-        update_rows([*other_rows(value["reference_id"]), value], news)
+    elif isinstance(value, dict) and any(
+        job["id"] == value.get("id") for job in memory.rows.values()
+    ):
+        # By id: a retry after the API failed the request runs under a new reference_id.
+        update_rows([*other_rows(value["id"]), value], news)
 
 
-def other_rows(reference_id: str) -> list[dict[str, Any]]:
-    return [row for ref, row in memory.rows.items() if ref != reference_id]
+def other_rows(job_id: str) -> list[dict[str, Any]]:
+    return [row for row in memory.rows.values() if row["id"] != job_id]
 
 
 def update_rows(jobs: list[dict[str, Any]], news: News) -> None:
