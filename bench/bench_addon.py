@@ -173,8 +173,9 @@ def batch_scene(files: list[Path], dub: Path) -> object:
 def batch_clicks(files: list[Path], dub: Path) -> dict[str, list]:
     """Lip Sync with every strip selected, BATCH_CLICKS times, each in a new file (as an
     editor clicks once per cut) once the last batch runs remotely; each click is timed as the
-    UI runs it (invoke, then execute, then the undo step)."""
+    UI runs it: invoke's estimate, then execute, then the undo step."""
     background = sys.modules[f"{ADDON}.background"]
+    batch = sys.modules[f"{ADDON}.batch"]
     sync = sys.modules[f"{ADDON}.sync"]
     clicks, export_seconds, processes = [], [], []
     for _ in range(BATCH_CLICKS):
@@ -182,7 +183,9 @@ def batch_clicks(files: list[Path], dub: Path) -> dict[str, list]:
         started_before = background.BatchExport.started
         scene.chamelaion.reference_id = f"bench-{time.monotonic_ns()}"
         started = time.perf_counter()
-        result = bpy.ops.sequencer.chamelaion_lipsync("INVOKE_DEFAULT", True)
+        # What invoke adds before execute (headless Blender has no window: it skips invoke).
+        batch.estimate_seconds(scene, batch.selected_pictures(scene.sequence_editor))
+        result = bpy.ops.sequencer.chamelaion_lipsync("EXEC_DEFAULT", True)
         clicks.append((time.perf_counter() - started) * 1000)
         assert result == {"FINISHED"}, result
         processes.append(background.BatchExport.started - started_before)

@@ -4,6 +4,8 @@ batch's totals and Retry Failed in the panel, and the billable seconds shown bef
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import secrets
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from tests.addon.conftest import (
 )
 from tests.faults import faults_of
 from tests.helpers import wait_until
+from tests.media_samples import make_test_video
 
 pytestmark = pytest.mark.blender
 SPACING = 100  # timeline frames between the shots' first frames
@@ -34,14 +37,23 @@ def offset_of(number: int) -> int:
     return 4 + 2 * number
 
 
-def shots(scene: Any, clip: Path, dub: Path, count: int, silent: tuple[int, ...] = ()) -> list:
-    """`count` trimmed movie strips along channel 1, each with its dub on channel 3 (none under
-    the shots numbered in `silent`); every strip selected, the first shot active."""
+def shots(
+    scene: Any,
+    clip: Path,
+    dub: Path,
+    count: int,
+    silent: tuple[int, ...] = (),
+    last: Path | None = None,
+) -> list:
+    """`count` trimmed movie strips of `clip` (the last one of `last` if given) along channel
+    1, each with its dub on channel 3 (none under the shots numbered in `silent`); every strip
+    selected, the first shot active."""
     movies = []
     for number in range(1, count + 1):
         start, offset = 10 + (number - 1) * SPACING, offset_of(number)
+        source = last if last is not None and number == count else clip
         movie = strips(scene).new_movie(
-            f"shot{number}", str(clip), channel=1, frame_start=start - offset
+            f"shot{number}", str(source), channel=1, frame_start=start - offset
         )
         movie.frame_offset_start, movie.frame_offset_end = offset, TAIL
         movies.append(movie)
@@ -160,6 +172,41 @@ def test_five_strips_make_five_jobs_in_one_export_and_five_drop_in_takes(
     )
     assert f"5 shots, {seconds:.1f} s billable" in panel_jobs(fresh)
     assert "5 done, 0 running, 0 failed" in panel_jobs(fresh)
+
+
+@pytest.fixture(scope="session")
+def long_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Big enough that its render still runs while the jobs before it are handed over."""
+    return make_test_video(tmp_path_factory.mktemp("long") / "long.mp4", 240, FPS, (640, 360))
+
+
+def test_one_background_export_hands_over_each_job_when_whole_and_a_failure_fails_only_it(
+    fresh: Any, clip: Path, long_clip: Path, dub: Path, tmp_path: Path
+) -> None:
+    bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "batch.blend"))
+    fresh.render.resolution_x, fresh.render.resolution_y = 640, 360
+    movies = shots(fresh, clip, dub, 3, last=long_clip)
+    movies[2].use_reverse_frames = True  # rendered, and for long
+    export, background = addon_module("export"), addon_module("background")
+    plans = [export.plan(bpy.context, fresh, m, f"whole-{n}") for n, m in enumerate(movies, 1)]
+    plans[1] = dataclasses.replace(plans[1], scene="Gone")
+    started = background.BatchExport.started
+    first, gone, long = background.BatchExport.start(plans).tasks()
+    assert background.BatchExport.started == started + 1
+    wait_until(lambda: first.poll().stage == "done", timeout=60, message="the first job")
+    assert long.poll().stage in ("waiting", "mixing", "rendering")  # the batch goes on
+    assert first.process.poll() is None and os.path.isfile(plans[0].audio_path)
+    state = wait_until(lambda: (s := gone.poll()).stage == "failed" and s, timeout=60)
+    log = Path(plans[0].audio_path).with_suffix(".log")
+    assert state.error == (
+        "Preparing strip 'shot2' for lip sync failed: the saved copy has no scene 'Gone' with "
+        f"strips; the details are in {log}."
+    )
+    wait_until(lambda: long.poll().stage == "done", timeout=180, message="the rendered job")
+    assert sorted(os.listdir(tmp_path / "chamelaion")) == sorted(
+        [log.name, "whole-1.audio.wav", "whole-3.audio.wav", "whole-3.video.mp4"]
+    )
+    assert not first.work.exists()
 
 
 def test_a_strip_without_dialogue_is_skipped_with_a_note_and_the_others_go(
