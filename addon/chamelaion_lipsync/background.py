@@ -114,6 +114,9 @@ def job_spec(plan: ExportPlan) -> dict[str, Any]:
         "picture": list(plan.picture),
         "audio": plan.audio_path,
         "audio_partial": partial(plan.audio_path),
+        "check_rate": {"strip": plan.source_name, "fps": plan.check_rate}
+        if plan.check_rate
+        else None,
         **video,
     }
 

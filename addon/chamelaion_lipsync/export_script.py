@@ -235,6 +235,18 @@ def open_copy(path: str) -> None:
     bpy.ops.wm.open_mainfile(filepath=path, load_ui=False)
 
 
+def check_rate(editor: Any, strip: str, fps: float) -> None:
+    """The bridge cuts the file at the rate the job was planned with, which Blender's record
+    gave (reading it from the file on the main thread costs a batch too much time)."""
+    found = compat.all_strips(editor).get(strip)
+    if found is not None and abs(found.fps - fps) > 1e-3:
+        raise Failure(
+            f"its file plays at {found.fps:g} fps, not the {fps:g} fps Blender noted when the "
+            "strip was made (its file was changed since); run Lip Sync on this strip alone, "
+            "which reads the file itself"
+        )
+
+
 def export(spec: dict[str, Any], job: dict[str, Any], report: Any) -> bool:
     """Move a range before frame 0 to 0, mix the dub, render the picture; True when the file
     in memory now differs from the copy in more than what the next job sets anyway."""
@@ -245,6 +257,8 @@ def export(spec: dict[str, Any], job: dict[str, Any], report: Any) -> bool:
     if hasattr(workspace, "sequencer_scene"):  # 5.0's sequencer operators act on this scene
         workspace.sequencer_scene = scene
     editor = scene.sequence_editor
+    if job.get("check_rate"):
+        check_rate(editor, **job["check_rate"])
     muted = {s.name: s.mute for s in compat.all_strips(editor)}
     shift = shift_to_zero(editor, job["start"])
     start, end = job["start"] + shift, job["end"] + shift

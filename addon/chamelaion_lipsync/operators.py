@@ -164,16 +164,14 @@ class SEQUENCER_OT_chamelaion_lipsync(bpy.types.Operator):
         base = options.reference_id.strip()
         jobs: list[tuple[export.ExportPlan, dict[str, Any]]] = []
         skipped: list[str] = []
-        rates: dict[str, float] = {}
         for number, shot in enumerate(shots, 1):
             reference_id = f"{base}-{number:02d}" if base else ""
             check_unused(reference_id)
             try:
                 strip = takes.original_of(editor, shot)
                 with takes.original_shown(editor, strip):
-                    plan = export.plan(
-                        context, scene, strip, reference_id or auto_reference_id(strip), rates
-                    )
+                    reference_id = reference_id or auto_reference_id(strip)
+                    plan = export.plan(context, scene, strip, reference_id, recorded_rate=True)
             except (export.ExportError, PlacementProblem) as exc:
                 skipped.append(batch.skip_note(shot, str(exc)))
                 continue

@@ -230,6 +230,39 @@ def test_a_strip_without_dialogue_is_skipped_with_a_note_and_the_others_go(
     assert any(line.startswith("Strip 'shot2' was skipped") for line in shown)
 
 
+def test_a_strip_whose_file_changed_rate_fails_alone_and_syncs_on_its_own(
+    fresh: Any, clip: Path, dub: Path, tmp_path: Path
+) -> None:
+    """A batch takes each movie's rate from Blender's record (opening 50 files would hold up
+    the click); a strip pointed at a file of another rate since is caught by the export."""
+    movies = shots(fresh, clip, dub, 3)
+    faster = make_test_video(tmp_path / "faster.mp4", 60, 30, (128, 64))
+    movies[1].filepath = str(faster)
+    base = lip_sync_batch(fresh)
+    refs = [f"{base}-{n:02d}" for n in range(1, 4)]
+    sync_through(
+        "plays at 30 fps",
+        lambda: take_of(fresh, refs[0]) and take_of(fresh, refs[2]),
+        message="the other two takes",
+    )
+    assert row(refs[1])["state"] == "failed"
+    assert row(refs[1])["error"].startswith(
+        "Preparing strip 'shot2' for lip sync failed: its file plays at 30 fps, not the 24 fps "
+        "Blender noted when the strip was made (its file was changed since); run Lip Sync on "
+        "this strip alone, which reads the file itself; the details are in "
+    )
+    for strip in strips(fresh):
+        strip.select = strip in (movies[1], fresh.sequence_editor.strips["dub2"])
+    fresh.sequence_editor.active_strip = movies[1]
+    fresh.chamelaion.reference_id = alone = f"{base}-alone"
+    try:
+        assert bpy.ops.sequencer.chamelaion_lipsync() == {"FINISHED"}
+    finally:
+        fresh.chamelaion.reference_id = ""
+    take = sync_until(lambda: take_of(fresh, alone), timeout=90, message="the take on its own")
+    assert take.frame_final_start == movies[1].frame_final_start
+
+
 def test_a_batch_where_no_strip_has_dialogue_is_refused(fresh: Any, clip: Path, dub: Path) -> None:
     shots(fresh, clip, dub, 2, silent=(1, 2))
     with pytest.raises(RuntimeError, match="None of the 2 selected strips can be sent"):
