@@ -164,13 +164,14 @@ class SEQUENCER_OT_chamelaion_lipsync(bpy.types.Operator):
         base = options.reference_id.strip()
         jobs: list[tuple[export.ExportPlan, dict[str, Any]]] = []
         skipped: list[str] = []
-        for number, shot in enumerate(shots, 1):
-            reference_id = f"{base}-{number:02d}" if base else ""
-            check_unused(reference_id)
+        numbered = [f"{base}-{number:02d}" if base else "" for number in range(1, len(shots) + 1)]
+        for reference_id in filter(None, numbered):
+            check_unused(reference_id)  # before anything is planned: the batch is refused
+        for shot, reference_id in zip(shots, numbered, strict=True):
             try:
                 strip = takes.original_of(editor, shot)
+                reference_id = reference_id or auto_reference_id(strip)
                 with takes.original_shown(editor, strip):
-                    reference_id = reference_id or auto_reference_id(strip)
                     plan = export.plan(context, scene, strip, reference_id, recorded_rate=True)
             except (export.ExportError, PlacementProblem) as exc:
                 skipped.append(batch.skip_note(shot, str(exc)))
