@@ -4,6 +4,7 @@ so the panel rebuilds the batch from the bridge's rows after undo or a reopen)."
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from . import compat, export, takes
 from .takes import PlacementProblem
 
 DEFAULT_CONFIRM_ABOVE = 300.0  # billable seconds
-MAX_NOTES = 20  # skipped strips' sentences kept in each job's record (a record is <= 16 KiB)
+NOTES_BYTES = 8192  # the skipped strips' sentences in each job's record (one is <= 16 KiB)
 NOTE_LENGTH = 300
 
 
@@ -68,13 +69,12 @@ def skip_note(strip: Any, reason: str) -> str:
 
 
 def record(label: str, skipped: list[str]) -> dict[str, Any]:
-    """The batch's part of each job's `client` record: its id, its label and the skipped
-    strips' sentences (a few, kept short, so every job can carry them)."""
-    return {
-        "id": uuid.uuid4().hex,
-        "label": label,
-        "skipped": [note[:NOTE_LENGTH] for note in skipped[:MAX_NOTES]],
-    }
+    """The batch's part of each job's `client` record: its id, its label, how many strips it
+    skipped and their sentences (as many as fit a small budget, so every job carries them)."""
+    notes = [note[:NOTE_LENGTH] for note in skipped]
+    while notes and len(json.dumps(notes)) > NOTES_BYTES:
+        notes.pop()
+    return {"id": uuid.uuid4().hex, "label": label, "skipped": notes, "skipped_count": len(skipped)}
 
 
 def label_now() -> str:
@@ -91,7 +91,7 @@ class Group:
     @property
     def boxed(self) -> bool:
         """A batch is one box when it has two jobs or more, or a strip it skipped."""
-        return bool(self.batch) and (len(self.jobs) > 1 or bool(self.batch.get("skipped")))
+        return bool(self.batch) and (len(self.jobs) > 1 or bool(self.batch.get("skipped_count")))
 
     def totals(self) -> dict[str, Any]:
         """Shots, billable seconds, done, running, failed (canceled counts too) and skipped."""
@@ -102,7 +102,7 @@ class Group:
             "done": states.count("completed"),
             "running": sum(state not in FINAL_STATES for state in states),
             "failed": sum(state in RETRYABLE_STATES for state in states),
-            "skipped": len(self.batch.get("skipped", [])),
+            "skipped": int(self.batch.get("skipped_count", 0)),
         }
 
 
