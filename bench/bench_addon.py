@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -29,6 +30,7 @@ os.environ["BLENDER_USER_RESOURCES"] = os.environ["CHAMELAION_BLENDER_USER"]
 import bpy  # noqa: E402
 
 import build_addon  # noqa: E402
+from bridge import discovery  # noqa: E402
 from bridge.emulator import EmulatorConfig, emulator_in_background  # noqa: E402
 from tests.addon.conftest import (  # noqa: E402
     ADDON,
@@ -103,6 +105,11 @@ def main() -> int:
             launcher.process.terminate()
             launcher.process.wait(timeout=10)
         sync.stop_worker()
+        # The bridge outlives Blender while jobs are unfinished (these never finish): stop it.
+        info = discovery.read_discovery(work / "bridge")
+        if info:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(info["pid"], signal.SIGTERM)
         background.close()
         shutil.rmtree(work, ignore_errors=True)
     figures = {
