@@ -1,7 +1,9 @@
-"""Run a job's export (mixdown, render) in a background Blender, never on the main thread.
+"""Run the exports (mixdown, render) of a batch of jobs in one background Blender, never on
+the main thread.
 
-The main thread only saves a copy of the file and starts the process; poll() reads the small
-status file the process rewrites, cancel() stops it. Outputs appear whole or not at all.
+The main thread only saves one copy of the file and starts one process; poll() reads the small
+status file the process rewrites, cancel() skips a job or stops the process. Outputs appear
+whole or not at all.
 """
 
 from __future__ import annotations
@@ -99,14 +101,12 @@ def log_of(plan: ExportPlan) -> Path:
     return Path(plan.audio_path).with_suffix(".log")
 
 
-def write_spec(plan: ExportPlan, work: Path, copy: Path) -> Path:
-    """What export_script.py needs, as JSON beside the copy."""
+def job_spec(plan: ExportPlan) -> dict[str, Any]:
+    """What export_script.py needs of one job."""
     video = {"video": None, "video_partial": None}
     if plan.placement == "overlay":
         video = {"video": plan.video_path, "video_partial": partial(plan.video_path)}
-    spec = {
-        "copy": str(copy),
-        "status": str(work / "status.json"),
+    return {
         "scene": plan.scene,
         "start": plan.start,
         "end": plan.end,
@@ -114,8 +114,22 @@ def write_spec(plan: ExportPlan, work: Path, copy: Path) -> Path:
         "picture": list(plan.picture),
         "audio": plan.audio_path,
         "audio_partial": partial(plan.audio_path),
-        "parent_pid": os.getpid(),
+        "check_rate": {"strip": plan.source_name, "fps": plan.check_rate}
+        if plan.check_rate
+        else None,
         **video,
+    }
+
+
+def write_spec(plans: list[ExportPlan], work: Path, copy: Path) -> Path:
+    """The batch as JSON beside the copy; a file `cancel-N` there tells the process to skip
+    job N."""
+    spec = {
+        "copy": str(copy),
+        "status": str(work / "status.json"),
+        "cancel_prefix": str(work / "cancel-"),
+        "parent_pid": os.getpid(),
+        "jobs": [job_spec(plan) for plan in plans],
     }
     path = work / "spec.json"
     path.write_text(json.dumps(spec), encoding="utf-8")
@@ -149,32 +163,40 @@ def last_line(path: Path) -> str:
     return ""
 
 
-class ExportTask:
-    """One job's export running in a background Blender: start(), then poll() from a timer."""
+FINAL = ("done", "failed", "canceled")
 
-    def __init__(self, plan: ExportPlan, process: subprocess.Popen[bytes], work: Path) -> None:
-        self.plan = plan
+
+class BatchExport:
+    """A batch's exports in one background Blender, one job after the other: one saved copy,
+    one process. Each job is final as soon as the process has moved past it (its files are
+    whole then), so it can go to the bridge while the others are still being made."""
+
+    started = 0  # processes started in this session (one per batch)
+
+    def __init__(
+        self, plans: list[ExportPlan], process: subprocess.Popen[bytes], work: Path, log: Path
+    ) -> None:
+        self.plans = plans
         self.process = process
         self.work = work
+        self.log_path = log
         self.status_path = work / "status.json"
-        self.log_path = log_of(plan)
-        self.final: TaskState | None = None
-
-    @property
-    def outputs(self) -> list[str]:
-        return outputs_of(self.plan)
+        self.final: dict[int, TaskState] = {}
+        self._seen: tuple[int, int, int] | None = None
+        self._jobs: list[dict[str, Any]] = []
 
     @classmethod
-    def start(cls, context: Any, plan: ExportPlan) -> ExportTask:
-        """Save a copy of the file and start the background export on it; fast, and the
-        editor's own settings are never touched."""
-        work = Path(tempfile.mkdtemp(prefix=f"chamelaion-{file_stem(plan.reference_id)}-"))
+    def start(cls, plans: list[ExportPlan], log: Path | None = None) -> BatchExport:
+        """Save one copy of the file and start one background export of every plan on it;
+        fast, and the editor's own settings are never touched."""
+        log = log or log_of(plans[0])
+        work = Path(tempfile.mkdtemp(prefix=f"chamelaion-{file_stem(plans[0].reference_id)}-"))
         try:
-            outputs = outputs_of(plan)
+            outputs = [path for plan in plans for path in outputs_of(plan)]
             remove([*outputs, *map(partial, outputs)])  # "done" must never see an older file
             copy = work / "copy.blend"
             save_copy(copy)
-            process = spawn(command(copy, write_spec(plan, work, copy)), log_of(plan), work)
+            process = spawn(command(copy, write_spec(plans, work, copy)), log, work)
         except OSError as exc:
             shutil.rmtree(work, ignore_errors=True)
             raise ExportError(
@@ -184,48 +206,77 @@ class ExportTask:
         except ExportError:
             shutil.rmtree(work, ignore_errors=True)
             raise
-        return cls(plan, process, work)
+        cls.started += 1
+        return cls(plans, process, work, log)
 
-    def read_status(self) -> dict[str, Any]:
+    def tasks(self) -> list[ExportTask]:
+        return [ExportTask(self, index) for index in range(len(self.plans))]
+
+    def read_status(self) -> list[dict[str, Any]]:
+        """The jobs' entries of the status file, read again only when it changed."""
         try:
-            return json.loads(self.status_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
+            info = self.status_path.stat()
+            seen = (info.st_ino, info.st_mtime_ns, info.st_size)  # each write is a new file
+            if seen != self._seen:
+                jobs = json.loads(self.status_path.read_text(encoding="utf-8"))["jobs"]
+                self._seen, self._jobs = seen, jobs
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return self._jobs
 
-    def poll(self) -> TaskState:
-        """Where the export is, without waiting; the first final answer is kept."""
-        if self.final is not None:
-            return self.final
+    def poll(self, index: int) -> TaskState:
+        """Where job `index` is, without waiting; its first final answer is kept."""
+        if index in self.final:
+            return self.final[index]
         code = self.process.poll()
-        status = self.read_status()
-        if code is None:
-            return self.running(status)
-        if code == 0 and status.get("stage") == "done" and all(map(os.path.isfile, self.outputs)):
-            return self.finish(TaskState("done", 1.0))
-        reason = status.get("error") or last_line(self.log_path) or f"exit status {code}"
+        jobs = self.read_status()
+        entry = jobs[index] if index < len(jobs) else {}
+        if code is not None:
+            for other in range(len(self.plans)):
+                if other not in self.final:
+                    self.settle(other, jobs[other] if other < len(jobs) else {}, code)
+            self.close()
+            return self.final[index]
+        moved_on = any(later.get("stage") for later in jobs[index + 1 :])
+        if entry.get("stage") in FINAL and moved_on:
+            return self.settle(index, entry, None)
+        return self.running(index, entry, jobs)
+
+    def settle(self, index: int, entry: dict[str, Any], code: int | None) -> TaskState:
+        """Job `index` is over: done when its files are whole, else failed with a sentence."""
+        plan = self.plans[index]
+        if entry.get("stage") == "done" and all(map(os.path.isfile, outputs_of(plan))):
+            return self.finish(index, TaskState("done", 1.0))
+        reason = entry.get("error") or last_line(self.log_path) or f"exit status {code}"
         error = (
-            f"Preparing strip '{self.plan.source_name}' for lip sync failed: "
+            f"Preparing strip '{plan.source_name}' for lip sync failed: "
             f"{reason.rstrip('.')}; the details are in {self.log_path}."
         )
-        return self.finish(TaskState("failed", 0.0, error))
+        return self.finish(index, TaskState("failed", 0.0, error))
 
-    def running(self, status: dict[str, Any]) -> TaskState:
-        """ "saving" until the process reports (it is still loading the copy); a status of
-        "done" while the process lives means Blender is closing: the last stage, at 100 %."""
-        stage = status.get("stage")
-        if stage == "done":
-            return TaskState("rendering" if self.plan.placement == "overlay" else "mixing", 1.0)
+    def running(self, index: int, entry: dict[str, Any], jobs: list[dict[str, Any]]) -> TaskState:
+        """ "saving" until the process reports (it is still loading the copy), "waiting" while
+        it works on the jobs before; a final stage while the process lives means Blender is
+        closing: the last stage, at 100 %."""
+        stage = entry.get("stage")
+        if stage in FINAL:
+            overlay = self.plans[index].placement == "overlay"
+            return TaskState("rendering" if overlay else "mixing", 1.0)
         if stage == "rendering":
-            done, total = status.get("done", 0), max(1, status.get("total", 1))
+            done, total = entry.get("done", 0), max(1, entry.get("total", 1))
             return TaskState("rendering", MIXING_SHARE + (1 - MIXING_SHARE) * done / total)
         if stage == "mixing":
             return TaskState("mixing", MIXING_SHARE)
-        return TaskState("saving", 0.0)
+        return TaskState("waiting" if any(j.get("stage") for j in jobs) else "saving", 0.0)
 
-    def cancel(self) -> None:
-        """Stop the process and remove everything it wrote; nothing to do once poll() gave a
-        final state (a finished task's outputs belong to the caller)."""
-        if self.final is not None:
+    def cancel(self, index: int) -> None:
+        """Job `index` is skipped (the process is stopped when no other job is left); nothing
+        to do once it is final (a finished job's outputs belong to the caller)."""
+        if index in self.final:
+            return
+        if any(other not in self.final for other in range(len(self.plans)) if other != index):
+            (self.work / f"cancel-{index}").touch()
+            self.finish(index, TaskState("canceled", 0.0))
             return
         if self.process.poll() is None:
             self.process.terminate()
@@ -234,17 +285,61 @@ class ExportTask:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        self.finish(TaskState("canceled", 0.0))
+        self.finish(index, TaskState("canceled", 0.0))
+        self.close()
 
-    def finish(self, state: TaskState) -> TaskState:
-        """Clean up once: the copy and status always; partial outputs unless done; the
-        log unless it explains a failure; finished outputs when canceled."""
-        self.final = state
-        shutil.rmtree(self.work, ignore_errors=True)
-        doomed = [partial(path) for path in self.outputs]
-        if state.stage != "failed":
-            doomed.append(str(self.log_path))
-        if state.stage != "done":
-            doomed.extend(self.outputs)
-        remove(doomed)
+    def finish(self, index: int, state: TaskState) -> TaskState:
+        """Keep the job's final state; its partial outputs go, and its outputs unless done."""
+        self.final[index] = state
+        outputs = outputs_of(self.plans[index])
+        remove([*map(partial, outputs), *(outputs if state.stage != "done" else [])])
         return state
+
+    def close(self) -> None:
+        """Every job is final and the process gone: the copy and status go, and the log
+        unless it explains a failure; a canceled job's outputs written meanwhile go too."""
+        shutil.rmtree(self.work, ignore_errors=True)
+        for index, state in self.final.items():
+            if state.stage == "canceled":
+                remove(outputs_of(self.plans[index]))
+        if all(state.stage != "failed" for state in self.final.values()):
+            remove([str(self.log_path)])
+
+
+class ExportTask:
+    """One job's export, running in its batch's background Blender: poll() from a timer."""
+
+    def __init__(self, batch: BatchExport, index: int) -> None:
+        self.batch = batch
+        self.index = index
+
+    @classmethod
+    def start(cls, context: Any, plan: ExportPlan) -> ExportTask:
+        """A batch of one."""
+        return BatchExport.start([plan]).tasks()[0]
+
+    @property
+    def plan(self) -> ExportPlan:
+        return self.batch.plans[self.index]
+
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        return self.batch.process
+
+    @property
+    def work(self) -> Path:
+        return self.batch.work
+
+    @property
+    def log_path(self) -> Path:
+        return self.batch.log_path
+
+    @property
+    def outputs(self) -> list[str]:
+        return outputs_of(self.plan)
+
+    def poll(self) -> TaskState:
+        return self.batch.poll(self.index)
+
+    def cancel(self) -> None:
+        self.batch.cancel(self.index)

@@ -1,10 +1,12 @@
-"""Mix the dialogue down and render the raw picture of one job, inside a background Blender.
+"""Mix the dialogue down and render the raw picture of a batch's jobs, one after the other,
+inside one background Blender.
 
 Run by background.py as `blender --background COPY --python export_script.py -- SPEC` (or by
 the Python that has the `bpy` module, which opens COPY itself). It works on a saved copy of
 the editor's file, so it may change anything; only bpy and the add-on's compat module are
-imported (never the bridge). Progress goes to a small JSON status file rewritten atomically;
-outputs are written under temporary names and renamed into place once both are whole.
+imported (never the bridge). Progress goes to a small JSON status file (one entry per
+job) rewritten atomically; a job's outputs are written under temporary names and renamed into
+place once both are whole, so each job can go to the bridge as soon as its own files are.
 """
 
 from __future__ import annotations
@@ -54,15 +56,17 @@ class Failure(Exception):
 
 
 class Status:
-    """The status file the main thread polls: stage, frames done and total, error."""
+    """The status file the main thread polls: per job its stage, frames done and total, error."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, count: int) -> None:
         self.path = path
+        self.jobs: list[dict[str, Any]] = [{} for _ in range(count)]
 
-    def write(self, stage: str, done: int = 0, total: int = 0, error: str = "") -> None:
+    def write(self, index: int, stage: str, done: int = 0, total: int = 0, error: str = "") -> None:
+        self.jobs[index] = {"stage": stage, "done": done, "total": total, "error": error}
         tmp = f"{self.path}.tmp"
         with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump({"stage": stage, "done": done, "total": total, "error": error}, fh)
+            json.dump({"jobs": self.jobs}, fh)
         for _ in range(REPLACE_TRIES - 1):
             try:
                 os.replace(tmp, self.path)
@@ -200,69 +204,118 @@ def mixdown(scene: Any, path: str) -> None:
         raise Failure("Blender could not mix the dialogue down to a WAV file")
 
 
-def render(
-    scene: Any, path: str, total: int, status: Status, parent: int, partials: list[str]
-) -> None:
+def abandon(*paths: str | None) -> None:
+    """The editor's Blender quit or crashed: nobody waits for these files, nor for the copy."""
+    remove(*paths)
+    os._exit(3)
+
+
+def render(scene: Any, path: str, total: int, report: Any, parent: int, doomed: list[str]) -> None:
     """Render the scene's range to `path`, reporting each frame; stop when Blender is gone."""
     written = [0]
 
     def frame_written(*_args: Any) -> None:
-        if os.getppid() != parent:  # the editor's Blender quit or crashed: nobody waits
-            remove(*partials)
-            os._exit(3)
+        if os.getppid() != parent:
+            abandon(*doomed)
         written[0] += 1
-        status.write("rendering", written[0], total)
+        report("rendering", written[0], total)
 
     bpy.app.handlers.render_write.append(frame_written)
-    with compat.scene_override(bpy.context, scene):
-        bpy.ops.render.render(animation=True, scene=scene.name)
+    try:
+        with compat.scene_override(bpy.context, scene):
+            bpy.ops.render.render(animation=True, scene=scene.name)
+    finally:
+        bpy.app.handlers.render_write.remove(frame_written)
     if written[0] != total or not os.path.isfile(path):
         raise Failure(f"Blender rendered {written[0]} of {total} frames")
 
 
-def run(spec: dict[str, Any], status: Status) -> None:
-    """Open the copy, move a range before frame 0 to 0, mix the dub, render the picture."""
-    if os.path.normpath(bpy.data.filepath) != os.path.normpath(spec["copy"]):
-        bpy.ops.wm.open_mainfile(filepath=spec["copy"], load_ui=False)
-    os.remove(spec["copy"])  # loaded: a Blender that dies from here on leaves no big file
-    scene = bpy.data.scenes.get(spec["scene"])
+def open_copy(path: str) -> None:
+    """The saved copy as it was saved (a job before may have changed the one in memory)."""
+    bpy.ops.wm.open_mainfile(filepath=path, load_ui=False)
+
+
+def check_rate(editor: Any, strip: str, fps: float) -> None:
+    """The bridge cuts the file at the rate the job was planned with, which Blender's record
+    gave (reading it from the file on the main thread costs a batch too much time)."""
+    found = compat.all_strips(editor).get(strip)
+    if found is not None and abs(found.fps - fps) > 1e-3:
+        raise Failure(
+            f"its file plays at {found.fps:g} fps, not the {fps:g} fps Blender noted when the "
+            "strip was made (its file was changed since); run Lip Sync on this strip alone, "
+            "which reads the file itself"
+        )
+
+
+def export(spec: dict[str, Any], job: dict[str, Any], report: Any) -> bool:
+    """Move a range before frame 0 to 0, mix the dub, render the picture; True when the file
+    in memory now differs from the copy in more than what the next job sets anyway."""
+    scene = bpy.data.scenes.get(job["scene"])
     if scene is None or scene.sequence_editor is None:
-        raise Failure(f"the saved copy has no scene '{spec['scene']}' with strips")
+        raise Failure(f"the saved copy has no scene '{job['scene']}' with strips")
     workspace = bpy.context.workspace
     if hasattr(workspace, "sequencer_scene"):  # 5.0's sequencer operators act on this scene
         workspace.sequencer_scene = scene
     editor = scene.sequence_editor
+    if job.get("check_rate"):
+        check_rate(editor, **job["check_rate"])
     muted = {s.name: s.mute for s in compat.all_strips(editor)}
-    shift = shift_to_zero(editor, spec["start"])
-    start, end = spec["start"] + shift, spec["end"] + shift
+    shift = shift_to_zero(editor, job["start"])
+    start, end = job["start"] + shift, job["end"] + shift
     set_range(scene, start, end)
-    status.write("mixing")
-    show_only(editor, spec["sounds"], muted, contents=False)
-    mixdown(scene, spec["audio_partial"])
-    if spec["video"]:
-        status.write("rendering", 0, end - start)
-        show_only(editor, spec["picture"], muted, contents=True)
-        cover = compat.all_strips(editor)[spec["picture"][0]]
+    report("mixing")
+    show_only(editor, job["sounds"], muted, contents=False)
+    mixdown(scene, job["audio_partial"])
+    if job["video"]:
+        report("rendering", 0, end - start)
+        show_only(editor, job["picture"], muted, contents=True)
+        cover = compat.all_strips(editor)[job["picture"][0]]
         neutralise(scene, cover)
-        set_output(scene, raw_size(scene, cover), spec["video_partial"])
-        partials = [spec["audio_partial"], spec["video_partial"]]
-        render(scene, spec["video_partial"], end - start, status, spec["parent_pid"], partials)
-        os.replace(spec["video_partial"], spec["video"])
-    os.replace(spec["audio_partial"], spec["audio"])
+        set_output(scene, raw_size(scene, cover), job["video_partial"])
+        doomed = [spec["copy"], job["audio_partial"], job["video_partial"]]
+        render(scene, job["video_partial"], end - start, report, spec["parent_pid"], doomed)
+        os.replace(job["video_partial"], job["video"])
+    os.replace(job["audio_partial"], job["audio"])
+    return bool(shift or job["video"])
+
+
+def run(spec: dict[str, Any], status: Status) -> bool:
+    """Each job in turn on the copy, reopened after a job that changed it; a job that fails
+    (or that the editor canceled) stops no other. True when every job ran through."""
+    stale = os.path.normpath(bpy.data.filepath) != os.path.normpath(spec["copy"])
+    all_done = True
+    for index, job in enumerate(spec["jobs"]):
+        if os.getppid() != spec["parent_pid"]:
+            abandon(spec["copy"])
+        if os.path.exists(f"{spec['cancel_prefix']}{index}"):
+            status.write(index, "canceled")
+            continue
+
+        def report(stage: str, done: int = 0, total: int = 0, index: int = index) -> None:
+            status.write(index, stage, done, total)
+
+        report("mixing")
+        try:
+            if stale:
+                open_copy(spec["copy"])
+            stale = export(spec, job, report)
+        except Exception as exc:  # every failure becomes that job's one sentence
+            traceback.print_exc()
+            remove(job["audio_partial"], job.get("video_partial"))
+            status.write(index, "failed", error=str(exc) or type(exc).__name__)
+            stale, all_done = True, False
+            continue
+        status.write(index, "done")
+    return all_done
 
 
 def main() -> int:
     spec = json.loads(Path(sys.argv[sys.argv.index("--") + 1]).read_text(encoding="utf-8"))
-    status = Status(spec["status"])
+    status = Status(spec["status"], len(spec["jobs"]))
     try:
-        run(spec, status)
-    except Exception as exc:  # every failure becomes the status' one sentence
-        traceback.print_exc()
-        remove(spec["audio_partial"], spec.get("video_partial"))
-        status.write("failed", error=str(exc) or type(exc).__name__)
-        return 1
-    status.write("done")
-    return 0
+        return 0 if run(spec, status) else 1
+    finally:
+        remove(spec["copy"])
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ from bpy.props import EnumProperty, IntProperty, StringProperty
 from chamelaion_client import FINAL_STATES, RETRYABLE_STATES
 from chamelaion_client.layout import DEFAULT_URL, is_loopback_url
 
-from . import compat, export, props, sync, takes
-from .background import ExportTask
+from . import batch, compat, export, props, sync, takes
+from .background import BatchExport, ExportTask
 from .takes import PlacementProblem
 from .worker import Request
 
@@ -50,7 +50,8 @@ def online_problem() -> str | None:
 
 
 def request_body(plan: export.ExportPlan, options: Any, strip: Any, cover: Any) -> dict:
-    """The bridge job, carrying in `client` all it takes to place the take later."""
+    """The bridge job, carrying in `client` all it takes to place the take later and the
+    seconds it bills."""
     overlay = plan.placement == "overlay"
     body: dict[str, Any] = {
         "video_path": plan.video_path,
@@ -68,6 +69,7 @@ def request_body(plan: export.ExportPlan, options: Any, strip: Any, cover: Any) 
             "start": plan.start,
             "end": plan.end,
             "first": plan.start - cover.frame_final_start if overlay else plan.source_first,
+            "seconds": round(batch.plan_seconds(plan), 3),
         },
     }
     if plan.video_range:
@@ -77,45 +79,127 @@ def request_body(plan: export.ExportPlan, options: Any, strip: Any, cover: Any) 
     return body
 
 
+def check_scene(scene: Any) -> None:
+    """What every Lip Sync needs before any strip is looked at."""
+    if scene.sequence_editor is None:
+        raise export.ExportError(
+            "This scene has no strips: add a movie strip and its dubbed dialogue first."
+        )
+    problem = online_problem()
+    if problem:
+        raise export.ExportError(problem)
+
+
+def check_unused(reference_id: str) -> None:
+    if reference_id in sync.known_references():
+        raise export.ExportError(
+            f"Reference ID '{reference_id}' is already used in this file; "
+            "clear the field or pick another."
+        )
+
+
+def confirm_above() -> float:
+    prefs = props.preferences()
+    return prefs.confirm_above if prefs else batch.DEFAULT_CONFIRM_ABOVE
+
+
 class SEQUENCER_OT_chamelaion_lipsync(bpy.types.Operator):
-    """Send the active picture strip and the dialogue under it to Chamelaion lip sync"""
+    """Send the active picture strip and the dialogue under it to Chamelaion lip sync; with
+    several picture strips selected, each one as a shot of one batch"""
 
     bl_idname = "sequencer.chamelaion_lipsync"
     bl_label = "Lip Sync"
     bl_options = {"REGISTER", "UNDO"}
 
+    def invoke(self, context: bpy.types.Context, event: Any) -> set[str]:
+        """A batch above the preference's limit of billable seconds asks first."""
+        editor = compat.sequencer_scene(context).sequence_editor
+        shots = batch.selected_pictures(editor) if editor is not None else []
+        seconds = batch.estimate_seconds(compat.sequencer_scene(context), shots)
+        if batch.needs_confirmation(len(shots), seconds, confirm_above()):
+            return context.window_manager.invoke_confirm(
+                self,
+                event,
+                title="Lip Sync",
+                message=batch.confirmation(len(shots), seconds),
+                confirm_text="Send",
+            )
+        return self.execute(context)
+
     def execute(self, context: bpy.types.Context) -> set[str]:
         scene = compat.sequencer_scene(context)
         compat.ensure_sequencer_scene(context, scene)
-        options = scene.chamelaion
         try:
-            if scene.sequence_editor is None:
-                raise export.ExportError(
-                    "This scene has no strips: add a movie strip and its dubbed dialogue first."
-                )
-            problem = online_problem()
-            if problem:
-                raise export.ExportError(problem)
-            strip = takes.original_of(scene.sequence_editor, export.picture_strip(scene))
-            reference_id = options.reference_id.strip() or auto_reference_id(strip)
-            if reference_id in sync.known_references():
-                raise export.ExportError(
-                    f"Reference ID '{reference_id}' is already used in this file; "
-                    "clear the field or pick another."
-                )
-            with takes.original_shown(scene.sequence_editor, strip):
-                plan = export.plan(context, scene, strip, reference_id)
-            cover = takes.find_tagged(scene.sequence_editor, plan.cover_tag)
-            body = request_body(plan, options, strip, cover)
-            task = ExportTask.start(context, plan)
+            check_scene(scene)
+            shots = batch.selected_pictures(scene.sequence_editor)
+            if len(shots) > 1:
+                return self.send_batch(context, scene, shots)
+            return self.send_one(context, scene)
         except (export.ExportError, PlacementProblem) as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
+
+    def send_one(self, context: Any, scene: Any) -> set[str]:
+        """The active strip as one job."""
+        options = scene.chamelaion
+        strip = takes.original_of(scene.sequence_editor, export.picture_strip(scene))
+        reference_id = options.reference_id.strip() or auto_reference_id(strip)
+        check_unused(reference_id)
+        with takes.original_shown(scene.sequence_editor, strip):
+            plan = export.plan(context, scene, strip, reference_id)
+        cover = takes.find_tagged(scene.sequence_editor, plan.cover_tag)
+        body = request_body(plan, options, strip, cover)
+        task = ExportTask.start(context, plan)
         sync.start_job(reference_id, task, body)
         sync.keep_file_id()
         if plan.warning:
             self.report({"WARNING"}, plan.warning)
         self.report({"INFO"}, f"Lip sync of '{strip.name}' queued as {reference_id}.")
+        return {"FINISHED"}
+
+    def send_batch(self, context: Any, scene: Any, shots: list[Any]) -> set[str]:
+        """One job per strip with dialogue under it, exported by one background Blender; a
+        strip that cannot be sent is skipped with its sentence and the others go."""
+        editor, options = scene.sequence_editor, scene.chamelaion
+        base = options.reference_id.strip()
+        jobs: list[tuple[export.ExportPlan, dict[str, Any]]] = []
+        skipped: list[str] = []
+        numbered = [f"{base}-{number:02d}" if base else "" for number in range(1, len(shots) + 1)]
+        for reference_id in filter(None, numbered):
+            check_unused(reference_id)  # before anything is planned: the batch is refused
+        for shot, reference_id in zip(shots, numbered, strict=True):
+            try:
+                strip = takes.original_of(editor, shot)
+                reference_id = reference_id or auto_reference_id(strip)
+                with takes.original_shown(editor, strip):
+                    plan = export.plan(context, scene, strip, reference_id, recorded_rate=True)
+            except (export.ExportError, PlacementProblem) as exc:
+                skipped.append(batch.skip_note(shot, str(exc)))
+                continue
+            cover = takes.find_tagged(editor, plan.cover_tag)
+            jobs.append((plan, request_body(plan, options, strip, cover)))
+        for note in skipped:
+            self.report({"WARNING"}, note)
+        if not jobs:
+            raise export.ExportError(
+                f"None of the {len(shots)} selected strips can be sent (each is explained "
+                "above); fix them and run Lip Sync again."
+            )
+        label = batch.label_now()
+        record = batch.record(label, skipped)
+        tasks = BatchExport.start([plan for plan, _ in jobs]).tasks()
+        for number, ((plan, body), task) in enumerate(zip(jobs, tasks, strict=True), 1):
+            body["client"]["batch"] = {**record, "shot": number}
+            sync.start_job(plan.reference_id, task, body)
+            if plan.warning:
+                self.report({"WARNING"}, plan.warning)
+        sync.keep_file_id()
+        seconds = sum(batch.plan_seconds(plan) for plan, _ in jobs)
+        self.report(
+            {"INFO"},
+            f"Lip sync batch {label}: {len(jobs)} shots queued, {seconds:.1f} s of billable "
+            f"media" + (f", {len(skipped)} skipped." if skipped else "."),
+        )
         return {"FINISHED"}
 
 
@@ -180,16 +264,37 @@ class SEQUENCER_OT_chamelaion_retry(_JobOperator, bpy.types.Operator):
     bl_label = "Retry Lip-Sync Job"
 
     def execute(self, context: bpy.types.Context) -> set[str]:
-        unsent = sync.memory.local_errors.get(self.reference_id)
-        if unsent is not None and unsent.body is not None:
-            sync.send(self.reference_id, unsent.body)  # the cause may be fixed: send it now
-            return {"FINISHED"}
-        job = sync.memory.rows.get(self.reference_id)
-        if job is None or job.get("state") not in RETRYABLE_STATES:
-            self.report({"ERROR"}, "Only a failed or canceled job can be retried.")
+        problem = sync.retry(self.reference_id)
+        if problem:
+            self.report({"ERROR"}, problem)
             return {"CANCELLED"}
-        sync.memory.placed.discard(self.reference_id)
-        sync.worker().submit(Request("retry", job["id"], tag=self.reference_id))
+        return {"FINISHED"}
+
+
+class SEQUENCER_OT_chamelaion_retry_failed(bpy.types.Operator):
+    """Run this batch's failed and canceled jobs again"""
+
+    bl_idname = "sequencer.chamelaion_retry_failed"
+    bl_label = "Retry Failed"
+
+    batch_id: StringProperty(options={"HIDDEN"})
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        failed = [
+            job["reference_id"]
+            for job in sync.rows()
+            if batch.batch_of(job).get("id") == self.batch_id
+            and job.get("state") in RETRYABLE_STATES
+        ]
+        retried = [ref for ref in failed if sync.retry(ref) is None]
+        if not retried:
+            self.report(
+                {"ERROR"},
+                "This batch has no failed or canceled job that can be sent again; run Lip Sync "
+                "on its strips to export them anew.",
+            )
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"Retrying {len(retried)} of the batch's jobs.")
         return {"FINISHED"}
 
 
@@ -278,6 +383,7 @@ classes = (
     SEQUENCER_OT_chamelaion_report,
     SEQUENCER_OT_chamelaion_cancel,
     SEQUENCER_OT_chamelaion_retry,
+    SEQUENCER_OT_chamelaion_retry_failed,
     SEQUENCER_OT_chamelaion_place_take,
     SEQUENCER_OT_chamelaion_select_take,
     SEQUENCER_OT_chamelaion_switch_take,

@@ -5,10 +5,11 @@ import os
 from pathlib import Path
 
 import bpy
-from bpy.props import BoolProperty, PointerProperty, StringProperty
+from bpy.props import BoolProperty, FloatProperty, PointerProperty, StringProperty
 
 from chamelaion_client import layout
 
+from .batch import DEFAULT_CONFIRM_ABOVE
 from .worker import Settings
 
 
@@ -55,9 +56,19 @@ class ChamelaionPreferences(bpy.types.AddonPreferences):
         "with '--data-dir' appended and waits until it answers",
     )
 
+    confirm_above: FloatProperty(
+        name="Confirm batches above",
+        default=DEFAULT_CONFIRM_ABOVE,
+        min=0.0,
+        unit="TIME_ABSOLUTE",
+        description="A Lip Sync of several strips that would bill more media seconds than "
+        "this asks before it sends anything",
+    )
+
     def draw(self, context: bpy.types.Context) -> None:
         layout = self.layout
         layout.prop(self, "api_key")
+        layout.prop(self, "confirm_above")
         layout.prop(self, "auto_start")
         layout.prop(self, "data_dir")
         layout.prop(self, "bridge_url")

@@ -19,7 +19,7 @@ from typing import Any
 
 import bpy
 
-from chamelaion_client import FINAL_STATES
+from chamelaion_client import FINAL_STATES, RETRYABLE_STATES
 
 from . import placement, props, takes
 from .background import ExportTask
@@ -55,6 +55,7 @@ class Unsent:
     error: str
     body: dict[str, Any] | None = None
     created: float = field(default_factory=time.time)
+    client: dict[str, Any] = field(default_factory=dict)  # the job's record (its batch)
 
 
 @dataclass
@@ -125,6 +126,21 @@ def send(reference_id: str, body: dict[str, Any]) -> None:
     worker().submit(Request("create", body, tag=reference_id))
 
 
+def retry(reference_id: str) -> str | None:
+    """Run a failed or canceled job again: one that never reached the bridge is sent now (its
+    cause may be fixed), the bridge retries its own; None when done, else why not."""
+    unsent = memory.local_errors.get(reference_id)
+    if unsent is not None and unsent.body is not None:
+        send(reference_id, unsent.body)
+        return None
+    job = memory.rows.get(reference_id)
+    if job is None or job.get("state") not in RETRYABLE_STATES:
+        return "Only a failed or canceled job can be retried."
+    memory.placed.discard(reference_id)
+    worker().submit(Request("retry", job["id"], tag=reference_id))
+    return None
+
+
 def known_references() -> set[str]:
     return {*memory.rows, *memory.exports, *memory.sending, *memory.local_errors}
 
@@ -147,18 +163,21 @@ def apply(result: Result, news: News) -> None:
                 memory.rows[value["reference_id"]] = value
             return
         if body is not None and body["client"]["file"] == memory.file_id:
-            memory.local_errors[tag] = Unsent(error, body)
+            memory.local_errors[tag] = Unsent(error, body, client=body["client"])
     if error is not None:
         news.append(("ERROR", error))
         return
     if kind == "clear":
         memory.rows.pop(value.get("reference_id", ""), None)
-    elif isinstance(value, dict) and value.get("reference_id") in memory.rows:
-        update_rows([*other_rows(value["reference_id"]), value], news)
+    elif isinstance(value, dict) and any(
+        job["id"] == value.get("id") for job in memory.rows.values()
+    ):
+        # By id: a retry after the API failed the request runs under a new reference_id.
+        update_rows([*other_rows(value["id"]), value], news)
 
 
-def other_rows(reference_id: str) -> list[dict[str, Any]]:
-    return [row for ref, row in memory.rows.items() if ref != reference_id]
+def other_rows(job_id: str) -> list[dict[str, Any]]:
+    return [row for row in memory.rows.values() if row["id"] != job_id]
 
 
 def update_rows(jobs: list[dict[str, Any]], news: News) -> None:
@@ -199,7 +218,7 @@ def follow_exports(news: News) -> None:
             del memory.exports[ref]
             if state.stage == "failed":
                 if export.body["client"]["file"] == memory.file_id:
-                    memory.local_errors[ref] = Unsent(state.error)
+                    memory.local_errors[ref] = Unsent(state.error, client=export.body["client"])
                 news.append(("ERROR", state.error))
 
 
@@ -345,10 +364,18 @@ def rows() -> Iterator[dict[str, Any]]:
                 "progress": state.progress,
                 "created": export.created,
                 "local": True,
+                "client": export.body["client"],
             }
         )
-    for ref in memory.sending:
-        items.append({"reference_id": ref, "state": "sending", "created": time.time()})
+    for ref, body in memory.sending.items():
+        items.append(
+            {
+                "reference_id": ref,
+                "state": "sending",
+                "created": time.time(),
+                "client": body["client"],
+            }
+        )
     for ref, unsent in memory.local_errors.items():
         items.append(
             {
@@ -357,6 +384,7 @@ def rows() -> Iterator[dict[str, Any]]:
                 "error": unsent.error,
                 "local": unsent.body is None,  # nothing to send again: Lip Sync anew
                 "created": unsent.created,
+                "client": unsent.client,
             }
         )
     items.extend(dict(job) for job in memory.rows.values())

@@ -1,5 +1,6 @@
-"""The Sequencer sidebar's "Lip Sync" tab: the bridge's status, Lip Sync, the active strip's
-takes and this file's jobs, each sentence shown whole."""
+"""The Sequencer sidebar's "Lip Sync" tab: the bridge's status, Lip Sync (with what a batch of
+the selected strips would bill), the active strip's takes and this file's jobs, a batch's jobs
+in one box with its totals, each sentence shown whole."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import bpy
 
 from chamelaion_client import FINAL_STATES, RETRYABLE_STATES
 
-from . import compat, sync, takes
+from . import batch, compat, sync, takes
 
 STATE_ICONS = {
     "completed": "CHECKMARK",
@@ -61,8 +62,17 @@ class SEQUENCER_PT_chamelaion(bpy.types.Panel):
         layout.operator("sequencer.chamelaion_lipsync", icon="SPEAKER")
         editor = scene.sequence_editor
         if editor is not None:
+            self.draw_selection(layout, scene, editor)
             self.draw_takes(layout, editor)
         self.draw_jobs(layout, context, editor)
+
+    @staticmethod
+    def draw_selection(layout: Any, scene: Any, editor: Any) -> None:
+        """What Lip Sync would send as a batch now, before anything is paid."""
+        shots = batch.selected_pictures(editor)
+        if len(shots) > 1:
+            seconds = batch.estimate_seconds(scene, shots)
+            layout.label(text=f"{len(shots)} shots selected, {seconds:.1f} s billable", icon="INFO")
 
     @staticmethod
     def draw_takes(layout: Any, editor: Any) -> None:
@@ -88,28 +98,60 @@ class SEQUENCER_PT_chamelaion(bpy.types.Panel):
         held = takes.references_in(editor) if editor else set()
         layout.separator()
         layout.label(text="Jobs in this file")
-        for job in jobs:
-            ref, state = job["reference_id"], job.get("state", "")
-            box = layout.box()
-            head = box.row()
-            head.label(text=ref, icon=STATE_ICONS.get(state, "TIME"))
-            head.label(text=state_text(job))
-            for text in (job.get("error"), job.get("problem"), job.get("warning")):
-                if text:
-                    sentence(box, context, text, "ERROR")
-            if job.get("note") and state not in FINAL_STATES:
-                sentence(box, context, job["note"], "INFO")
-            actions = box.row(align=True)
-            if state not in FINAL_STATES:
-                actions.operator("sequencer.chamelaion_cancel", text="Cancel").reference_id = ref
-            if state in RETRYABLE_STATES and not job.get("local"):
-                actions.operator("sequencer.chamelaion_retry", text="Retry").reference_id = ref
-            if state == "completed" and ref in held:
-                op = actions.operator("sequencer.chamelaion_select_take", text="Select Take")
-                op.reference_id = ref
-            elif state == "completed" and ref in sync.memory.placed:
-                op = actions.operator("sequencer.chamelaion_place_take", text="Place Take")
-                op.reference_id = ref
+        for group in batch.groups(jobs):
+            if group.boxed:
+                draw_batch(layout.box(), context, group, held)
+            else:
+                draw_job(layout.box(), context, group.jobs[0], held)
         row = layout.row(align=True)
         row.operator("sequencer.chamelaion_sync", text="Refresh", icon="FILE_REFRESH")
         row.operator("sequencer.chamelaion_clear_finished", icon="TRASH")
+
+
+def totals_text(totals: dict[str, Any]) -> tuple[str, str]:
+    """The batch's two lines of totals."""
+    size = f"{totals['shots']} shots, {totals['seconds']:.1f} s billable"
+    counts = f"{totals['done']} done, {totals['running']} running, {totals['failed']} failed"
+    if totals["skipped"]:
+        counts += f", {totals['skipped']} skipped"
+    return size, counts
+
+
+def draw_batch(box: Any, context: Any, group: batch.Group, held: set[str]) -> None:
+    """One batch: its label and totals, the strips it skipped, Retry Failed, then its jobs."""
+    totals = group.totals()
+    size, counts = totals_text(totals)
+    box.label(text=f"Batch {group.batch.get('label', '')}", icon="SEQ_STRIP_DUPLICATE")
+    box.label(text=size)
+    box.label(text=counts)
+    for note in group.batch.get("skipped", []):
+        sentence(box, context, note, "INFO")
+    if totals["failed"]:
+        op = box.operator("sequencer.chamelaion_retry_failed", icon="FILE_REFRESH")
+        op.batch_id = group.batch["id"]
+    for job in group.jobs:
+        draw_job(box.box(), context, job, held)
+
+
+def draw_job(box: Any, context: Any, job: dict[str, Any], held: set[str]) -> None:
+    """One job's row: its state, its sentences and what can be done with it."""
+    ref, state = job["reference_id"], job.get("state", "")
+    head = box.row()
+    head.label(text=ref, icon=STATE_ICONS.get(state, "TIME"))
+    head.label(text=state_text(job))
+    for text in (job.get("error"), job.get("problem"), job.get("warning")):
+        if text:
+            sentence(box, context, text, "ERROR")
+    if job.get("note") and state not in FINAL_STATES:
+        sentence(box, context, job["note"], "INFO")
+    actions = box.row(align=True)
+    if state not in FINAL_STATES:
+        actions.operator("sequencer.chamelaion_cancel", text="Cancel").reference_id = ref
+    if state in RETRYABLE_STATES and not job.get("local"):
+        actions.operator("sequencer.chamelaion_retry", text="Retry").reference_id = ref
+    if state == "completed" and ref in held:
+        op = actions.operator("sequencer.chamelaion_select_take", text="Select Take")
+        op.reference_id = ref
+    elif state == "completed" and ref in sync.memory.placed:
+        op = actions.operator("sequencer.chamelaion_place_take", text="Place Take")
+        op.reference_id = ref

@@ -1,0 +1,135 @@
+"""Several picture strips as one batch: which strips, their billable seconds, when to ask
+before sending, and the batch's record in each job's `client` (the bridge keeps it as given,
+so the panel rebuilds the batch from the bridge's rows after undo or a reopen)."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from chamelaion_client import FINAL_STATES, RETRYABLE_STATES
+
+from . import compat, export, takes
+from .takes import PlacementProblem
+
+DEFAULT_CONFIRM_ABOVE = 300.0  # billable seconds
+NOTES_BYTES = 8192  # the skipped strips' sentences in each job's record (one is <= 16 KiB)
+NOTE_LENGTH = 300
+
+
+def selected_pictures(editor: Any) -> list[Any]:
+    """The selected picture strips of the level the editor shows, as the originals Lip Sync
+    runs on (a take strip stands for the strip it covers), each once, in timeline order. A
+    take strip whose shot is gone stays itself: the batch skips it with its sentence."""
+    level = editor.meta_stack[-1].strips if len(editor.meta_stack) else compat.strips(editor)
+    chosen = [s for s in level if s.select and s.type in export.PICTURE_TYPES]
+    found: dict[int, Any] = {}
+    for strip in sorted(chosen, key=lambda s: (s.frame_final_start, s.channel)):
+        try:
+            original = takes.original_of(editor, strip)
+        except PlacementProblem:
+            original = strip
+        found.setdefault(original.as_pointer(), original)
+    return list(found.values())
+
+
+def estimate_seconds(scene: Any, strips: list[Any]) -> float:
+    """What sending these strips would bill, from their visible moving frames alone: cheap
+    enough for the panel (no file is opened). Lip Sync reports the exact sum."""
+    frames = 0
+    for strip in strips:
+        try:
+            start, end, _ = export.content_range(strip, strip)
+        except export.ExportError:
+            continue
+        frames += end - start
+    return frames / compat.scene_fps(scene)
+
+
+def plan_seconds(plan: export.ExportPlan) -> float:
+    """The seconds a job sends, which the API bills."""
+    return (plan.end - plan.start) / plan.fps
+
+
+def needs_confirmation(shots: int, seconds: float, limit: float) -> bool:
+    """A batch (two shots or more) above the preference's limit asks first; one shot never."""
+    return shots > 1 and seconds > limit
+
+
+def confirmation(shots: int, seconds: float) -> str:
+    return f"Send {shots} shots, {seconds:.1f} s of billable media, to Chamelaion lip sync?"
+
+
+def skip_note(strip: Any, reason: str) -> str:
+    """Why a strip of the batch was left out, naming it."""
+    return f"Strip '{strip.name}' was skipped: {reason[:1].lower()}{reason[1:]}"
+
+
+def record(label: str, skipped: list[str]) -> dict[str, Any]:
+    """The batch's part of each job's `client` record: its id, its label, how many strips it
+    skipped and their sentences (as many as fit a small budget, so every job carries them)."""
+    notes = [note[:NOTE_LENGTH] for note in skipped]
+    while notes and len(json.dumps(notes)) > NOTES_BYTES:
+        notes.pop()
+    return {"id": uuid.uuid4().hex, "label": label, "skipped": notes, "skipped_count": len(skipped)}
+
+
+def label_now() -> str:
+    return time.strftime("%d %b %H:%M:%S")
+
+
+@dataclass
+class Group:
+    """The panel's rows of one batch (or one single job), in the order they are shown."""
+
+    batch: dict[str, Any]
+    jobs: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def boxed(self) -> bool:
+        """A batch is one box when it has two jobs or more, or a strip it skipped."""
+        return bool(self.batch) and (len(self.jobs) > 1 or bool(self.batch.get("skipped_count")))
+
+    def totals(self) -> dict[str, Any]:
+        """Shots, billable seconds, done, running, failed (canceled counts too) and skipped."""
+        states = [job.get("state", "") for job in self.jobs]
+        return {
+            "shots": len(self.jobs),
+            "seconds": sum(float(job_client(job).get("seconds", 0.0)) for job in self.jobs),
+            "done": states.count("completed"),
+            "running": sum(state not in FINAL_STATES for state in states),
+            "failed": sum(state in RETRYABLE_STATES for state in states),
+            "skipped": int(self.batch.get("skipped_count", 0)),
+        }
+
+
+def job_client(job: dict[str, Any]) -> dict[str, Any]:
+    client = job.get("client")
+    return client if isinstance(client, dict) else {}
+
+
+def batch_of(job: dict[str, Any]) -> dict[str, Any]:
+    found = job_client(job).get("batch")
+    return found if isinstance(found, dict) and found.get("id") else {}
+
+
+def groups(jobs: list[dict[str, Any]]) -> list[Group]:
+    """The rows grouped by batch, each group where its first row is and its jobs in timeline
+    order; single jobs alone."""
+    result: list[Group] = []
+    by_id: dict[str, Group] = {}
+    for job in jobs:
+        batch = batch_of(job)
+        group = by_id.get(batch.get("id", ""))
+        if group is None:
+            group = Group(batch)
+            result.append(group)
+            if batch:
+                by_id[batch["id"]] = group
+        group.jobs.append(job)
+    for group in result:
+        group.jobs.sort(key=lambda job: int(batch_of(job).get("shot", 0)))
+    return result
