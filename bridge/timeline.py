@@ -358,7 +358,17 @@ def _plan_shot(item: otio.core.Item, position: int, ctx: _Context) -> Shot:
     frames = _frames(item.trimmed_range().duration, ctx.rate)
     audio_start = RationalTime(record_start, ctx.rate).to_seconds() - ctx.audio_offset
     source = _source_of(item, frames, ctx) if isinstance(item, otio.schema.Clip) else _NO_SOURCE
-    sent = [source.path, source.first, frames, source.rate, str(ctx.dub), audio_start, ctx.rate]
+    sent = [
+        source.path,
+        _stamp(source.path),
+        source.first,
+        frames,
+        source.rate,
+        str(ctx.dub),
+        _stamp(ctx.dub),
+        audio_start,
+        ctx.rate,
+    ]
     return Shot(
         position=position,
         name=item.name,
@@ -605,13 +615,25 @@ def _reference_id(timeline: str, position: int, name: str, sent: list[Any]) -> s
     """`<timeline>-<position>-<clip>-<digest>`: the same for the same cut, dub and ranges.
 
     Running the same conform again gives the same ids (its jobs are adopted, nothing is
-    charged twice); a re-cut shot, another source range or another dub gives a new one.
+    charged twice); a re-cut shot, another source range or another dub gives a new one, and
+    so does a dub or media file replaced at the same path (its size or mtime changed).
     """
     digest = hashlib.sha256(json.dumps(sent).encode()).hexdigest()[:DIGEST_CHARS]
     timeline_part, clip_part = (
         safe_reference_id(t, max_len=ID_NAME_CHARS) for t in (timeline, name)
     )
     return check_reference_id(f"{timeline_part}-{position:03d}-{clip_part}-{digest}")
+
+
+def _stamp(path: str | Path | None) -> tuple[int, int] | None:
+    """(size, mtime_ns) of a file: a file replaced at the same path is another input."""
+    if path is None:
+        return None
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
 
 
 def _lowered(sentence: str) -> str:

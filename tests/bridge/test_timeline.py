@@ -513,6 +513,28 @@ def test_reference_ids_are_stable_valid_and_change_only_for_the_shot_re_cut(
     assert not set(ids) & {s.reference_id for s in read_plan(path, other).shots}
 
 
+def test_a_dub_or_source_replaced_at_the_same_path_gives_new_reference_ids(
+    tmp_path: Path,
+) -> None:
+    a, b = (make_source(tmp_path / f"{n}.mp4", 12, Fraction(25)) for n in "ab")
+    cut = Cut("replaced", Fraction(25), (CutClip(a, 0, 5), CutClip(b, 2, 6)))
+    path = write_timeline(cut.timeline(), tmp_path / "replaced.otio")
+    dub = make_dub(tmp_path / "dub.wav", 1)
+
+    def ids() -> list[str]:
+        return [shot.reference_id for shot in read_plan(path, dub).shots]
+
+    first = ids()
+    assert ids() == first  # the same untouched files: the same jobs
+    make_dub(dub, 1.5)  # the dub re-rendered under the same name
+    redubbed = ids()
+    assert not set(redubbed) & set(first)
+    stat = b.path.stat()
+    os.utime(b.path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # b replaced
+    relinked = ids()
+    assert relinked[0] == redubbed[0] and relinked[1] != redubbed[1]
+
+
 def test_reference_ids_of_long_foreign_names_stay_valid(tmp_path: Path) -> None:
     source = make_source(tmp_path / "s.mp4", 10, Fraction(25))
     long_name = "Ärger im Studio " * 20
