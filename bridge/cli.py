@@ -616,8 +616,10 @@ def build_parser() -> Parser:
         "lip-sync every clip of an editor's timeline (.otio, CMX 3600 .edl, FCP 7 .xml, "
         '.fcpxml) against its dub and write the timeline back with a "Lip Sync" track of '
         "the takes; running it again adopts the jobs it made (nothing is charged twice). "
-        "Exit 0 when every shot completed, 1 when any failed (OUT is still written), 4 for a "
-        "timeline that cannot be read or has no usable clip, or a plan over --max-seconds",
+        "Exit 0 when every shot of the picture track completed, 1 when any failed or was "
+        "skipped (OUT is still written, a marker on each), 4 for a timeline that cannot be "
+        "read or has no usable clip, a plan over --max-seconds, or an OUT that cannot be "
+        "written (the jobs stay: run the same command again)",
     )
     conform.add_argument("timeline", metavar="TIMELINE", help="the timeline file")
     conform.add_argument(

@@ -133,7 +133,8 @@ def plan_lines(plan: Plan) -> list[str]:
                 f"{Path(shot.media_path or '').name} from {video['start_seconds']:.3f} s for "
                 f"{video['duration_seconds']:.3f} s; dub from {audio['start_seconds']:.3f} s"
             )
-        lines.append(f"  {shot.position:>3}  {shot.name[:24]:<24}  {place:<34}  {what}")
+        note = f" (note: {shot.note})" if shot.note and shot.usable else ""
+        lines.append(f"  {shot.position:>3}  {shot.name[:24]:<24}  {place:<34}  {what}{note}")
     lines.append(f"Billable: {plan.billable_seconds:.3f} s for {usable} shot(s).")
     return lines
 
@@ -325,6 +326,7 @@ def _report(
                 "state": state,
                 "take": str(outcome.path) if isinstance(outcome, Take) else None,
                 "error": outcome.reason if isinstance(outcome, Missing) else shot.problem or None,
+                "note": shot.note or None,
             }
         )
     return {
@@ -365,22 +367,37 @@ def run_conform(
     outcomes: dict[int, Outcome] = {p: outcome_of(job) for p, job in jobs.items()}
     outcomes.update(submission.refused)
     out = conform_output.write_output(plan, outcomes, options.out_path)
-    missing = {p: o for p, o in outcomes.items() if isinstance(o, Missing)}
     if options.json:
         json.dump(_report(plan, options, jobs, outcomes, out), stdout, indent=2)
         stdout.write("\n")
     else:
-        stdout.write(
-            f"Wrote {out}: {len(outcomes) - len(missing)} of {len(plan.usable)} shot(s) "
-            f'lip-synced on the track "{conform_output.TRACK_NAME}", takes in '
-            f"{options.takes_dir}.\n"
-        )
-    names = {shot.position: shot.name for shot in plan.shots}
-    for position in sorted(missing):
-        stderr.write(
-            f"Shot {position} ({names[position]}) has no take: {missing[position].reason}\n"
-        )
-    return EXIT_SHOT_FAILED if missing else EXIT_ALL_DONE
+        stdout.write(_summary(plan, outcomes, out, options.takes_dir))
+    for shot in plan.shots:
+        outcome = outcomes.get(shot.position)
+        if shot.problem:
+            stderr.write(f"Shot {shot.position} ({shot.name}) was skipped: {shot.problem}\n")
+        elif isinstance(outcome, Missing):
+            stderr.write(f"Shot {shot.position} ({shot.name}) has no take: {outcome.reason}\n")
+    return EXIT_ALL_DONE if _all_completed(plan, outcomes) else EXIT_SHOT_FAILED
+
+
+def _all_completed(plan: Plan, outcomes: Mapping[int, Outcome]) -> bool:
+    """Exit 0 only when every shot of the picture track has its take: a skipped shot did not
+    complete any more than a failed one did."""
+    return all(isinstance(outcomes.get(shot.position), Take) for shot in plan.shots)
+
+
+def _summary(plan: Plan, outcomes: Mapping[int, Outcome], out: Path, takes_dir: Path) -> str:
+    """The last line: how many of the track's shots have a take, and how many have a marker."""
+    synced = sum(isinstance(outcome, Take) for outcome in outcomes.values())
+    failed = sum(isinstance(outcome, Missing) for outcome in outcomes.values())
+    skipped = sum(not shot.usable for shot in plan.shots)
+    counts = [f"{failed} failed"] * bool(failed) + [f"{skipped} skipped"] * bool(skipped)
+    marked = f", {', '.join(counts)} (see the markers)" if counts else ""
+    return (
+        f"Wrote {out}: {synced} of {len(plan.shots)} shot(s) lip-synced on the track "
+        f'"{conform_output.TRACK_NAME}"{marked}; takes in {takes_dir}.\n'
+    )
 
 
 def _submitted_only(

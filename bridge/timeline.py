@@ -48,6 +48,8 @@ RATE_HINTS = {
     "fcpx_xml": " (its FCPXML adapter reads only whole frame rates: for 23.976 or 29.97 fps "
     "export an .otio or a Final Cut Pro 7 .xml instead)",
 }
+# A dub ending this close to a shot's end covers it (an audio frame's rounding, not a gap).
+DUB_END_TOLERANCE = 0.001
 # Problems quoted in the error when no clip at all can be conformed.
 QUOTED_PROBLEMS = 3
 
@@ -72,6 +74,7 @@ class Shot:
     audio_start: float  # seconds into the dub where the shot's sound starts
     problem: str  # '' when the shot can be conformed, else one sentence why not
     rate: float  # the timeline's frame rate
+    note: str = ""  # '' or one sentence the editor should know (the dub ends inside it)
 
     @property
     def usable(self) -> bool:
@@ -381,6 +384,7 @@ def _plan_shot(item: otio.core.Item, position: int, ctx: _Context) -> Shot:
         audio_start=audio_start,
         problem=_item_problem(item) or source.problem or _timing_problem(audio_start, ctx),
         rate=ctx.rate,
+        note=_coverage_note(audio_start, frames / ctx.rate, ctx),
     )
 
 
@@ -459,6 +463,19 @@ def _timing_problem(audio_start: float, ctx: _Context) -> str:
             "check the dub or --audio-offset."
         )
     return ""
+
+
+def _coverage_note(audio_start: float, seconds: float, ctx: _Context) -> str:
+    """Say so when the dub ends inside the shot: its rest is sent as silence."""
+    if ctx.dub_seconds is None or not 0 <= audio_start < ctx.dub_seconds:
+        return ""
+    covered = ctx.dub_seconds - audio_start
+    if covered >= seconds - DUB_END_TOLERANCE:
+        return ""
+    return (
+        f"the dub ends {covered:.3f} s into its {seconds:.3f} s, so the rest is sent as "
+        "silence; check the dub or --audio-offset."
+    )
 
 
 def _local_media(item: otio.schema.Clip, folder: Path) -> Path | str:

@@ -181,7 +181,7 @@ def test_failed_and_unconformable_shots_are_gaps_with_their_reason(
     assert failed["state"] == "failed" and failed["take"] is None and failed["error"]
     assert skipped["state"] == "skipped" and "speed" in skipped["error"]
     assert f"Shot 4 ({failed['name']}) has no take: {failed['error']}" in result.stderr
-    assert "Shot 7" not in result.stderr  # the plan said so before; it never was a job
+    assert f"Shot 7 ({skipped['name']}) was skipped: {skipped['error']}\n" in result.stderr
     assert result.stderr.count(": completed\n") == 8  # one line per shot and state
     assert result.stderr.count(f"({failed['reference_id']}): failed: {failed['error']}\n") == 1
     assert report["out"] == str(out) and report["takes_dir"] == str(tmp_path / "result.lipsync")
@@ -196,6 +196,30 @@ def test_failed_and_unconformable_shots_are_gaps_with_their_reason(
         assert [marker.name for marker in gap.markers] == [shot["error"]]
     clips = [item.name for item in track if isinstance(item, otio.schema.Clip)]
     assert len(clips) == 8 and failed["name"] not in clips and skipped["name"] not in clips
+
+
+def test_a_skipped_shot_is_counted_and_makes_the_exit_1_and_a_short_dub_is_noted(
+    tmp_path: Path, data_dir: Path, env: dict[str, str], fresh_emulator: RunningEmulator
+) -> None:
+    cut = ten_clip_cut(tmp_path, RATES["25"])
+    timeline = cut.timeline()
+    frozen = next(c for c in timeline.find_clips() if c.name == cut.clip_name(2))
+    frozen.effects.append(otio.schema.FreezeFrame())
+    path = write_timeline(timeline, tmp_path / "cut.otio")
+    dub = make_dub(tmp_path / "dub.wav", cut.seconds - 0.1)  # ends inside the last shot
+
+    planned = conform(data_dir, env, path, "--audio", dub, "--dry-run")
+    result = conform(data_dir, env, path, "--audio", dub)
+
+    assert planned.returncode == 0, planned.stderr
+    last = planned.stdout.splitlines()[-3]
+    assert last.lstrip().startswith("10 ") and "(note: the dub ends " in last
+    assert result.returncode == 1, result.stderr
+    out = tmp_path / "cut.lipsync.otio"
+    assert f"Wrote {out}: 9 of 10 shot(s) lip-synced" in result.stdout
+    assert "1 skipped (see the markers)" in result.stdout and "failed" not in result.stdout
+    assert f"Shot 2 ({cut.clip_name(2)}) was skipped: it is a freeze frame" in result.stderr
+    assert len(fresh_emulator.state.stats.generate_by_reference_id) == 9
 
 
 def test_dry_run_and_limits_submit_nothing(

@@ -396,6 +396,16 @@ def test_the_dub_decides_which_shots_have_sound(made: Callable[[str], Made]) -> 
     after = [s.position for s in short.shots if "after the dub ends" in s.problem]
     assert after == [e.position for e in cut.expected() if e.record_start >= 2 * 25]
     assert after and len(short.usable) == 10 - len(after)
+    # The shot the dub ends in goes, with a note that the rest of it is silence.
+    ends_in = [e for e in cut.expected() if e.record_start < 50 < e.record_start + e.frames]
+    notes = {s.position: s.note for s in short.shots if s.note}
+    assert (
+        list(notes) == [e.position for e in ends_in] and short.shots[ends_in[0].position - 1].usable
+    )
+    covered = 2.0 - ends_in[0].record_start / 25
+    assert notes[ends_in[0].position].startswith(f"the dub ends {covered:.3f} s into its ")
+    assert "silence" in notes[ends_in[0].position]
+    assert short.to_json()["shots"][ends_in[0].position - 1]["note"] == notes[ends_in[0].position]
 
 
 # ---------------------------------------------------------------------------------------------
