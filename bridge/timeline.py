@@ -264,13 +264,24 @@ def _first_media_rate(
 ) -> float:
     """The frame rate of the first clip's local media, for a format that has none."""
     _, picture = _picture_track(_probe_read(path, adapter), path, track)
+    found, first_missing = False, ""
     for item in _shot_items(picture):
         if not isinstance(item, otio.schema.Clip):
             continue
         local = _local_media(item, path.parent)
-        info = media.info(local) if isinstance(local, Path) else None
+        if not isinstance(local, Path) or not local.is_file():
+            where = str(local) if isinstance(local, Path) else f"{quoted(item.name)} names no file"
+            first_missing = first_missing or where
+            continue
+        found, info = True, media.info(local)
         if isinstance(info, MediaInfo) and info.fps:
             return float(info.fps)
+    if not found and first_missing:
+        raise TimelineError(
+            f"None of the media files of the timeline {path} were found (the first: "
+            f"{first_missing}); put them where the timeline names them or beside "
+            "it, and run the same command again."
+        )
     raise TimelineError(
         f"The timeline {path} carries no frame rate and none of its clips' media files could "
         "be read to take it from; give the rate with --rate (e.g. --rate 25)."
@@ -486,10 +497,14 @@ def _local_media(item: otio.schema.Clip, folder: Path) -> Path | str:
     if isinstance(ref, otio.schema.ImageSequenceReference):
         return "its media is an image sequence; render it to a video file and relink it."
     if not isinstance(ref, otio.schema.ExternalReference) or not ref.target_url:
-        return _file_named_by(item, folder) or (
+        named = _source_file_comment(item, folder)
+        if named is not None and named.is_file():
+            return named
+        offline = (
             "its media is offline in the timeline (it names no file); relink it in your editor "
             "and export again, or put the file named like the clip beside the timeline."
         )
+        return _file_named_by(item, folder) or named or offline
     url = ref.target_url
     parts = urlsplit(url)
     if parts.scheme == "file":
@@ -501,6 +516,17 @@ def _local_media(item: otio.schema.Clip, folder: Path) -> Path | str:
     else:
         local = Path(url)  # a plain path (a one-letter "scheme" is a Windows drive)
     return _absolute(folder / local)
+
+
+def _source_file_comment(clip: otio.schema.Clip, folder: Path) -> Path | None:
+    """The file an EDL event's `* SOURCE FILE: PATH` comment names (Resolve and Premiere
+    write it), relative ones against the timeline's folder; None without one."""
+    comments = clip.metadata.get("cmx_3600", {}).get("comments", [])
+    for comment in comments:
+        key, _, value = str(comment).partition(":")
+        if key.strip().upper() == "SOURCE FILE" and value.strip():
+            return _absolute(folder / value.strip())
+    return None
 
 
 def _file_named_by(clip: otio.schema.Clip, folder: Path) -> Path | None:

@@ -280,14 +280,48 @@ def test_a_rate_that_is_no_frame_rate_is_refused(made: Callable[[str], Made], ra
         read_plan(path, dub, rate=rate)
 
 
-def test_an_edl_whose_media_cannot_be_found_asks_for_the_rate(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["absolute", "relative"])
+def test_an_edls_source_file_comments_name_the_media(tmp_path: Path, how: str) -> None:
+    """Resolve and Premiere write '* SOURCE FILE: /path/A001.mov' under each event."""
+    sources = [make_source(tmp_path / "media" / f"s{n}.mp4", 20, RATES["25"]) for n in (1, 2)]
+    clips = (CutClip(sources[0], 2, 5, name="one"), CutClip(sources[1], 9, 4, name="two"))
+    cut = Cut("comments", RATES["25"], clips)
+    path = write_timeline(cut.timeline(), tmp_path / "comments.edl")
+    named = {str(s.path): str(s.path.relative_to(tmp_path)) for s in sources}
+    lines = []
+    for line in path.read_text().splitlines():
+        if line.startswith("* FROM CLIP:"):
+            media = line.partition(":")[2].strip()
+            line = f"* SOURCE FILE: {media if how == 'absolute' else named[media]}"
+        lines.append(line)
+    path.write_text("\n".join(lines) + "\n")
+
+    plan = read_plan(path, make_dub(tmp_path / "dub.wav", 1))
+
+    assert placed(plan) == expected(cut) and problems(plan) == {}
+    sources[1].path.unlink()
+    plan = read_plan(path, make_dub(tmp_path / "dub.wav", 1))
+    assert plan.shots[1].media_path == str(sources[1].path)
+    assert "s2.mp4" in plan.shots[1].problem
+
+
+def test_an_edl_whose_media_cannot_be_found_says_so_not_that_it_lacks_a_rate(
+    tmp_path: Path,
+) -> None:
     source = make_source(tmp_path / "gone.mp4", 10, Fraction(25))
     path = write_timeline(
         Cut("lost", Fraction(25), (CutClip(source, 0, 5),)).timeline(), tmp_path / "lost.edl"
     )
-    source.path.unlink()
+    dub = make_dub(tmp_path / "dub.wav", 1)
+    source.path.write_text("not a video")
     with pytest.raises(TimelineError, match=rf"{path} carries no frame rate.*--rate"):
-        read_plan(path, make_dub(tmp_path / "dub.wav", 1))
+        read_plan(path, dub)
+    source.path.unlink()
+    with pytest.raises(TimelineError) as caught:
+        read_plan(path, dub)
+    message = str(caught.value)
+    assert message.startswith(f"None of the media files of the timeline {path} were found")
+    assert str(source.path) in message and "rate" not in message
 
 
 # ---------------------------------------------------------------------------------------------
