@@ -2,10 +2,10 @@
 
 Exit status: 0 success, 1 job failed or canceled, 2 usage, 3 bridge unreachable, 4 input
 error, 5-9 the daemon's start failures (see bridge.daemon), 10 a bridge of another API
-version runs (see bridge.processes), 70 an unexpected error, 130 interrupted. Every failure
-is one sentence on stderr. `start`, and `submit` when none runs for the data folder (and
-CHAMELAION_BRIDGE_URL is not set), start a bridge in the background; the other commands
-only report that none runs.
+version runs (see bridge.processes), 70 an unexpected error, 130 interrupted, 141 (quietly)
+the reader of stdout went away (`| head`). Every failure is one sentence on stderr. `start`,
+and `submit` when none runs for the data folder (and CHAMELAION_BRIDGE_URL is not set),
+start a bridge in the background; the other commands only report that none runs.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ EXIT_UNREACHABLE = 3
 EXIT_INPUT = 4
 EXIT_UNEXPECTED = 70
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a reader that went away
 
 TRANSFER_STATES = (State.UPLOADING, State.DOWNLOADING)
 POLL_SECONDS = 0.5
@@ -685,7 +686,9 @@ def _refusal_status(http_status: int) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # a reader gone away shows here, not at the interpreter's exit
+        return status
     except (CliError, processes.StartError) as exc:
         print(exc, file=sys.stderr)
         return exc.code
@@ -703,6 +706,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("Interrupted; jobs already submitted go on in the bridge.", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`... --json | head`): stop quietly, as `cat` would.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except BridgeError as exc:
         print(exc, file=sys.stderr)
         return EXIT_INPUT if isinstance(exc, InputError) else EXIT_UNEXPECTED

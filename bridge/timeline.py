@@ -238,6 +238,11 @@ def _read(path: Path, adapter: otio.adapters.Adapter, **options: Any) -> otio.sc
         ) from None
     if isinstance(result, otio.schema.Timeline):
         return result
+    if not isinstance(result, otio.schema.SerializableCollection):
+        raise TimelineError(
+            f"The file {path} holds a {result.schema_name()}, not a timeline; export the "
+            "sequence itself from your editor."
+        )
     timelines = list(result.find_children(descended_from_type=otio.schema.Timeline))
     if len(timelines) != 1:
         names = ", ".join(quoted(t.name) for t in timelines) or "none"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -252,6 +253,41 @@ def test_dry_run_and_limits_submit_nothing(
     client = BridgeClient(data_dir=data_dir)
     assert [job for job in client.list_jobs() if str(tmp_path) in job["audio_path"]] == []
     assert not (tmp_path / "cut.lipsync.otio").exists()
+
+
+def test_what_used_to_crash_is_one_sentence_or_quiet(
+    tmp_path: Path, data_dir: Path, env: dict[str, str], fresh_emulator: RunningEmulator
+) -> None:
+    cut = ten_clip_cut(tmp_path, RATES["25"])
+    edl = write_timeline(cut.timeline(available_range=False), tmp_path / "cut.edl")
+    dub = make_dub(tmp_path / "dub.wav", cut.seconds)
+    holds_a_clip = tmp_path / "clip.otio"
+    otio.adapters.write_to_file(next(iter(cut.timeline().find_clips())), str(holds_a_clip))
+    read, write = os.pipe()
+    os.close(read)  # `| head` that has already gone away
+
+    as_xml = conform(data_dir, env, edl, "--audio", dub, "--out", tmp_path / "cut.xml")
+    a_clip = conform(data_dir, env, holds_a_clip, "--audio", dub, "--dry-run")
+    piped = subprocess.run(
+        [*BRIDGE, "conform", str(edl), "--audio", str(dub), "--dry-run", "--json"],
+        env=env,
+        stdout=write,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=60,
+    )
+    os.close(write)
+
+    assert as_xml.returncode == 4 and "cut.xml cannot hold the result" in one_sentence(
+        as_xml.stderr
+    )
+    assert a_clip.returncode == 4
+    assert one_sentence(a_clip.stderr) == (
+        f"The file {holds_a_clip} holds a Clip, not a timeline; export the sequence itself "
+        "from your editor."
+    )
+    assert piped.returncode == 141 and piped.stderr == ""
+    assert fresh_emulator.state.stats.calls == {}
 
 
 @pytest.mark.parametrize("interruption", ["sigkill", "no-wait"])
