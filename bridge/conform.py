@@ -168,20 +168,39 @@ def _known_jobs(client: BridgeClient, file_id: str) -> dict[str, dict[str, Any]]
 
 @dataclass
 class Submission:
-    """Each usable shot's job (by position), or why it has none."""
+    """Each usable shot's job (by position), or why it has none, and the client that made
+    them (another one when the bridge had to be found or started again meanwhile)."""
 
     jobs: dict[int, dict[str, Any]]
     refused: dict[int, Missing]
     adopted: int
+    client: BridgeClient
 
 
-def submit_plan(client: BridgeClient, plan: Plan, options: ConformOptions) -> Submission:
+def submit_plan(
+    client: BridgeClient, plan: Plan, options: ConformOptions, connect: Connect
+) -> Submission:
     """Adopt the jobs that exist, submit the others; a shot the bridge refuses (a source
-    that vanished) is noted with the bridge's sentence and the others go on."""
+    that vanished) is noted with the bridge's sentence and the others go on. A bridge that
+    dies meanwhile is found or started again and its jobs adopted anew, so a shot whose
+    answer was lost is adopted, not charged twice."""
+    result = Submission({}, {}, 0, client)
+    while True:
+        try:
+            _submit_rest(plan, options, result)
+            return result
+        except BridgeUnavailable:
+            result.client = connect()
+
+
+def _submit_rest(plan: Plan, options: ConformOptions, result: Submission) -> None:
+    """Submit or adopt every usable shot that has no job in `result` yet."""
     file_id = conform_id(plan)
+    client = result.client
     known = _known_jobs(client, file_id)
-    result = Submission({}, {}, 0)
     for shot in plan.usable:
+        if shot.position in result.jobs or shot.position in result.refused:
+            continue
         body = _job_body(shot, options, file_id, plan)
         job = known.get(shot.reference_id)
         if job is None:
@@ -200,7 +219,6 @@ def submit_plan(client: BridgeClient, plan: Plan, options: ConformOptions) -> Su
                 continue
         result.jobs[shot.position] = job
         result.adopted += 1
-    return result
 
 
 # --- waiting -------------------------------------------------------------------------------
@@ -357,13 +375,12 @@ def run_conform(
             stdout.write("\n")
         return EXIT_ALL_DONE
     options.takes_dir.mkdir(parents=True, exist_ok=True)
-    client = connect()
-    submission = submit_plan(client, plan, options)
+    submission = submit_plan(connect(), plan, options, connect)
     jobs = submission.jobs
     if options.no_wait:
         return _submitted_only(plan, options, submission, stdout)
     progress = ShotProgress(stderr, plan, table=stderr.isatty())
-    jobs = wait_for(client, plan, jobs, progress, connect)
+    jobs = wait_for(submission.client, plan, jobs, progress, connect)
     outcomes: dict[int, Outcome] = {p: outcome_of(job) for p, job in jobs.items()}
     outcomes.update(submission.refused)
     out = conform_output.write_output(plan, outcomes, options.out_path)

@@ -20,8 +20,15 @@ import pytest
 
 from bridge.conform import ConformOptions, run_conform
 from bridge.emulator import EmulatorConfig, LipsyncRecord, RunningEmulator, emulator_in_background
-from chamelaion_client.client import BridgeClient
-from tests.bridge.processes import BRIDGE, cli_env, one_sentence, run_cli, serving
+from chamelaion_client.client import BridgeClient, BridgeUnavailable
+from tests.bridge.processes import (
+    BRIDGE,
+    BridgeProcess,
+    cli_env,
+    one_sentence,
+    run_cli,
+    serving,
+)
 from tests.bridge.test_timeline import records_from_the_hour
 from tests.helpers import wait_until
 from tests.timelines import (
@@ -328,6 +335,49 @@ def test_an_interrupted_conform_run_again_charges_nothing_twice(
     charged = fresh_emulator.state.stats.generate_by_reference_id
     assert len(charged) == 10 and set(charged.values()) == {1}
     assert len(ours()) == 10
+
+
+def test_a_bridge_killed_while_submitting_is_started_again_and_nothing_charged_twice(
+    tmp_path: Path, emulator: RunningEmulator, fresh_emulator: RunningEmulator
+) -> None:
+    cut = ten_clip_cut(tmp_path, RATES["25"])
+    path = write_timeline(cut.timeline(), tmp_path / "cut.otio")
+    dub = make_dub(tmp_path / "dub.wav", cut.seconds)
+    bridge = BridgeProcess(tmp_path / "bridge", emulator.base_url)
+    bridge.env["CHAMELAION_GENERATE_PER_MINUTE"] = "0"
+
+    class DiesOnTheThirdShot(BridgeClient):
+        """The bridge takes the third shot and is killed before it answers."""
+
+        def create_job(self, body: dict[str, Any]) -> dict[str, Any]:
+            job = super().create_job(body)
+            if "-003-" in body["reference_id"]:
+                bridge.kill()
+                raise BridgeUnavailable("The bridge went away.")
+            return job
+
+    connections: list[BridgeClient] = []
+
+    def connect() -> BridgeClient:
+        client = bridge.start()
+        if not connections:
+            client = DiesOnTheThirdShot(url=client.url, data_dir=bridge.data_dir)
+        connections.append(client)
+        return client
+
+    try:
+        status = run_conform(
+            ConformOptions(timeline=path, dub=dub), connect, io.StringIO(), io.StringIO()
+        )
+        jobs = connections[-1].list_jobs()
+    finally:
+        bridge.stop()
+
+    assert status == 0 and len(connections) == 2
+    assert_conformed(tmp_path / "cut.lipsync.otio", cut)
+    assert len(jobs) == 10
+    charged = fresh_emulator.state.stats.generate_by_reference_id
+    assert len(charged) == 10 and set(charged.values()) == {1}
 
 
 class Terminal(io.StringIO):
