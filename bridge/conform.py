@@ -33,6 +33,7 @@ from chamelaion_client.client import BridgeClient, BridgeRequestError, BridgeUna
 EXIT_ALL_DONE = 0
 EXIT_SHOT_FAILED = 1
 POLL_SECONDS = 0.5
+TABLE_WIDTH = 120  # a terminal's progress line, padded so a shorter one covers it
 LIPSYNC_SUFFIX = ".lipsync"
 
 Connect = Callable[[], BridgeClient]
@@ -225,33 +226,45 @@ def _submit_rest(plan: Plan, options: ConformOptions, result: Submission) -> Non
 
 
 class ShotProgress:
-    """One line per shot state change, or on a terminal one redrawn line of counts."""
+    """One line per shot state change and per new note (why a job waits: a full disk, a 429,
+    an outage), or on a terminal one redrawn line of counts and the latest note."""
 
     def __init__(self, stream: TextIO, plan: Plan, *, table: bool) -> None:
         self.stream, self.table = stream, table
         self.shots = {shot.position: shot for shot in plan.usable}
         self.states: dict[int, str] = {}
+        self.notes: dict[int, str] = {}
 
     def update(self, jobs: Mapping[int, Mapping[str, Any]]) -> None:
         """Show what changed since the last round: lines, or the counts redrawn once."""
-        changed = {p: job for p, job in jobs.items() if self.states.get(p) != job["state"]}
-        self.states.update({p: job["state"] for p, job in changed.items()})
-        if not changed:
+        moved = {p for p, job in jobs.items() if self.states.get(p) != job["state"]}
+        noted = {p for p, job in jobs.items() if self.notes.get(p, "") != (job.get("note") or "")}
+        self.states.update({p: jobs[p]["state"] for p in moved})
+        self.notes.update({p: jobs[p].get("note") or "" for p in noted})
+        if not moved and not noted:
             return
         if self.table:
             counts = Counter(self.states.values())
             line = ", ".join(f"{counts[s]} {s}" for s in State if counts[s])
-            self.stream.write(f"\rShots: {line}".ljust(100))
+            latest = next((self.notes[p] for p in sorted(noted) if self.notes[p]), "")
+            line += f"; {latest}" if latest else ""
+            self.stream.write(f"\rShots: {line}"[:TABLE_WIDTH].ljust(TABLE_WIDTH))
         else:
-            for position, job in sorted(changed.items()):
-                self.stream.write(self._line(position, job))
+            for position in sorted(moved | noted):
+                job = jobs[position]
+                self.stream.write(
+                    self._lines(position, job, moved=position in moved, noted=position in noted)
+                )
         self.stream.flush()
 
-    def _line(self, position: int, job: Mapping[str, Any]) -> str:
-        state, shot = job["state"], self.shots[position]
-        error = f": {job.get('error')}" if state == State.FAILED and job.get("error") else ""
+    def _lines(self, position: int, job: Mapping[str, Any], *, moved: bool, noted: bool) -> str:
+        """The shot's new state (with a failed job's error) and its new note, one line each."""
+        shot, state, note = self.shots[position], job["state"], job.get("note")
         where = f"[{position}/{len(self.shots)}] {shot.name} ({job['reference_id']})"
-        return f"{where}: {state}{error}\n"
+        error = f": {job.get('error')}" if state == State.FAILED and job.get("error") else ""
+        lines = [f"{where}: {state}{error}\n"] if moved else []
+        lines += [f"{where}: {note}\n"] if noted and note else []
+        return "".join(lines)
 
     def done(self) -> None:
         if self.table and self.states:

@@ -18,8 +18,9 @@ from typing import Any
 import opentimelineio as otio
 import pytest
 
-from bridge.conform import ConformOptions, run_conform
+from bridge.conform import ConformOptions, ShotProgress, run_conform
 from bridge.emulator import EmulatorConfig, LipsyncRecord, RunningEmulator, emulator_in_background
+from bridge.timeline import read_plan
 from chamelaion_client.client import BridgeClient, BridgeUnavailable
 from tests.bridge.processes import (
     BRIDGE,
@@ -401,3 +402,27 @@ def test_on_a_terminal_progress_is_one_line_of_counts(
     assert shown.startswith("\rShots: 10 queued") and shown.endswith("\n")
     assert shown.count("\n") == 1 and "\rShots: 10 completed" in shown
     assert stdout.getvalue().startswith(f"Wrote {options.out_path}: 10 of 10 shot(s)")
+
+
+def test_a_waiting_shots_note_is_shown_when_it_changes(tmp_path: Path) -> None:
+    cut = ten_clip_cut(tmp_path, RATES["25"])
+    path = write_timeline(cut.timeline(), tmp_path / "cut.otio")
+    plan = read_plan(path, make_dub(tmp_path / "dub.wav", cut.seconds))
+    full = "Waiting to download the result: The disk holding /takes is full; free some space."
+    lines, terminal = io.StringIO(), Terminal()
+    for stream, table in ((lines, False), (terminal, True)):
+        progress = ShotProgress(stream, plan, table=table)
+        job = {"id": "j1", "reference_id": "r1", "state": "downloading", "note": None}
+        for note in (None, full, full, None):
+            progress.update({1: dict(job, note=note)})
+        progress.update({1: dict(job, state="completed")})
+        progress.done()
+
+    where = f"[1/10] {cut.clip_name(1)} (r1)"
+    assert lines.getvalue().splitlines() == [
+        f"{where}: downloading",
+        f"{where}: {full}",
+        f"{where}: completed",
+    ]
+    assert f"\rShots: 1 downloading; {full}" in terminal.getvalue()
+    assert terminal.getvalue().count("\r") == 4  # the note came and went, then completed
