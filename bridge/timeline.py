@@ -50,8 +50,6 @@ RATE_HINTS = {
 }
 # A dub ending this close to a shot's end covers it (an audio frame's rounding, not a gap).
 DUB_END_TOLERANCE = 0.001
-# Problems quoted in the error when no clip at all can be conformed.
-QUOTED_PROBLEMS = 3
 
 
 class TimelineError(InputError):
@@ -187,10 +185,10 @@ def read_plan(
             "choose another track with --track or export the timeline again."
         )
     if not any(shot.usable for shot in shots):
-        reasons = "; ".join(f"{s.position} {s.name}: {s.problem}" for s in shots[:QUOTED_PROBLEMS])
+        first = shots[0]
         raise TimelineError(
-            f"The timeline {path} has no clip that can be conformed ({reasons}"
-            f"{'; ...' if len(shots) > QUOTED_PROBLEMS else ''})."
+            f"The timeline {path} has no clip that can be conformed: of its {len(shots)}, the "
+            f"first ({first.position}, {quoted(first.name)}) cannot because {first.problem}"
         )
     start = otio.opentime.to_timecode(_start_time(timeline, picture, rate), rate, False)
     return Plan(path, name, rate, index, picture.name, shots, timeline, start)
@@ -398,7 +396,12 @@ def _plan_shot(item: otio.core.Item, position: int, ctx: _Context) -> Shot:
         source_first=source.first,
         source_rate=source.rate or ctx.rate,
         audio_start=audio_start,
-        problem=_item_problem(item) or source.problem or _timing_problem(audio_start, ctx),
+        problem=(
+            _item_problem(item)
+            or _length_problem(frames)
+            or source.problem
+            or _timing_problem(audio_start, ctx)
+        ),
         rate=ctx.rate,
         note=_coverage_note(audio_start, frames / ctx.rate, ctx),
     )
@@ -433,6 +436,13 @@ def _source_of(clip: otio.schema.Clip, frames: int, ctx: _Context) -> _Source:
     if isinstance(first, str):
         return _Source(str(media), rate=fps, problem=first)
     return _Source(str(media), first, fps, _source_problem(first, frames, info, ctx))
+
+
+def _length_problem(frames: int) -> str:
+    """A clip of no frames (an editor's leftover) has nothing to lip-sync."""
+    if frames > 0:
+        return ""
+    return "it has no frames on the timeline (zero length); remove it or export again."
 
 
 def _item_problem(item: otio.core.Item) -> str:

@@ -511,8 +511,28 @@ def test_no_video_track_or_no_usable_clip_is_a_timeline_error(
     for clip in timeline.find_clips():
         clip.media_reference = otio.schema.MissingReference()
     path = write_timeline(timeline, tmp_path / "offline.otio")
-    with pytest.raises(TimelineError, match=rf"{path} has no clip that can be conformed \(1 "):
+    with pytest.raises(TimelineError) as caught:
         read_plan(path, dub)
+    assert str(caught.value) == (
+        f"The timeline {path} has no clip that can be conformed: of its 10, the first (1, "
+        f"'{cut.clip_name(1)}') cannot because its media is offline in the timeline (it names "
+        "no file); relink it in your editor and export again, or put the file named like the "
+        "clip beside the timeline."
+    )
+
+
+def test_a_clip_of_no_frames_is_a_problem_of_the_plan(
+    made: Callable[[str], Made], tmp_path: Path
+) -> None:
+    folder, cut, dub = made("25")
+    timeline = cut.timeline()
+    empty = timeline.find_clips()[3]
+    empty.source_range = TimeRange(empty.source_range.start_time, RationalTime(0, 25))
+    plan = read_plan(write_timeline(timeline, tmp_path / "empty.otio"), dub)
+    assert problems(plan) == {
+        4: "it has no frames on the timeline (zero length); remove it or export again."
+    }
+    assert plan.shots[3].frames == 0 and len(plan.usable) == 9
 
 
 def test_a_dub_that_is_no_audio_is_a_timeline_error_naming_the_dub(
