@@ -440,8 +440,15 @@ def cmd_emulator(args: argparse.Namespace) -> int:
 
 
 def cmd_conform(args: argparse.Namespace) -> int:
-    from bridge.conform import ConformOptions, run_conform
+    from bridge.conform import LIPSYNC_SUFFIX, ConformOptions, run_conform
 
+    if args.out and (args.out.endswith(("/", os.sep)) or os.path.isdir(args.out)):
+        folder = _folder_arg(args.out)
+        raise CliError(
+            EXIT_INPUT,
+            f"--out names the folder {folder}; give the file to write, such as "
+            f"{folder / (Path(args.timeline).stem + LIPSYNC_SUFFIX + '.otio')}.",
+        )
     options = ConformOptions(
         timeline=Path(os.path.abspath(os.path.expanduser(args.timeline))),
         dub=Path(os.path.abspath(os.path.expanduser(args.audio))),
@@ -464,22 +471,27 @@ def cmd_conform(args: argparse.Namespace) -> int:
         ) from None
 
 
-def _seconds(value: str) -> float:
-    """A finite number of seconds (argparse type)."""
+def _finite(value: str, what: str) -> float:
+    """A finite number; `what` names it in the usage error (argparse type helper)."""
     try:
         number = float(value)
     except ValueError:
         number = math.nan
     if not math.isfinite(number):
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds")
+        raise argparse.ArgumentTypeError(f"{value!r} is not {what}")
     return number
 
 
-def _positive(value: str) -> float:
-    """A finite number above 0 (argparse type)."""
-    number = _seconds(value)
+def _seconds(value: str) -> float:
+    """A finite number of seconds (argparse type)."""
+    return _finite(value, "a number of seconds")
+
+
+def _fps(value: str) -> float:
+    """A frame rate above 0 in frames per second (argparse type)."""
+    number = _finite(value, "a frame rate in fps, such as 25 or 23.976")
     if number <= 0:
-        raise argparse.ArgumentTypeError(f"{value!r} is not above 0")
+        raise argparse.ArgumentTypeError(f"{value!r} is not a frame rate above 0 fps")
     return number
 
 
@@ -648,10 +660,11 @@ def build_parser() -> Parser:
     )
     conform.add_argument(
         "--rate",
-        type=_positive,
+        type=_fps,
         metavar="FPS",
         help="frame rate of a timeline that carries none (a CMX 3600 EDL; default: the first "
-        "clip's media's rate)",
+        "clip's media's rate); other formats carry their own, so it is ignored there (a note "
+        "says so)",
     )
     conform.add_argument(
         "--max-seconds",

@@ -232,6 +232,7 @@ class ShotProgress:
     def __init__(self, stream: TextIO, plan: Plan, *, table: bool) -> None:
         self.stream, self.table = stream, table
         self.shots = {shot.position: shot for shot in plan.usable}
+        self.count = len(plan.shots)  # positions count every clip of the track, usable or not
         self.states: dict[int, str] = {}
         self.notes: dict[int, str] = {}
 
@@ -260,7 +261,7 @@ class ShotProgress:
     def _lines(self, position: int, job: Mapping[str, Any], *, moved: bool, noted: bool) -> str:
         """The shot's new state (with a failed job's error) and its new note, one line each."""
         shot, state, note = self.shots[position], job["state"], job.get("note")
-        where = f"[{position}/{len(self.shots)}] {shot.name} ({job['reference_id']})"
+        where = f"[{position}/{self.count}] {shot.name} ({job['reference_id']})"
         error = f": {job.get('error')}" if state == State.FAILED and job.get("error") else ""
         lines = [f"{where}: {state}{error}\n"] if moved else []
         lines += [f"{where}: {note}\n"] if noted and note else []
@@ -378,6 +379,8 @@ def run_conform(
     """The whole command; its exit status. TimelineError and ConformRefused (exit 4) come
     out before anything is submitted."""
     plan = load_plan(options)
+    for note in plan.notes:
+        stderr.write(f"Note: {note}\n")
     if options.dry_run:
         if options.json:
             report = _report(plan, options, {}, {}, None)

@@ -117,6 +117,7 @@ class Plan:
     timeline: otio.schema.Timeline = field(repr=False, compare=False)
     # The timeline's first frame (non-drop-frame notation): where the dub starts (+ offset).
     start_timecode: str = ""
+    notes: tuple[str, ...] = ()  # sentences the editor should read before paying
 
     @property
     def usable(self) -> tuple[Shot, ...]:
@@ -135,6 +136,7 @@ class Plan:
             "track_index": self.track_index,
             "track_name": self.track_name,
             "start_timecode": self.start_timecode,
+            "notes": list(self.notes),
             "shots": [shot.to_json() for shot in self.shots],
             "billable_seconds": self.billable_seconds,
         }
@@ -161,10 +163,15 @@ def read_plan(
     """
     if rate is not None and not 0 < rate < MAX_RATE:
         raise InputError(f"{rate:g} is not a frame rate; give one such as 25 or 23.976.")
+    given = rate
     if rate is not None:
         rate = _ntsc_rate(rate)
     path, dub, media = _absolute(path), _absolute(dub), _MediaFiles()
     timeline, rate, adapter = _read_timeline(path, track, rate, media)
+    notes: tuple[str, ...] = ()
+    if given is not None and adapter not in RATELESS_ADAPTERS:
+        own = f"{path.name} carries its own ({rate:.3f} fps)"
+        notes = (f"The rate given ({given:g} fps) is ignored: {own}.",)
     index, picture = _picture_track(timeline, path, track)
     name = timeline.name or path.stem
     hint = RATE_HINTS.get(adapter, "")
@@ -191,7 +198,7 @@ def read_plan(
             f"first ({first.position}, {quoted(first.name)}) cannot because {first.problem}"
         )
     start = otio.opentime.to_timecode(_start_time(timeline, picture, rate), rate, False)
-    return Plan(path, name, rate, index, picture.name, shots, timeline, start)
+    return Plan(path, name, rate, index, picture.name, shots, timeline, start, notes)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -192,6 +192,7 @@ def test_failed_and_unconformable_shots_are_gaps_with_their_reason(
     assert f"Shot 4 ({failed['name']}) has no take: {failed['error']}" in result.stderr
     assert f"Shot 7 ({skipped['name']}) was skipped: {skipped['error']}\n" in result.stderr
     assert result.stderr.count(": completed\n") == 8  # one line per shot and state
+    assert f"[10/10] {cut.clip_name(10)} (" in result.stderr  # the track's clips, not the jobs
     assert result.stderr.count(f"({failed['reference_id']}): failed: {failed['error']}\n") == 1
     assert report["out"] == str(out) and report["takes_dir"] == str(tmp_path / "result.lipsync")
     assert [job["position"] for job in report["jobs"]] == [1, 2, 3, 4, 5, 6, 8, 9, 10]
@@ -261,6 +262,31 @@ def test_dry_run_and_limits_submit_nothing(
     client = BridgeClient(data_dir=data_dir)
     assert [job for job in client.list_jobs() if str(tmp_path) in job["audio_path"]] == []
     assert not (tmp_path / "cut.lipsync.otio").exists()
+
+
+def test_rate_and_out_mistakes_are_said_plainly(
+    tmp_path: Path, data_dir: Path, env: dict[str, str], fresh_emulator: RunningEmulator
+) -> None:
+    cut = ten_clip_cut(tmp_path, RATES["25"])
+    path = write_timeline(cut.timeline(), tmp_path / "cut.otio")
+    dub = make_dub(tmp_path / "dub.wav", cut.seconds)
+
+    not_fps = conform(data_dir, env, path, "--audio", dub, "--rate", "abc", "--dry-run")
+    ignored = conform(data_dir, env, path, "--audio", dub, "--rate", "30", "--dry-run")
+    folder = conform(data_dir, env, path, "--audio", dub, "--out", f"{tmp_path}/")
+
+    assert not_fps.returncode == 2
+    assert "'abc' is not a frame rate in fps, such as 25 or 23.976" in one_sentence(not_fps.stderr)
+    assert ignored.returncode == 0 and "Billable:" in ignored.stdout
+    assert ignored.stderr == (
+        "Note: The rate given (30 fps) is ignored: cut.otio carries its own (25.000 fps).\n"
+    )
+    assert folder.returncode == 4
+    assert one_sentence(folder.stderr) == (
+        f"--out names the folder {tmp_path}; give the file to write, such as "
+        f"{tmp_path / 'cut.lipsync.otio'}."
+    )
+    assert fresh_emulator.state.stats.calls == {}
 
 
 def test_what_used_to_crash_is_one_sentence_or_quiet(
