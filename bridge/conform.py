@@ -365,6 +365,7 @@ def _report(
         "plan": plan.to_json(),
         "out": str(out) if out else None,
         "takes_dir": str(options.takes_dir),
+        "take_folders": _take_folders(outcomes),
         "shots": shots,
         "jobs": [dict(jobs[p], position=p) for p in sorted(jobs)],
     }
@@ -390,7 +391,6 @@ def run_conform(
             stdout.write("\n".join([*plan_lines(plan), "Nothing was submitted (--dry-run)."]))
             stdout.write("\n")
         return EXIT_ALL_DONE
-    options.takes_dir.mkdir(parents=True, exist_ok=True)
     submission = submit_plan(connect(), plan, options, connect)
     jobs = submission.jobs
     if options.no_wait:
@@ -404,7 +404,7 @@ def run_conform(
         json.dump(_report(plan, options, jobs, outcomes, out), stdout, indent=2)
         stdout.write("\n")
     else:
-        stdout.write(_summary(plan, outcomes, out, options.takes_dir))
+        stdout.write(_summary(plan, outcomes, out))
     for shot in plan.shots:
         outcome = outcomes.get(shot.position)
         if shot.problem:
@@ -420,17 +420,27 @@ def _all_completed(plan: Plan, outcomes: Mapping[int, Outcome]) -> bool:
     return all(isinstance(outcomes.get(shot.position), Take) for shot in plan.shots)
 
 
-def _summary(plan: Plan, outcomes: Mapping[int, Outcome], out: Path, takes_dir: Path) -> str:
-    """The last line: how many of the track's shots have a take, and how many have a marker."""
+def _summary(plan: Plan, outcomes: Mapping[int, Outcome], out: Path) -> str:
+    """The last line: how many of the track's shots have a take, how many have a marker, and
+    where the takes are (the jobs' folders: adopted ones may sit beside an earlier OUT)."""
     synced = sum(isinstance(outcome, Take) for outcome in outcomes.values())
     failed = sum(isinstance(outcome, Missing) for outcome in outcomes.values())
     skipped = sum(not shot.usable for shot in plan.shots)
     counts = [f"{failed} failed"] * bool(failed) + [f"{skipped} skipped"] * bool(skipped)
     marked = f", {', '.join(counts)} (see the markers)" if counts else ""
+    folders = _take_folders(outcomes)
+    others = f" and {len(folders) - 1} other folder(s)" if len(folders) > 1 else ""
+    where = f"; takes in {folders[0]}{others}" if folders else ""
     return (
         f"Wrote {out}: {synced} of {len(plan.shots)} shot(s) lip-synced on the track "
-        f'"{conform_output.TRACK_NAME}"{marked}; takes in {takes_dir}.\n'
+        f'"{conform_output.TRACK_NAME}"{marked}{where}.\n'
     )
+
+
+def _take_folders(outcomes: Mapping[int, Outcome]) -> list[str]:
+    """The folders the takes are in, the fullest first."""
+    counts = Counter(str(o.path.parent) for o in outcomes.values() if isinstance(o, Take))
+    return [folder for folder, _ in counts.most_common()]
 
 
 def _submitted_only(

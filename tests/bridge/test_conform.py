@@ -264,6 +264,26 @@ def test_dry_run_and_limits_submit_nothing(
     assert not (tmp_path / "cut.lipsync.otio").exists()
 
 
+def test_a_rerun_with_another_out_says_where_the_adopted_takes_are(
+    tmp_path: Path, data_dir: Path, env: dict[str, str], fresh_emulator: RunningEmulator
+) -> None:
+    cut = ten_clip_cut(tmp_path, RATES["24"])
+    path = write_timeline(cut.timeline(), tmp_path / "cut.otio")
+    dub = make_dub(tmp_path / "dub.wav", cut.seconds)
+    first = conform(data_dir, env, path, "--audio", dub, "--out", tmp_path / "a.otio")
+    assert first.returncode == 0, first.stderr
+
+    again = conform(data_dir, env, path, "--audio", dub, "--out", tmp_path / "b.otio")
+
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.endswith(f"; takes in {tmp_path / 'a.lipsync'}.\n")
+    assert not (tmp_path / "b.lipsync").exists()
+    _, track = lipsync_track(tmp_path / "b.otio")
+    takes = {Path(c.media_reference.target_url).parent for c in track.find_clips()}
+    assert takes == {tmp_path / "a.lipsync"}
+    assert len(fresh_emulator.state.stats.generate_by_reference_id) == 10
+
+
 def test_rate_and_out_mistakes_are_said_plainly(
     tmp_path: Path, data_dir: Path, env: dict[str, str], fresh_emulator: RunningEmulator
 ) -> None:
