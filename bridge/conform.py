@@ -104,12 +104,13 @@ def load_plan(options: ConformOptions) -> Plan:
 
 
 def _record_timecode(plan: Plan, frames: int) -> str:
-    """Where a frame of the plan sits on the editor's timeline (non-drop-frame notation)."""
+    """Where a frame of the plan sits on the editor's timeline, in its notation (drop frame
+    when the start is written "01:00:00;00")."""
     start = plan.start_timecode or "00:00:00:00"
     at = otio.opentime.from_timecode(start, plan.rate) + otio.opentime.RationalTime(
         frames, plan.rate
     )
-    return str(otio.opentime.to_timecode(at, plan.rate, False))
+    return str(otio.opentime.to_timecode(at, plan.rate, ";" in start))
 
 
 def plan_lines(plan: Plan) -> list[str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,6 +39,9 @@ MAX_RATE = 1000
 # NTSC rates are these times 1000/1001; an editor names them to within NTSC_TOLERANCE.
 NTSC_BASES = (24, 30, 48, 60, 120)
 NTSC_TOLERANCE = 0.01
+# Drop-frame timecode exists only at these rates times 1000/1001 (29.97 and 59.94).
+DROP_FRAME_BASES = (30, 60)
+DROP_FRAME_TIMECODE = re.compile(r"\b\d\d:\d\d:\d\d;\d\d\b")
 # Frame rates closer than this are one rate written two ways (23.976 and 24000/1001).
 RATE_TOLERANCE = 1e-3
 # Characters of the timeline's and the clip's names kept in a reference_id.
@@ -115,7 +119,8 @@ class Plan:
     track_name: str
     shots: tuple[Shot, ...]
     timeline: otio.schema.Timeline = field(repr=False, compare=False)
-    # The timeline's first frame (non-drop-frame notation): where the dub starts (+ offset).
+    # The timeline's first frame as the editor shows it (drop-frame notation, "01:00:00;00",
+    # where the timeline is drop-frame): where the dub starts (+ offset).
     start_timecode: str = ""
     notes: tuple[str, ...] = ()  # sentences the editor should read before paying
 
@@ -197,7 +202,7 @@ def read_plan(
             f"The timeline {path} has no clip that can be conformed: of its {len(shots)}, the "
             f"first ({first.position}, {quoted(first.name)}) cannot because {first.problem}"
         )
-    start = otio.opentime.to_timecode(_start_time(timeline, picture, rate), rate, False)
+    start = _start_label(_start_time(timeline, picture, rate), rate, timeline, path, adapter)
     return Plan(path, name, rate, index, picture.name, shots, timeline, start, notes)
 
 
@@ -320,6 +325,32 @@ def _start_time(
     if trimmed is not None and trimmed.start_time.value < 0:
         return -trimmed.start_time
     return RationalTime(0, rate)
+
+
+def _start_label(
+    start: RationalTime, rate: float, timeline: otio.schema.Timeline, path: Path, adapter: str
+) -> str:
+    """The timeline's first frame in the notation its editor shows (display only).
+
+    A drop-frame FCP 7 XML states its true frame count, as does an EDL written with ";"
+    timecodes; the CMX 3600 adapter ignores `FCM: DROP FRAME` and reads colon timecodes as
+    non-drop, so such an EDL's own label is that reading with a semicolon.
+    """
+    non_drop = otio.opentime.to_timecode(start, rate, False)
+    if not any(_same_rate(rate, base * 1000 / 1001) for base in DROP_FRAME_BASES):
+        return non_drop
+    if adapter == "fcp_xml":
+        shown = timeline.metadata.get("fcp_xml", {}).get("timecode", {})
+        if shown.get("displayformat") == "DF":
+            return otio.opentime.to_timecode(start, rate, True)
+    if adapter in RATELESS_ADAPTERS:
+        text = path.read_text(errors="replace")
+        if DROP_FRAME_TIMECODE.search(text):  # "01:00:00;00": read as drop frame already
+            return otio.opentime.to_timecode(start, rate, True)
+        fcm = next((ln.upper() for ln in text.splitlines() if ln.upper().startswith("FCM")), "")
+        if "DROP" in fcm and "NON-DROP" not in fcm:
+            return f"{non_drop[:8]};{non_drop[9:]}"
+    return non_drop
 
 
 def _picture_track(

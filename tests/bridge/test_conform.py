@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 from collections.abc import Iterator
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import opentimelineio as otio
 import pytest
 
-from bridge.conform import ConformOptions, ShotProgress, run_conform
+from bridge.conform import ConformOptions, ShotProgress, plan_lines, run_conform
 from bridge.emulator import EmulatorConfig, LipsyncRecord, RunningEmulator, emulator_in_background
 from bridge.timeline import read_plan
 from chamelaion_client.client import BridgeClient, BridgeUnavailable
@@ -37,6 +38,7 @@ from tests.timelines import (
     Cut,
     frame_indices,
     make_dub,
+    make_source,
     ten_clip_cut,
     write_timeline,
 )
@@ -472,3 +474,47 @@ def test_a_waiting_shots_note_is_shown_when_it_changes(tmp_path: Path) -> None:
     ]
     assert f"\rShots: 1 downloading; {full}" in terminal.getvalue()
     assert terminal.getvalue().count("\r") == 4  # the note came and went, then completed
+
+
+def drop_frame_edl(folder: Path) -> Path:
+    """An EDL as Avid writes it at 29.97 drop frame: `FCM: DROP FRAME`, colon timecodes."""
+    source = make_source(folder / "a.mp4", 30, RATES["29.97"], timecode=None)
+    path = folder / "df.edl"
+    path.write_text(
+        "TITLE: df\nFCM: DROP FRAME\n\n"
+        "001  AX       V     C        00:00:00:00 00:00:00:06 01:00:00:00 01:00:00:06\n"
+        f"* FROM CLIP: {source.path}\n"
+        "002  AX       V     C        00:00:00:10 00:00:00:15 01:00:00:06 01:00:00:11\n"
+        f"* FROM CLIP: {source.path}\n"
+    )
+    return path
+
+
+@pytest.mark.parametrize("kind", ["xml", "edl-semicolons", "edl-fcm", "otio"])
+def test_drop_frame_timelines_show_drop_frame_timecode(tmp_path: Path, kind: str) -> None:
+    cut = ten_clip_cut(tmp_path, RATES["29.97"])
+    timeline = cut.timeline()
+    start = "01:00:00;00" if kind == "xml" else "01:00:00:00"
+    timeline.global_start_time = otio.opentime.from_timecode(start, float(cut.rate))
+    if kind == "xml":  # as Premiere writes a drop-frame sequence
+        timeline.metadata["fcp_xml"] = {
+            "timecode": {"displayformat": "DF", "rate": {"ntsc": "TRUE", "timebase": "30"}}
+        }
+    if kind == "edl-fcm":
+        path = drop_frame_edl(tmp_path)
+    else:
+        path = write_timeline(timeline, tmp_path / f"cut.{kind.split('-')[0]}")
+    if kind == "edl-semicolons":  # OpenTimelineIO writes ';' at 29.97, records from 00:00:00
+        path.write_text("\n".join(map(records_from_the_hour, path.read_text().splitlines())))
+    plan = read_plan(path, make_dub(tmp_path / "dub.wav", cut.seconds))
+    later = replace(plan, shots=(replace(plan.shots[1], record_start=1800),))
+
+    lines = plan_lines(plan)
+
+    if kind == "otio":  # an .otio says nothing of drop frame: non-drop, as before
+        assert plan.start_timecode == "01:00:00:00" and "01:00:00:06 +5f" in lines[2]
+        assert "01:01:00:00 +5f" in plan_lines(later)[1]
+        return
+    assert plan.start_timecode == "01:00:00;00" and "from 01:00:00;00" in lines[0]
+    assert "01:00:00;06 +5f (frames 6-10)" in lines[2]
+    assert "01:01:00;02 +5f (frames 1800-1804)" in plan_lines(later)[1]  # ;00 and ;01 dropped
