@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -25,7 +23,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from bench_upload import Bridge, Emulator, machine, scratch_folder
+from bench_cli import add_queued_seconds, parse_bench_args, run_bench
+from bench_upload import Bridge, Emulator, machine
 
 from bridge.conform import ConformOptions, run_conform
 from chamelaion_client.client import BridgeClient
@@ -127,35 +126,16 @@ def print_table(result: dict[str, Any]) -> None:
     print(f"  {'total':<38} {result['local_api_calls_total']:>6}")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shots", type=int, default=50, help="clips on the timeline (default 50)")
-    parser.add_argument(
-        "--queued-seconds", type=float, default=1.0, help="emulator queue time (default 1)"
-    )
+    add_queued_seconds(parser)
     parser.add_argument(
         "--processing-seconds",
         type=float,
         default=5.0,
         help="how long the emulator processes a request (default 5)",
     )
-    parser.add_argument(
-        "--tmp-dir", help="parent folder for the scratch files (default: the system temp folder)"
-    )
-    parser.add_argument("--json", action="store_true", help="print the result as JSON only")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    with scratch_folder(args.tmp_dir) as folder:
-        result = measure(args, folder)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print_table(result)
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_bench(parse_bench_args(__doc__, add_options, None), measure, print_table)

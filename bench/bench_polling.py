@@ -19,14 +19,13 @@ Run: .venv/bin/python bench/bench_polling.py [--jobs 100] [--seconds 60] [--json
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from bench_upload import Bridge, Emulator, machine, scratch_folder
+from bench_cli import add_queued_seconds, parse_bench_args, run_bench
+from bench_upload import Bridge, Emulator, machine
 
 from bridge.config import BridgeConfig
 from tests.media_samples import make_sample_media
@@ -155,35 +154,13 @@ def print_table(result: dict[str, Any]) -> None:
         print(f"{name:<58} {count:>10g} {share:>14}")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=100, help="jobs processing (default 100)")
     parser.add_argument(
         "--seconds", type=float, default=60.0, help="length of the window (default 60)"
     )
-    parser.add_argument(
-        "--queued-seconds",
-        type=float,
-        default=1.0,
-        help="how long the emulator keeps a new request queued (default 1)",
-    )
-    parser.add_argument(
-        "--tmp-dir", help="parent folder for the scratch files (default: the system temp folder)"
-    )
-    parser.add_argument("--json", action="store_true", help="print the result as JSON only")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    with scratch_folder(args.tmp_dir) as folder:
-        result = measure(args, folder)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print_table(result)
-    return 0
+    add_queued_seconds(parser)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_bench(parse_bench_args(__doc__, add_options, None), measure, print_table)

@@ -20,7 +20,6 @@ Run: .venv/bin/python bench/bench_upload.py [--sizes-mib 100,1024] [--rounds 5] 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -32,10 +31,8 @@ import statistics
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,6 +40,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # for tests.media_samples
+
+from bench_cli import parse_bench_args, run_bench  # noqa: E402
 
 from bridge import discovery, media  # noqa: E402
 from bridge.processes import StartError, spawn_bridge, stop_process  # noqa: E402
@@ -201,16 +200,6 @@ def follow_job(
         if time.monotonic() > deadline:
             raise RuntimeError(f"the job is still {job['state']} after {timeout:.0f}s")
         time.sleep(FOLLOW_EVERY)
-
-
-@contextlib.contextmanager
-def scratch_folder(parent: str | None) -> Iterator[Path]:
-    """One temporary folder for every file of the run, deleted afterwards whatever happens."""
-    folder = Path(tempfile.mkdtemp(prefix="chamelaion-bench-", dir=parent))
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def machine() -> dict[str, Any]:
@@ -373,6 +362,9 @@ def bridge_upload(
 
 
 def measure(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    if not args.json:
+        print(f"files in {folder}; each bridge run is a fresh `bridge serve` process\n")
+        print(HEADER, flush=True)
     videos, audio = make_inputs(folder, args.sizes_mib)
     runs: list[Run] = []
     with Emulator(folder / "emulator", queued_seconds=3600, processing_seconds=1) as emulator:
@@ -490,8 +482,7 @@ def print_summary(result: dict[str, Any]) -> None:
         print(f"{name}: {target['value']} (target {target['target']}) {verdict}")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sizes-mib",
         type=lambda s: sorted({int(x) for x in s.split(",")}),
@@ -502,27 +493,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--rounds", type=int, default=5, help="runs per size and client (default 5)"
     )
-    parser.add_argument(
-        "--tmp-dir", help="parent folder for the scratch files (default: the system temp folder)"
-    )
-    parser.add_argument("--json", action="store_true", help="print the result as JSON only")
-    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = parse_bench_args(__doc__, add_options, argv)
     if shutil.which("curl") is None:
         print("curl is not installed; install it (apt-get install curl) and run again.")
         return 2
-    with scratch_folder(args.tmp_dir) as folder:
-        if not args.json:
-            print(f"files in {folder}; each bridge run is a fresh `bridge serve` process\n")
-            print(HEADER, flush=True)
-        result = measure(args, folder)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print_summary(result)
+    result = run_bench(args, measure, print_summary)
     return 0 if all(t["met"] for t in result["targets"].values()) else 1
 
 

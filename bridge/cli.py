@@ -460,6 +460,7 @@ def cmd_conform(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         no_wait=args.no_wait,
         json=args.json,
+        retry_failed=args.retry_failed,
     )
     try:
         return run_conform(options, lambda: hand_over_key(connect(args, start=True)))
@@ -630,9 +631,10 @@ def build_parser() -> Parser:
         '.fcpxml) against its dub and write the timeline back with a "Lip Sync" track of '
         "the takes; running it again adopts the jobs it made (nothing is charged twice). "
         "Exit 0 when every shot of the picture track completed, 1 when any failed or was "
-        "skipped (OUT is still written, a marker on each), 4 for a timeline that cannot be "
-        "read or has no usable clip, a plan over --max-seconds, or an OUT that cannot be "
-        "written (the jobs stay: run the same command again)",
+        "skipped (OUT is still written, a marker on each; after failures, run it again with "
+        "--retry-failed), 4 for a timeline that cannot be read or has no usable clip, a plan "
+        "over --max-seconds, or an OUT that cannot be written (the jobs stay: run the same "
+        "command again)",
     )
     conform.add_argument("timeline", metavar="TIMELINE", help="the timeline file")
     conform.add_argument(
@@ -684,6 +686,12 @@ def build_parser() -> Parser:
     )
     conform.add_argument(
         "--json", action="store_true", help="print the plan (and the jobs and OUT) as JSON"
+    )
+    conform.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="retry the shots whose jobs failed or were canceled (through the bridge's retry; "
+        "a completed shot is never sent again), then wait as usual",
     )
     return parser
 

@@ -4,7 +4,9 @@ and the timeline written back with a "Lip Sync" track of the takes.
 Each usable shot becomes one job of the bridge, under the shot's stable reference_id (the
 same cut gives the same id) and with the conform's id as `client.file`: one listing call
 follows every shot, and running the same command again (after a kill, a crash, `--no-wait`)
-adopts the jobs that exist instead of submitting them again, so nothing is charged twice.
+adopts the jobs that exist instead of submitting them again, so nothing is charged twice;
+with --retry-failed the adopted jobs that failed or were canceled are retried through the
+bridge (a completed one never is).
 The plan comes from `bridge.timeline`; OUT is written by `bridge.conform_output`. The CLI
 lends its way of reaching the bridge.
 """
@@ -28,6 +30,7 @@ from bridge.conform_output import Missing, Outcome, Take
 from bridge.errors import InputError
 from bridge.jobs import FINAL_STATES, State
 from bridge.timeline import Plan, Shot, read_plan
+from chamelaion_client import RETRYABLE_STATES
 from chamelaion_client.client import BridgeClient, BridgeRequestError, BridgeUnavailable
 
 EXIT_ALL_DONE = 0
@@ -35,6 +38,7 @@ EXIT_SHOT_FAILED = 1
 POLL_SECONDS = 0.5
 TABLE_WIDTH = 120  # a terminal's progress line, padded so a shorter one covers it
 LIPSYNC_SUFFIX = ".lipsync"
+RETRY_HINT = "run the same command with --retry-failed to send it again."
 
 Connect = Callable[[], BridgeClient]
 
@@ -57,6 +61,7 @@ class ConformOptions:
     dry_run: bool = False
     no_wait: bool = False
     json: bool = False
+    retry_failed: bool = False
 
     @property
     def out_path(self) -> Path:
@@ -177,15 +182,17 @@ class Submission:
     refused: dict[int, Missing]
     adopted: int
     client: BridgeClient
+    retried: int = 0
 
 
 def submit_plan(
     client: BridgeClient, plan: Plan, options: ConformOptions, connect: Connect
 ) -> Submission:
-    """Adopt the jobs that exist, submit the others; a shot the bridge refuses (a source
-    that vanished) is noted with the bridge's sentence and the others go on. A bridge that
-    dies meanwhile is found or started again and its jobs adopted anew, so a shot whose
-    answer was lost is adopted, not charged twice."""
+    """Adopt the jobs that exist (retrying the failed and canceled ones with --retry-failed),
+    submit the others; a shot the bridge refuses (a source that vanished) is noted with the
+    bridge's sentence and the others go on. A bridge that dies meanwhile is found or started
+    again and its jobs adopted anew, so a shot whose answer was lost is adopted, not charged
+    twice."""
     result = Submission({}, {}, 0, client)
     while True:
         try:
@@ -205,22 +212,42 @@ def _submit_rest(plan: Plan, options: ConformOptions, result: Submission) -> Non
             continue
         body = _job_body(shot, options, file_id, plan)
         job = known.get(shot.reference_id)
-        if job is None:
-            try:
-                job = client.create_job(body)
-            except BridgeRequestError as exc:
-                if exc.status == 409:
-                    job = client.get_job(shot.reference_id)
-                elif 400 <= exc.status < 500 and exc.status not in (401, 403):
-                    result.refused[shot.position] = Missing(str(exc), shot.reference_id)
+        try:
+            if job is None:
+                try:
+                    result.jobs[shot.position] = client.create_job(body)
                     continue
-                else:
-                    raise
-            else:
-                result.jobs[shot.position] = job
-                continue
+                except BridgeRequestError as exc:
+                    if exc.status != 409:
+                        raise
+                    job = client.get_job(shot.reference_id)
+            if options.retry_failed and job["state"] in RETRYABLE_STATES:
+                job = _retried(client, job)
+                result.retried += 1
+        except BridgeRequestError as exc:
+            if not _refusal(exc):
+                raise
+            result.refused[shot.position] = Missing(str(exc), shot.reference_id)
+            continue
         result.jobs[shot.position] = job
         result.adopted += 1
+
+
+def _refusal(exc: BridgeRequestError) -> bool:
+    """Whether the bridge refused this shot's request for a reason of its own (say, a source
+    that vanished), not for one that stops every shot (a wrong token, its own error)."""
+    return 400 <= exc.status < 500 and exc.status not in (401, 403)
+
+
+def _retried(client: BridgeClient, job: dict[str, Any]) -> dict[str, Any]:
+    """The job sent again by the bridge's own retry (which never pays twice for a request
+    the API completed); as it is now when another client retried it first (409)."""
+    try:
+        return client.retry(job["id"])
+    except BridgeRequestError as exc:
+        if exc.status != 409:
+            raise
+        return client.get_job(job["id"])
 
 
 # --- waiting -------------------------------------------------------------------------------
@@ -318,12 +345,7 @@ def outcome_of(job: Mapping[str, Any]) -> Outcome:
             request_id,
         )
     if job["state"] == State.CANCELED:
-        return Missing(
-            f"Job {reference_id} was canceled; retry it with 'chamelaion-bridge retry "
-            f"{reference_id}' and conform again.",
-            reference_id,
-            request_id,
-        )
+        return Missing(f"Job {reference_id} was canceled.", reference_id, request_id)
     return Missing(
         job.get("error") or f"Job {reference_id} failed without a reason.",
         reference_id,
@@ -411,7 +433,10 @@ def run_conform(
         if shot.problem:
             stderr.write(f"Shot {shot.position} ({shot.name}) was skipped: {shot.problem}\n")
         elif isinstance(outcome, Missing):
-            stderr.write(f"Shot {shot.position} ({shot.name}) has no take: {outcome.reason}\n")
+            line = f"Shot {shot.position} ({shot.name}) has no take: {outcome.reason}"
+            if jobs.get(shot.position, {}).get("state") in RETRYABLE_STATES:
+                line = f"{line.rstrip('.')}; {RETRY_HINT}"
+            stderr.write(line + "\n")
     return EXIT_ALL_DONE if _all_completed(plan, outcomes) else EXIT_SHOT_FAILED
 
 
@@ -454,9 +479,10 @@ def _submitted_only(
         stdout.write("\n")
     else:
         fresh = len(submission.jobs) - submission.adopted
+        retried = f", {submission.retried} of them retried" if submission.retried else ""
         stdout.write(
             f"Submitted {fresh} shot(s) of {plan.path.name} ({submission.adopted} already "
-            f"known); run the same command again without --no-wait to wait and write "
-            f"{options.out_path}.\n"
+            f"known{retried}); run the same command again without --no-wait to wait and "
+            f"write {options.out_path}.\n"
         )
     return EXIT_SHOT_FAILED if submission.refused else EXIT_ALL_DONE

@@ -321,13 +321,11 @@ def prepare_audio(
         target = stack.enter_context(av.open(str(tmp), "w", format="wav"))
         pcm = target.add_stream("pcm_s16le", rate=rate, layout=layout)
         span = math.inf if count is None else count / rate
-        written = 0
-        for piece in _audio_window(source, stream, first / rate, span, "s16"):
-            target.mux(pcm.encode(piece))
-            written += piece.samples
-        for piece in _silence(written, (count or 0) - written, rate, layout):
-            target.mux(pcm.encode(piece))
-        target.mux(pcm.encode(None))
+        pieces = _audio_window(source, stream, first / rate, span, "s16")
+        if count is not None:
+            pieces = _padded(pieces, count, rate, layout)
+        for _, packet in _encoded_audio(pcm, pieces):
+            target.mux(packet)
     return out
 
 
@@ -352,6 +350,17 @@ def _audio_window_of(
 
 
 SILENCE_CHUNK = 4096
+
+
+def _padded(
+    pieces: Iterator[av.AudioFrame], count: int, rate: int, layout: str
+) -> Iterator[av.AudioFrame]:
+    """The 16-bit frames of a window, then silence up to `count` samples where it ended early."""
+    position = 0
+    for piece in pieces:
+        position += piece.samples
+        yield piece
+    yield from _silence(position, count - position, rate, layout)
 
 
 def _silence(position: int, samples: int, rate: int, layout: str) -> Iterator[av.AudioFrame]:
@@ -425,7 +434,8 @@ def write_mp4(
             ostream_audio = output.add_stream(
                 "aac", rate=astream.codec_context.sample_rate, layout=_layout_name(astream)
             )
-            packet_streams.append(_audio_packets(ain, astream, ostream_audio, offset, span))
+            aac = _audio_window(ain, astream, offset, span, "flt")
+            packet_streams.append(_encoded_audio(ostream_audio, aac))
         wrote_video = False
         for at, packet in heapq.merge(*packet_streams, key=lambda item: item[0]):
             wrote_video = wrote_video or packet.stream is ostream
@@ -529,15 +539,12 @@ def _encoded_video_packets(
         yield float(packet.dts * packet.time_base), packet
 
 
-def _audio_packets(
-    source: InputContainer,
-    stream: AudioStream,
-    target: AudioStream,
-    offset: float,
-    span: float,
+def _encoded_audio(
+    target: AudioStream, pieces: Iterator[av.AudioFrame]
 ) -> Iterator[tuple[float, Packet]]:
-    """AAC packets for the audio from `offset` seconds (after the stream's start) for `span`."""
-    for piece in _audio_window(source, stream, offset, span, "flt"):
+    """Each packet `target` encodes from the frames, then its encoder's tail, with the time
+    (in seconds) each one starts at, for merging with another stream's packets."""
+    for piece in pieces:
         for packet in target.encode(piece):
             yield float(packet.pts * packet.time_base), packet
     for packet in target.encode(None):

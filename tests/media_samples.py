@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import av
 from av.video.frame import VideoFrame
 
 from bridge.emulator.samples import (
@@ -20,7 +21,13 @@ from bridge.emulator.samples import (
     make_sample_video,
 )
 
-__all__ = ["frame_index_of", "make_sample_media", "make_test_audio", "make_test_video"]
+__all__ = [
+    "frame_index_of",
+    "frame_indices",
+    "make_sample_media",
+    "make_test_audio",
+    "make_test_video",
+]
 
 CONTAINER_FORMATS = {"mp4": "mp4", "mov": "mov", "mkv": "matroska", "m4v": "mp4"}
 # File suffix -> (FFmpeg container format, codec).
@@ -73,3 +80,10 @@ def frame_index_of(frame: VideoFrame) -> int:
         sample = data[centre - 2 : centre + 3]
         index = index * 2 + (sum(sample) / len(sample) > 125)
     return index
+
+
+def frame_indices(path: Path) -> list[int]:
+    """The index each decoded frame of a video carries, in presentation order: a cut or a
+    take made from indexed sources shows which source frames it holds."""
+    with av.open(str(path)) as container:
+        return [frame_index_of(frame) for frame in container.decode(video=0)]

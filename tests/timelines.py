@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import opentimelineio as otio
 from opentimelineio.opentime import RationalTime, TimeRange
 
-from tests.media_samples import frame_index_of, make_test_audio, make_test_video
+from tests.media_samples import make_test_audio, make_test_video
 
 # The rates conform is tested at, by the name an editor gives them.
 RATES = {
@@ -196,8 +195,9 @@ def ten_clip_cut(folder: Path, rate: Fraction, name: str = "ep101") -> Cut:
     return Cut(name, rate, clips)
 
 
-def frame_indices(path: Path) -> list[int]:
-    """The index each decoded frame of a video carries, in presentation order: a take or a
-    cut made from indexed sources shows which source frames it holds."""
-    with av.open(str(path)) as container:
-        return [frame_index_of(frame) for frame in container.decode(video=0)]
+def records_from_the_hour(line: str) -> str:
+    """An EDL line, its event's record timecodes moved from hour 00 to hour 01."""
+    fields = line.split()
+    if not fields or not fields[0].isdigit():
+        return line
+    return " ".join(fields[:-2] + [f"01{tc[2:]}" for tc in fields[-2:]])

@@ -8,18 +8,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
+from aiohttp import ClientResponse, web
+from aiohttp.test_utils import TestClient
 
 from bridge.config import BridgeConfig, Secret
 from bridge.emulator import EmulatorConfig, RunningEmulator, emulator_in_background, start_emulator
 from bridge.engine import Engine
 from bridge.errors import StoreError
 from bridge.jobs import Job, JobSpec
+from bridge.server import create_app
 from bridge.store import Store
 from tests.helpers import async_wait_until
 from tests.media_samples import make_sample_media
 
 EMULATOR_KEY = "emulator-key"
+TOKEN = "test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture(scope="session")
@@ -84,6 +88,33 @@ def bridge_config(
     return BridgeConfig(
         data_dir=data_dir, api_base=base_url, api_key=Secret(key), **(settings | overrides)
     )
+
+
+@pytest.fixture
+async def api(aiohttp_client: Any, tmp_path: Path, emulator: RunningEmulator) -> TestClient:
+    """The local API over real HTTP on 127.0.0.1, its engine talking to the emulator."""
+    config = bridge_config(tmp_path / "data", emulator.base_url)
+    return await aiohttp_client(create_app(config, TOKEN))
+
+
+def job_body(pair: tuple[Path, Path], **extra: Any) -> dict[str, Any]:
+    video, audio = pair
+    return {"video_path": str(video), "audio_path": str(audio), **extra}
+
+
+async def error_of(response: ClientResponse, status: int) -> str:
+    """The response's one-sentence error, after checking its status and JSON shape."""
+    assert response.status == status, await response.text()
+    body = await response.json()
+    assert set(body) == {"error"}
+    assert body["error"].endswith(".") and "\n" not in body["error"]
+    return body["error"]
+
+
+async def assert_nothing_created(api: TestClient, emulator: RunningEmulator) -> None:
+    """No job in the bridge and not one call to the API: a refusal cost nothing."""
+    assert (await (await api.get("/v1/jobs", headers=AUTH)).json())["jobs"] == []
+    assert emulator.state.stats.calls == {}
 
 
 EngineFactory = Callable[..., Awaitable[Engine]]

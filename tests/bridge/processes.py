@@ -76,6 +76,9 @@ def serving(
         yield process, info
     finally:
         stop(process)
+        for pipe in (process.stdout, process.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 class BridgeProcess:

@@ -19,9 +19,17 @@ from bridge.server import create_app
 from bridge.store import Store
 from chamelaion_client.client import BridgeClient
 from chamelaion_client.proofs import key_fingerprint
-from tests.bridge.conftest import EMULATOR_KEY, EngineFactory, bridge_config, wait_final
+from tests.bridge.conftest import (
+    AUTH,
+    EMULATOR_KEY,
+    TOKEN,
+    EngineFactory,
+    bridge_config,
+    error_of,
+    job_body,
+    wait_final,
+)
 from tests.bridge.processes import BridgeProcess
-from tests.bridge.test_server import AUTH, TOKEN, error_of, job_body
 from tests.helpers import async_wait_until
 
 RIGHT_KEY = "sk-right-4b1d9e-do-not-print"

@@ -1,22 +1,20 @@
 """A job's audio_range: the dub cut sample-exactly to 16-bit PCM WAV (silence past its end),
-refused as video_range is, and a different range never reuses another range's cut."""
+refused as video_range is (its bad values are test_server's cases beside video_range's), and a
+different range never reuses another range's cut."""
 
 from __future__ import annotations
 
 import wave
 from pathlib import Path
-from typing import Any
 
 import av
 import pytest
 from aiohttp.test_utils import TestClient
 
 from bridge import media, preparing
-from bridge.emulator import RunningEmulator
 from bridge.errors import MediaError
 from bridge.server import ENGINE
-from tests.bridge.conftest import wait_final
-from tests.bridge.test_server import AUTH, api, error_of, job_body  # noqa: F401 (fixture)
+from tests.bridge.conftest import AUTH, error_of, wait_final
 from tests.media_samples import make_test_audio, make_test_video
 
 RATE = 8000
@@ -109,31 +107,8 @@ def test_another_range_is_another_preparation(tmp_path: Path) -> None:
     assert second.audio != first.audio and samples_of(second.audio)[2][0] == 4000
 
 
-@pytest.mark.parametrize(
-    ("change", "expected"),
-    [
-        ({"audio_range": {"start_seconds": 0}}, "audio_range must be an object with exactly"),
-        ({"audio_range": {"start_seconds": -1, "duration_seconds": 1}}, "audio_range needs"),
-        ({"audio_range": {"start_seconds": 0, "duration_seconds": 0}}, "above 0"),
-        ({"audio_range": {"start_seconds": 0, "duration_seconds": 1e9}}, "7 days"),
-        ({"audio_range": [0, 1]}, "audio_range must be an object"),
-    ],
-)
-async def test_bad_audio_ranges_are_refused_before_anything_is_created(
-    api: TestClient,  # noqa: F811 (the fixture)
-    emulator: RunningEmulator,
-    sample_pair: tuple[Path, Path],
-    change: dict[str, Any],
-    expected: str,
-) -> None:
-    body = {**job_body(sample_pair), **change}
-    assert expected in await error_of(await api.post("/v1/jobs", json=body, headers=AUTH), 400)
-    assert (await (await api.get("/v1/jobs", headers=AUTH)).json())["jobs"] == []
-    assert emulator.state.stats.calls == {}
-
-
 async def test_audio_range_needs_a_local_audio_file(
-    api: TestClient,  # noqa: F811 (the fixture)
+    api: TestClient,
 ) -> None:
     body = {
         "video_url": "https://example.com/v.mp4",
@@ -145,7 +120,7 @@ async def test_audio_range_needs_a_local_audio_file(
 
 
 async def test_the_api_sends_the_cut_and_shows_the_range(
-    api: TestClient,  # noqa: F811 (the fixture)
+    api: TestClient,
     tmp_path: Path,
 ) -> None:
     video = make_test_video(tmp_path / "clip.mp4", 75, 25, SIZE)

@@ -31,14 +31,15 @@ from tests.bridge.processes import (
     run_cli,
     serving,
 )
-from tests.bridge.test_timeline import records_from_the_hour
+from tests.faults import faults_of
 from tests.helpers import wait_until
+from tests.media_samples import frame_indices
 from tests.timelines import (
     RATES,
     Cut,
-    frame_indices,
     make_dub,
     make_source,
+    records_from_the_hour,
     ten_clip_cut,
     write_timeline,
 )
@@ -191,7 +192,8 @@ def test_failed_and_unconformable_shots_are_gaps_with_their_reason(
     failed, skipped = report["shots"][3], report["shots"][6]
     assert failed["state"] == "failed" and failed["take"] is None and failed["error"]
     assert skipped["state"] == "skipped" and "speed" in skipped["error"]
-    assert f"Shot 4 ({failed['name']}) has no take: {failed['error']}" in result.stderr
+    told = f"Shot 4 ({failed['name']}) has no take: {failed['error'].rstrip('.')}; run the same"
+    assert f"{told} command with --retry-failed to send it again.\n" in result.stderr
     assert f"Shot 7 ({skipped['name']}) was skipped: {skipped['error']}\n" in result.stderr
     assert result.stderr.count(": completed\n") == 8  # one line per shot and state
     assert f"[10/10] {cut.clip_name(10)} (" in result.stderr  # the track's clips, not the jobs
@@ -427,6 +429,44 @@ def test_a_bridge_killed_while_submitting_is_started_again_and_nothing_charged_t
     assert len(jobs) == 10
     charged = fresh_emulator.state.stats.generate_by_reference_id
     assert len(charged) == 10 and set(charged.values()) == {1}
+
+
+def test_a_rerun_with_retry_failed_sends_the_failed_shot_again_and_no_other(
+    tmp_path: Path, data_dir: Path, env: dict[str, str], fresh_emulator: RunningEmulator
+) -> None:
+    cut = ten_clip_cut(tmp_path, RATES["25"])
+    path = write_timeline(cut.timeline(), tmp_path / "cut.otio")
+    dub = make_dub(tmp_path / "dub.wav", cut.seconds)
+    out = tmp_path / "cut.lipsync.otio"
+    faults_of(fresh_emulator).fail_next(1, "No face was found.")
+    charged = fresh_emulator.state.stats.generate_by_reference_id
+
+    first = conform(data_dir, env, path, "--audio", dub, "--json")
+    again = conform(data_dir, env, path, "--audio", dub)
+
+    assert first.returncode == again.returncode == 1, again.stderr
+    failed = [shot for shot in json.loads(first.stdout)["shots"] if shot["state"] == "failed"]
+    assert len(failed) == 1 and "No face was found" in failed[0]["error"]
+    for run in (first, again):  # the rerun without the flag adopts the failed job as it is
+        told = [line for line in run.stderr.splitlines() if "has no take" in line]
+        assert len(told) == 1 and f"({failed[0]['name']})" in told[0]
+        assert told[0].endswith("; run the same command with --retry-failed to send it again.")
+    after_first = dict(charged)
+    assert len(after_first) == 10 and set(after_first.values()) == {1}
+
+    sent = conform(data_dir, env, path, "--audio", dub, "--retry-failed", "--no-wait")
+    retried = conform(data_dir, env, path, "--audio", dub, "--retry-failed")
+
+    assert sent.returncode == 0, sent.stderr
+    assert "Submitted 0 shot(s) of cut.otio (10 already known, 1 of them retried)" in sent.stdout
+    assert retried.returncode == 0, retried.stderr
+    assert "has no take" not in retried.stderr
+    assert_conformed(out, cut)
+    fresh = {ref: count for ref, count in charged.items() if ref not in after_first}
+    assert len(fresh) == 1 and set(fresh.values()) == {1}  # the failed shot, once, anew
+    assert {ref: charged[ref] for ref in after_first} == after_first  # no other shot again
+    assert conform(data_dir, env, path, "--audio", dub, "--retry-failed").returncode == 0
+    assert len(charged) == 11 and set(charged.values()) == {1}
 
 
 class Terminal(io.StringIO):

@@ -16,11 +16,9 @@ from bridge.jobs import MAX_CLIENT_BYTES, JobSpec
 from bridge.server import STORE
 from chamelaion_client import FINAL_STATES
 from chamelaion_client.client import BridgeRequestError
+from tests.bridge.conftest import AUTH, error_of, job_body
 from tests.bridge.processes import BridgeProcess, run_cli
-from tests.bridge.test_server import AUTH, api, error_of, job_body
 from tests.helpers import async_wait_until, wait_until
-
-__all__ = ["api"]  # the fixture, shared with test_server
 
 CLIENT = {"file": "f3a9-Blend_1", "scene": "Shot 12 – Café", "channel": 4, "take": [1, 2.5]}
 

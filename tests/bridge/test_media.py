@@ -15,15 +15,9 @@ from av.stream import Disposition
 from bridge import media
 from bridge.emulator.lipsync import mux_audio
 from bridge.errors import MediaError
-from tests.media_samples import frame_index_of, make_sample_media, make_test_audio, make_test_video
+from tests.media_samples import frame_indices, make_sample_media, make_test_audio, make_test_video
 
 SIZE = (128, 96)
-
-
-def indices(path: Path) -> list[int]:
-    """The index written into each decoded frame, in presentation order."""
-    with av.open(str(path)) as container:
-        return [frame_index_of(frame) for frame in container.decode(video=0)]
 
 
 def stream_durations(path: Path) -> dict[str, float]:
@@ -155,7 +149,7 @@ def test_mp4_without_range_is_sent_as_it_is(tmp_path: Path, clip: Path) -> None:
 def test_range_is_cut_frame_exactly_with_its_audio(tmp_path: Path, clip: Path) -> None:
     before = digest(clip)
     cut = media.prepare_video(clip, tmp_path / "work", video_range=(0.4, 1.0))
-    assert indices(cut) == list(range(10, 35))
+    assert frame_indices(cut) == list(range(10, 35))
     info = media.probe(cut)
     assert (info.fps, info.frames, info.has_audio) == (25, 25, True)
     assert stream_durations(cut)["audio"] == pytest.approx(1.0, abs=0.03)
@@ -167,7 +161,7 @@ def test_cut_of_ntsc_rate_mov_keeps_the_rate(tmp_path: Path) -> None:
     rate = Fraction(30000, 1001)
     source = make_test_video(tmp_path / "take.mov", 90, rate, SIZE, container="mov")
     cut = media.prepare_video(source, tmp_path / "work", video_range=(1.0, 0.5))
-    assert indices(cut) == list(range(30, 45))
+    assert frame_indices(cut) == list(range(30, 45))
     assert media.probe(cut).fps == rate
 
 
@@ -176,13 +170,13 @@ def test_cut_deep_in_a_clip_seeks_and_still_starts_on_the_right_frame(tmp_path: 
         tmp_path / "long.mkv", 150, 25, SIZE, with_audio=True, container="mkv", keyframe_interval=10
     )
     cut = media.prepare_video(source, tmp_path / "work", video_range=(4.52, 0.4))
-    assert indices(cut) == list(range(113, 123))
+    assert frame_indices(cut) == list(range(113, 123))
     assert stream_durations(cut)["audio"] == pytest.approx(0.4, abs=0.03)
 
 
 def test_range_reaching_past_the_end_stops_at_the_last_frame(tmp_path: Path, clip: Path) -> None:
     cut = media.prepare_video(clip, tmp_path / "work", video_range=(1.6, 5.0))
-    assert indices(cut) == list(range(40, 50))
+    assert frame_indices(cut) == list(range(40, 50))
 
 
 def test_range_after_the_end_is_refused_and_leaves_nothing(tmp_path: Path, clip: Path) -> None:
@@ -209,7 +203,7 @@ def test_other_containers_become_playable_mp4(tmp_path: Path, container: str) ->
     info = media.probe(out)
     assert "mp4" in info.format_name.split(",")
     assert (info.video_codec, info.audio_codec, info.fps) == ("h264", "aac", 25)
-    assert indices(out) == list(range(30))
+    assert frame_indices(out) == list(range(30))
     assert media.is_playable_video(out)
     assert digest(source) == before
 
@@ -293,7 +287,7 @@ def test_sample_media_is_quick_and_carries_frame_indices(tmp_path: Path) -> None
     video, audio = make_sample_media(tmp_path / "demo")
     assert time.monotonic() - started < 2.0
     assert (video.name, audio.name) == ("sample.mp4", "sample.wav")
-    assert indices(video) == list(range(75))
+    assert frame_indices(video) == list(range(75))
     checked_video, checked_audio = media.check_inputs(video, audio)
     assert checked_video.has_audio and checked_video.fps == 25
     assert checked_audio.duration == pytest.approx(3.0, abs=0.01)

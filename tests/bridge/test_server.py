@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,44 +14,25 @@ from aiohttp.test_utils import TestClient
 
 from bridge.emulator import RunningEmulator
 from bridge.jobs import JobSpec
-from bridge.server import STORE, create_app
-from tests.bridge.conftest import bridge_config, fill_the_disk, free_the_disk
+from bridge.server import STORE
+from tests.bridge.conftest import (
+    AUTH,
+    EMULATOR_KEY,
+    TOKEN,
+    assert_nothing_created,
+    error_of,
+    fill_the_disk,
+    free_the_disk,
+    job_body,
+)
 from tests.helpers import async_wait_until
-
-TOKEN = "test-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-SECRET_KEY = "emulator-key"
-
-ClientFactory = Callable[..., Any]
-
-
-@pytest.fixture
-async def api(
-    aiohttp_client: ClientFactory, tmp_path: Path, emulator: RunningEmulator
-) -> TestClient:
-    config = bridge_config(tmp_path / "data", emulator.base_url, SECRET_KEY)
-    return await aiohttp_client(create_app(config, TOKEN))
-
-
-def job_body(pair: tuple[Path, Path], **extra: Any) -> dict[str, Any]:
-    video, audio = pair
-    return {"video_path": str(video), "audio_path": str(audio), **extra}
-
-
-async def error_of(response: ClientResponse, status: int) -> str:
-    """The response's one-sentence error, after checking its status and JSON shape."""
-    assert response.status == status, await response.text()
-    body = await response.json()
-    assert set(body) == {"error"}
-    assert body["error"].endswith(".") and "\n" not in body["error"]
-    return body["error"]
 
 
 async def test_health_needs_no_token_and_never_shows_the_key(api: TestClient) -> None:
     response = await api.get("/v1/health")
     assert response.status == 200
     text = await response.text()
-    assert SECRET_KEY not in text
+    assert EMULATOR_KEY not in text
     body = json.loads(text)
     assert body["status"] == "ok"
     assert body["api_key_configured"] is True
@@ -221,17 +201,12 @@ async def test_events_from_another_thread_arrive(
     await asyncio.to_thread(store.create, spec)
     job = await read_event(events, "from-thread")
     assert job["state"] == "queued"
-    assert SECRET_KEY not in json.dumps(job)
+    assert EMULATOR_KEY not in json.dumps(job)
 
 
 # --- bad input: one sentence, no job, nothing sent to the API -------------------------------
 
 GOOD_AUDIO_URL = "http://127.0.0.1:9/dub.wav"
-
-
-async def assert_nothing_created(api: TestClient, emulator: RunningEmulator) -> None:
-    assert (await (await api.get("/v1/jobs", headers=AUTH)).json())["jobs"] == []
-    assert emulator.state.stats.calls == {}
 
 
 def url_body(video_url: str) -> dict[str, Any]:
@@ -251,6 +226,11 @@ def url_body(video_url: str) -> dict[str, Any]:
         ({"video_range": {"start_seconds": 10**400, "duration_seconds": 1}}, "7 days"),
         ({"video_range": {"start_seconds": 0, "duration_seconds": 0}}, "above 0"),
         ({"video_range": {"start_seconds": 0, "duration_seconds": 86400 * 30}}, "7 days"),
+        ({"audio_range": {"start_seconds": 0}}, "audio_range must be an object with exactly"),
+        ({"audio_range": {"start_seconds": -1, "duration_seconds": 1}}, "audio_range needs"),
+        ({"audio_range": {"start_seconds": 0, "duration_seconds": 0}}, "above 0"),
+        ({"audio_range": {"start_seconds": 0, "duration_seconds": 1e9}}, "7 days"),
+        ({"audio_range": [0, 1]}, "audio_range must be an object"),
         ({"video_path": "/media/shot\x00.mp4"}, "contains a NUL byte"),
         ({"audio_path": "/media/dub\ud800.wav"}, "not valid text (a lone surrogate"),
         ({"output_dir": "/out\x00put"}, "The output folder '/out\\x00put' contains a NUL"),

@@ -18,13 +18,14 @@ from bridge import media
 from bridge.errors import InputError
 from bridge.jobs import check_reference_id
 from bridge.timeline import Plan, TimelineError, read_plan
+from tests.media_samples import frame_indices
 from tests.timelines import (
     RATES,
     Cut,
     CutClip,
-    frame_indices,
     make_dub,
     make_source,
+    records_from_the_hour,
     ten_clip_cut,
     write_timeline,
 )
@@ -60,14 +61,6 @@ def expected(cut: Cut) -> list[tuple[int, str, int, int, str | None, int]]:
         (e.position, e.name, e.record_start, e.frames, str(e.source.path), e.source_first)
         for e in cut.expected()
     ]
-
-
-def records_from_the_hour(line: str) -> str:
-    """An EDL line, its event's record timecodes moved from hour 00 to hour 01."""
-    fields = line.split()
-    if not fields or not fields[0].isdigit():
-        return line
-    return " ".join(fields[:-2] + [f"01{tc[2:]}" for tc in fields[-2:]])
 
 
 def problems(plan: Plan) -> dict[int, str]:
