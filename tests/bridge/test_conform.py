@@ -87,6 +87,21 @@ def conform(
     return run_cli("conform", *map(str, args), "--data-dir", str(data_dir), env=env)
 
 
+def cut_files(
+    folder: Path, rate: str = "25", *, effect: tuple[int, otio.schema.Effect] | None = None
+) -> tuple[Cut, Path, Path]:
+    """The ten-clip cut at `rate` written as cut.otio (clip N carrying `effect` = (N, effect)),
+    and a dub as long as the cut."""
+    cut = ten_clip_cut(folder, RATES[rate])
+    timeline = cut.timeline()
+    if effect is not None:
+        position, applied = effect
+        clip = next(c for c in timeline.find_clips() if c.name == cut.clip_name(position))
+        clip.effects.append(applied)
+    path = write_timeline(timeline, folder / "cut.otio")
+    return cut, path, make_dub(folder / "dub.wav", cut.seconds)
+
+
 def lipsync_track(out: Path) -> tuple[otio.schema.Track, otio.schema.Track]:
     """OUT read back: its picture track and its "Lip Sync" track, checked to sit right above
     it and to show the same stretch of time."""
@@ -172,12 +187,7 @@ def test_a_cut_is_conformed_frame_exactly(
 def test_failed_and_unconformable_shots_are_gaps_with_their_reason(
     tmp_path: Path, data_dir: Path, env: dict[str, str], fresh_emulator: RunningEmulator
 ) -> None:
-    cut = ten_clip_cut(tmp_path, RATES["25"])
-    timeline = cut.timeline()
-    sped_up = next(c for c in timeline.find_clips() if c.name == cut.clip_name(7))
-    sped_up.effects.append(otio.schema.LinearTimeWarp(time_scalar=2.0))
-    path = write_timeline(timeline, tmp_path / "cut.otio")
-    dub = make_dub(tmp_path / "dub.wav", cut.seconds)
+    cut, path, dub = cut_files(tmp_path, effect=(7, otio.schema.LinearTimeWarp(time_scalar=2.0)))
 
     def fail_shot_four(record: LipsyncRecord) -> None:
         if "-004-" in (record.reference_id or ""):
@@ -215,12 +225,8 @@ def test_failed_and_unconformable_shots_are_gaps_with_their_reason(
 def test_a_skipped_shot_is_counted_and_makes_the_exit_1_and_a_short_dub_is_noted(
     tmp_path: Path, data_dir: Path, env: dict[str, str], fresh_emulator: RunningEmulator
 ) -> None:
-    cut = ten_clip_cut(tmp_path, RATES["25"])
-    timeline = cut.timeline()
-    frozen = next(c for c in timeline.find_clips() if c.name == cut.clip_name(2))
-    frozen.effects.append(otio.schema.FreezeFrame())
-    path = write_timeline(timeline, tmp_path / "cut.otio")
-    dub = make_dub(tmp_path / "dub.wav", cut.seconds - 0.1)  # ends inside the last shot
+    cut, path, dub = cut_files(tmp_path, effect=(2, otio.schema.FreezeFrame()))
+    make_dub(dub, cut.seconds - 0.1)  # ends inside the last shot
 
     planned = conform(data_dir, env, path, "--audio", dub, "--dry-run")
     result = conform(data_dir, env, path, "--audio", dub)
@@ -271,9 +277,7 @@ def test_dry_run_and_limits_submit_nothing(
 def test_a_rerun_with_another_out_says_where_the_adopted_takes_are(
     tmp_path: Path, data_dir: Path, env: dict[str, str], fresh_emulator: RunningEmulator
 ) -> None:
-    cut = ten_clip_cut(tmp_path, RATES["24"])
-    path = write_timeline(cut.timeline(), tmp_path / "cut.otio")
-    dub = make_dub(tmp_path / "dub.wav", cut.seconds)
+    cut, path, dub = cut_files(tmp_path, "24")
     first = conform(data_dir, env, path, "--audio", dub, "--out", tmp_path / "a.otio")
     assert first.returncode == 0, first.stderr
 
@@ -291,9 +295,7 @@ def test_a_rerun_with_another_out_says_where_the_adopted_takes_are(
 def test_rate_and_out_mistakes_are_said_plainly(
     tmp_path: Path, data_dir: Path, env: dict[str, str], fresh_emulator: RunningEmulator
 ) -> None:
-    cut = ten_clip_cut(tmp_path, RATES["25"])
-    path = write_timeline(cut.timeline(), tmp_path / "cut.otio")
-    dub = make_dub(tmp_path / "dub.wav", cut.seconds)
+    cut, path, dub = cut_files(tmp_path)
 
     not_fps = conform(data_dir, env, path, "--audio", dub, "--rate", "abc", "--dry-run")
     ignored = conform(data_dir, env, path, "--audio", dub, "--rate", "30", "--dry-run")
@@ -356,9 +358,7 @@ def test_an_interrupted_conform_run_again_charges_nothing_twice(
     fresh_emulator: RunningEmulator,
     interruption: str,
 ) -> None:
-    cut = ten_clip_cut(tmp_path, RATES["24"])
-    path = write_timeline(cut.timeline(), tmp_path / "cut.otio")
-    dub = make_dub(tmp_path / "dub.wav", cut.seconds)
+    cut, path, dub = cut_files(tmp_path, "24")
     command = ["conform", str(path), "--audio", str(dub), "--data-dir", str(data_dir)]
     client = BridgeClient(data_dir=data_dir)
 
@@ -391,9 +391,7 @@ def test_an_interrupted_conform_run_again_charges_nothing_twice(
 def test_a_bridge_killed_while_submitting_is_started_again_and_nothing_charged_twice(
     tmp_path: Path, emulator: RunningEmulator, fresh_emulator: RunningEmulator
 ) -> None:
-    cut = ten_clip_cut(tmp_path, RATES["25"])
-    path = write_timeline(cut.timeline(), tmp_path / "cut.otio")
-    dub = make_dub(tmp_path / "dub.wav", cut.seconds)
+    cut, path, dub = cut_files(tmp_path)
     bridge = BridgeProcess(tmp_path / "bridge", emulator.base_url)
     bridge.env["CHAMELAION_GENERATE_PER_MINUTE"] = "0"
 
@@ -434,9 +432,7 @@ def test_a_bridge_killed_while_submitting_is_started_again_and_nothing_charged_t
 def test_a_rerun_with_retry_failed_sends_the_failed_shot_again_and_no_other(
     tmp_path: Path, data_dir: Path, env: dict[str, str], fresh_emulator: RunningEmulator
 ) -> None:
-    cut = ten_clip_cut(tmp_path, RATES["25"])
-    path = write_timeline(cut.timeline(), tmp_path / "cut.otio")
-    dub = make_dub(tmp_path / "dub.wav", cut.seconds)
+    cut, path, dub = cut_files(tmp_path)
     out = tmp_path / "cut.lipsync.otio"
     faults_of(fresh_emulator).fail_next(1, "No face was found.")
     charged = fresh_emulator.state.stats.generate_by_reference_id
@@ -477,9 +473,7 @@ class Terminal(io.StringIO):
 def test_on_a_terminal_progress_is_one_line_of_counts(
     tmp_path: Path, data_dir: Path, fresh_emulator: RunningEmulator
 ) -> None:
-    cut = ten_clip_cut(tmp_path, RATES["25"])
-    path = write_timeline(cut.timeline(), tmp_path / "cut.otio")
-    dub = make_dub(tmp_path / "dub.wav", cut.seconds)
+    cut, path, dub = cut_files(tmp_path)
     options = ConformOptions(timeline=path, dub=dub)
     stdout, terminal = io.StringIO(), Terminal()
 
@@ -493,9 +487,8 @@ def test_on_a_terminal_progress_is_one_line_of_counts(
 
 
 def test_a_waiting_shots_note_is_shown_when_it_changes(tmp_path: Path) -> None:
-    cut = ten_clip_cut(tmp_path, RATES["25"])
-    path = write_timeline(cut.timeline(), tmp_path / "cut.otio")
-    plan = read_plan(path, make_dub(tmp_path / "dub.wav", cut.seconds))
+    cut, path, dub = cut_files(tmp_path)
+    plan = read_plan(path, dub)
     full = "Waiting to download the result: The disk holding /takes is full; free some space."
     lines, terminal = io.StringIO(), Terminal()
     for stream, table in ((lines, False), (terminal, True)):
