@@ -176,7 +176,7 @@ def _write(timeline: otio.schema.Timeline, path: Path, out: Path) -> None:
             f"{out.name} cannot hold the result as {adapter} ({_detail(exc)}); name the "
             "output .otio instead, which keeps everything."
         ) from None
-    with open(path, "w", encoding="utf-8") as handle:
+    with open(path, "w", encoding="utf-8", newline="") as handle:
         handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
