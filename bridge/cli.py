@@ -2,10 +2,10 @@
 
 Exit status: 0 success, 1 job failed or canceled, 2 usage, 3 bridge unreachable, 4 input
 error, 5-9 the daemon's start failures (see bridge.daemon), 10 a bridge of another API
-version runs (see bridge.processes), 70 an unexpected error, 130 interrupted. Every failure
-is one sentence on stderr. `start`, and `submit` when none runs for the data folder (and
-CHAMELAION_BRIDGE_URL is not set), start a bridge in the background; the other commands
-only report that none runs.
+version runs (see bridge.processes), 70 an unexpected error, 130 interrupted, 141 (quietly)
+the reader of stdout went away (`| head`). Every failure is one sentence on stderr. `start`,
+and `submit` when none runs for the data folder (and CHAMELAION_BRIDGE_URL is not set),
+start a bridge in the background; the other commands only report that none runs.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ EXIT_UNREACHABLE = 3
 EXIT_INPUT = 4
 EXIT_UNEXPECTED = 70
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a reader that went away
 
 TRANSFER_STATES = (State.UPLOADING, State.DOWNLOADING)
 POLL_SECONDS = 0.5
@@ -439,8 +440,15 @@ def cmd_emulator(args: argparse.Namespace) -> int:
 
 
 def cmd_conform(args: argparse.Namespace) -> int:
-    from bridge.conform import ConformOptions, run_conform
+    from bridge.conform import LIPSYNC_SUFFIX, ConformOptions, run_conform
 
+    if args.out and (args.out.endswith(("/", os.sep)) or os.path.isdir(args.out)):
+        folder = _folder_arg(args.out)
+        raise CliError(
+            EXIT_INPUT,
+            f"--out names the folder {folder}; give the file to write, such as "
+            f"{folder / (Path(args.timeline).stem + LIPSYNC_SUFFIX + '.otio')}.",
+        )
     options = ConformOptions(
         timeline=Path(os.path.abspath(os.path.expanduser(args.timeline))),
         dub=Path(os.path.abspath(os.path.expanduser(args.audio))),
@@ -464,22 +472,27 @@ def cmd_conform(args: argparse.Namespace) -> int:
         ) from None
 
 
-def _seconds(value: str) -> float:
-    """A finite number of seconds (argparse type)."""
+def _finite(value: str, what: str) -> float:
+    """A finite number; `what` names it in the usage error (argparse type helper)."""
     try:
         number = float(value)
     except ValueError:
         number = math.nan
     if not math.isfinite(number):
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds")
+        raise argparse.ArgumentTypeError(f"{value!r} is not {what}")
     return number
 
 
-def _positive(value: str) -> float:
-    """A finite number above 0 (argparse type)."""
-    number = _seconds(value)
+def _seconds(value: str) -> float:
+    """A finite number of seconds (argparse type)."""
+    return _finite(value, "a number of seconds")
+
+
+def _fps(value: str) -> float:
+    """A frame rate above 0 in frames per second (argparse type)."""
+    number = _finite(value, "a frame rate in fps, such as 25 or 23.976")
     if number <= 0:
-        raise argparse.ArgumentTypeError(f"{value!r} is not above 0")
+        raise argparse.ArgumentTypeError(f"{value!r} is not a frame rate above 0 fps")
     return number
 
 
@@ -617,9 +630,11 @@ def build_parser() -> Parser:
         "lip-sync every clip of an editor's timeline (.otio, CMX 3600 .edl, FCP 7 .xml, "
         '.fcpxml) against its dub and write the timeline back with a "Lip Sync" track of '
         "the takes; running it again adopts the jobs it made (nothing is charged twice). "
-        "Exit 0 when every shot completed, 1 when any failed (OUT is still written), 4 for a "
-        "timeline that cannot be read or has no usable clip, or a plan over --max-seconds; "
-        "after failures, run it again with --retry-failed",
+        "Exit 0 when every shot of the picture track completed, 1 when any failed or was "
+        "skipped (OUT is still written, a marker on each; after failures, run it again with "
+        "--retry-failed), 4 for a timeline that cannot be read or has no usable clip, a plan "
+        "over --max-seconds, or an OUT that cannot be written (the jobs stay: run the same "
+        "command again)",
     )
     conform.add_argument("timeline", metavar="TIMELINE", help="the timeline file")
     conform.add_argument(
@@ -647,10 +662,11 @@ def build_parser() -> Parser:
     )
     conform.add_argument(
         "--rate",
-        type=_positive,
+        type=_fps,
         metavar="FPS",
         help="frame rate of a timeline that carries none (a CMX 3600 EDL; default: the first "
-        "clip's media's rate)",
+        "clip's media's rate); other formats carry their own, so it is ignored there (a note "
+        "says so)",
     )
     conform.add_argument(
         "--max-seconds",
@@ -691,7 +707,9 @@ def _refusal_status(http_status: int) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # a reader gone away shows here, not at the interpreter's exit
+        return status
     except (CliError, processes.StartError) as exc:
         print(exc, file=sys.stderr)
         return exc.code
@@ -709,6 +727,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("Interrupted; jobs already submitted go on in the bridge.", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`... --json | head`): stop quietly, as `cat` would.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except BridgeError as exc:
         print(exc, file=sys.stderr)
         return EXIT_INPUT if isinstance(exc, InputError) else EXIT_UNEXPECTED

@@ -36,6 +36,7 @@ from chamelaion_client.client import BridgeClient, BridgeRequestError, BridgeUna
 EXIT_ALL_DONE = 0
 EXIT_SHOT_FAILED = 1
 POLL_SECONDS = 0.5
+TABLE_WIDTH = 120  # a terminal's progress line, padded so a shorter one covers it
 LIPSYNC_SUFFIX = ".lipsync"
 RETRY_HINT = "run the same command with --retry-failed to send it again."
 
@@ -108,12 +109,13 @@ def load_plan(options: ConformOptions) -> Plan:
 
 
 def _record_timecode(plan: Plan, frames: int) -> str:
-    """Where a frame of the plan sits on the editor's timeline (non-drop-frame notation)."""
+    """Where a frame of the plan sits on the editor's timeline, in its notation (drop frame
+    when the start is written "01:00:00;00")."""
     start = plan.start_timecode or "00:00:00:00"
     at = otio.opentime.from_timecode(start, plan.rate) + otio.opentime.RationalTime(
         frames, plan.rate
     )
-    return str(otio.opentime.to_timecode(at, plan.rate, False))
+    return str(otio.opentime.to_timecode(at, plan.rate, ";" in start))
 
 
 def plan_lines(plan: Plan) -> list[str]:
@@ -138,7 +140,8 @@ def plan_lines(plan: Plan) -> list[str]:
                 f"{Path(shot.media_path or '').name} from {video['start_seconds']:.3f} s for "
                 f"{video['duration_seconds']:.3f} s; dub from {audio['start_seconds']:.3f} s"
             )
-        lines.append(f"  {shot.position:>3}  {shot.name[:24]:<24}  {place:<34}  {what}")
+        note = f" (note: {shot.note})" if shot.note and shot.usable else ""
+        lines.append(f"  {shot.position:>3}  {shot.name[:24]:<24}  {place:<34}  {what}{note}")
     lines.append(f"Billable: {plan.billable_seconds:.3f} s for {usable} shot(s).")
     return lines
 
@@ -172,22 +175,41 @@ def _known_jobs(client: BridgeClient, file_id: str) -> dict[str, dict[str, Any]]
 
 @dataclass
 class Submission:
-    """Each usable shot's job (by position), or why it has none."""
+    """Each usable shot's job (by position), or why it has none, and the client that made
+    them (another one when the bridge had to be found or started again meanwhile)."""
 
     jobs: dict[int, dict[str, Any]]
     refused: dict[int, Missing]
     adopted: int
+    client: BridgeClient
     retried: int = 0
 
 
-def submit_plan(client: BridgeClient, plan: Plan, options: ConformOptions) -> Submission:
+def submit_plan(
+    client: BridgeClient, plan: Plan, options: ConformOptions, connect: Connect
+) -> Submission:
     """Adopt the jobs that exist (retrying the failed and canceled ones with --retry-failed),
     submit the others; a shot the bridge refuses (a source that vanished) is noted with the
-    bridge's sentence and the others go on."""
+    bridge's sentence and the others go on. A bridge that dies meanwhile is found or started
+    again and its jobs adopted anew, so a shot whose answer was lost is adopted, not charged
+    twice."""
+    result = Submission({}, {}, 0, client)
+    while True:
+        try:
+            _submit_rest(plan, options, result)
+            return result
+        except BridgeUnavailable:
+            result.client = connect()
+
+
+def _submit_rest(plan: Plan, options: ConformOptions, result: Submission) -> None:
+    """Submit or adopt every usable shot that has no job in `result` yet."""
     file_id = conform_id(plan)
+    client = result.client
     known = _known_jobs(client, file_id)
-    result = Submission({}, {}, 0)
     for shot in plan.usable:
+        if shot.position in result.jobs or shot.position in result.refused:
+            continue
         body = _job_body(shot, options, file_id, plan)
         job = known.get(shot.reference_id)
         try:
@@ -209,7 +231,6 @@ def submit_plan(client: BridgeClient, plan: Plan, options: ConformOptions) -> Su
             continue
         result.jobs[shot.position] = job
         result.adopted += 1
-    return result
 
 
 def _refusal(exc: BridgeRequestError) -> bool:
@@ -233,33 +254,46 @@ def _retried(client: BridgeClient, job: dict[str, Any]) -> dict[str, Any]:
 
 
 class ShotProgress:
-    """One line per shot state change, or on a terminal one redrawn line of counts."""
+    """One line per shot state change and per new note (why a job waits: a full disk, a 429,
+    an outage), or on a terminal one redrawn line of counts and the latest note."""
 
     def __init__(self, stream: TextIO, plan: Plan, *, table: bool) -> None:
         self.stream, self.table = stream, table
         self.shots = {shot.position: shot for shot in plan.usable}
+        self.count = len(plan.shots)  # positions count every clip of the track, usable or not
         self.states: dict[int, str] = {}
+        self.notes: dict[int, str] = {}
 
     def update(self, jobs: Mapping[int, Mapping[str, Any]]) -> None:
         """Show what changed since the last round: lines, or the counts redrawn once."""
-        changed = {p: job for p, job in jobs.items() if self.states.get(p) != job["state"]}
-        self.states.update({p: job["state"] for p, job in changed.items()})
-        if not changed:
+        moved = {p for p, job in jobs.items() if self.states.get(p) != job["state"]}
+        noted = {p for p, job in jobs.items() if self.notes.get(p, "") != (job.get("note") or "")}
+        self.states.update({p: jobs[p]["state"] for p in moved})
+        self.notes.update({p: jobs[p].get("note") or "" for p in noted})
+        if not moved and not noted:
             return
         if self.table:
             counts = Counter(self.states.values())
             line = ", ".join(f"{counts[s]} {s}" for s in State if counts[s])
-            self.stream.write(f"\rShots: {line}".ljust(100))
+            latest = next((self.notes[p] for p in sorted(noted) if self.notes[p]), "")
+            line += f"; {latest}" if latest else ""
+            self.stream.write(f"\rShots: {line}"[:TABLE_WIDTH].ljust(TABLE_WIDTH))
         else:
-            for position, job in sorted(changed.items()):
-                self.stream.write(self._line(position, job))
+            for position in sorted(moved | noted):
+                job = jobs[position]
+                self.stream.write(
+                    self._lines(position, job, moved=position in moved, noted=position in noted)
+                )
         self.stream.flush()
 
-    def _line(self, position: int, job: Mapping[str, Any]) -> str:
-        state, shot = job["state"], self.shots[position]
+    def _lines(self, position: int, job: Mapping[str, Any], *, moved: bool, noted: bool) -> str:
+        """The shot's new state (with a failed job's error) and its new note, one line each."""
+        shot, state, note = self.shots[position], job["state"], job.get("note")
+        where = f"[{position}/{self.count}] {shot.name} ({job['reference_id']})"
         error = f": {job.get('error')}" if state == State.FAILED and job.get("error") else ""
-        where = f"[{position}/{len(self.shots)}] {shot.name} ({job['reference_id']})"
-        return f"{where}: {state}{error}\n"
+        lines = [f"{where}: {state}{error}\n"] if moved else []
+        lines += [f"{where}: {note}\n"] if noted and note else []
+        return "".join(lines)
 
     def done(self) -> None:
         if self.table and self.states:
@@ -347,12 +381,14 @@ def _report(
                 "state": state,
                 "take": str(outcome.path) if isinstance(outcome, Take) else None,
                 "error": outcome.reason if isinstance(outcome, Missing) else shot.problem or None,
+                "note": shot.note or None,
             }
         )
     return {
         "plan": plan.to_json(),
         "out": str(out) if out else None,
         "takes_dir": str(options.takes_dir),
+        "take_folders": _take_folders(outcomes),
         "shots": shots,
         "jobs": [dict(jobs[p], position=p) for p in sorted(jobs)],
     }
@@ -367,6 +403,8 @@ def run_conform(
     """The whole command; its exit status. TimelineError and ConformRefused (exit 4) come
     out before anything is submitted."""
     plan = load_plan(options)
+    for note in plan.notes:
+        stderr.write(f"Note: {note}\n")
     if options.dry_run:
         if options.json:
             report = _report(plan, options, {}, {}, None)
@@ -376,34 +414,59 @@ def run_conform(
             stdout.write("\n".join([*plan_lines(plan), "Nothing was submitted (--dry-run)."]))
             stdout.write("\n")
         return EXIT_ALL_DONE
-    options.takes_dir.mkdir(parents=True, exist_ok=True)
-    client = connect()
-    submission = submit_plan(client, plan, options)
+    submission = submit_plan(connect(), plan, options, connect)
     jobs = submission.jobs
     if options.no_wait:
         return _submitted_only(plan, options, submission, stdout)
     progress = ShotProgress(stderr, plan, table=stderr.isatty())
-    jobs = wait_for(client, plan, jobs, progress, connect)
+    jobs = wait_for(submission.client, plan, jobs, progress, connect)
     outcomes: dict[int, Outcome] = {p: outcome_of(job) for p, job in jobs.items()}
     outcomes.update(submission.refused)
     out = conform_output.write_output(plan, outcomes, options.out_path)
-    missing = {p: o for p, o in outcomes.items() if isinstance(o, Missing)}
     if options.json:
         json.dump(_report(plan, options, jobs, outcomes, out), stdout, indent=2)
         stdout.write("\n")
     else:
-        stdout.write(
-            f"Wrote {out}: {len(outcomes) - len(missing)} of {len(plan.usable)} shot(s) "
-            f'lip-synced on the track "{conform_output.TRACK_NAME}", takes in '
-            f"{options.takes_dir}.\n"
-        )
-    names = {shot.position: shot.name for shot in plan.shots}
-    for position in sorted(missing):
-        line = f"Shot {position} ({names[position]}) has no take: {missing[position].reason}"
-        if jobs.get(position, {}).get("state") in RETRYABLE_STATES:
-            line = f"{line.rstrip('.')}; {RETRY_HINT}"
-        stderr.write(line + "\n")
-    return EXIT_SHOT_FAILED if missing else EXIT_ALL_DONE
+        stdout.write(_summary(plan, outcomes, out))
+    for shot in plan.shots:
+        outcome = outcomes.get(shot.position)
+        if shot.problem:
+            stderr.write(f"Shot {shot.position} ({shot.name}) was skipped: {shot.problem}\n")
+        elif isinstance(outcome, Missing):
+            line = f"Shot {shot.position} ({shot.name}) has no take: {outcome.reason}"
+            if jobs.get(shot.position, {}).get("state") in RETRYABLE_STATES:
+                line = f"{line.rstrip('.')}; {RETRY_HINT}"
+            stderr.write(line + "\n")
+    return EXIT_ALL_DONE if _all_completed(plan, outcomes) else EXIT_SHOT_FAILED
+
+
+def _all_completed(plan: Plan, outcomes: Mapping[int, Outcome]) -> bool:
+    """Exit 0 only when every shot of the picture track has its take: a skipped shot did not
+    complete any more than a failed one did."""
+    return all(isinstance(outcomes.get(shot.position), Take) for shot in plan.shots)
+
+
+def _summary(plan: Plan, outcomes: Mapping[int, Outcome], out: Path) -> str:
+    """The last line: how many of the track's shots have a take, how many have a marker, and
+    where the takes are (the jobs' folders: adopted ones may sit beside an earlier OUT)."""
+    synced = sum(isinstance(outcome, Take) for outcome in outcomes.values())
+    failed = sum(isinstance(outcome, Missing) for outcome in outcomes.values())
+    skipped = sum(not shot.usable for shot in plan.shots)
+    counts = [f"{failed} failed"] * bool(failed) + [f"{skipped} skipped"] * bool(skipped)
+    marked = f", {', '.join(counts)} (see the markers)" if counts else ""
+    folders = _take_folders(outcomes)
+    others = f" and {len(folders) - 1} other folder(s)" if len(folders) > 1 else ""
+    where = f"; takes in {folders[0]}{others}" if folders else ""
+    return (
+        f"Wrote {out}: {synced} of {len(plan.shots)} shot(s) lip-synced on the track "
+        f'"{conform_output.TRACK_NAME}"{marked}{where}.\n'
+    )
+
+
+def _take_folders(outcomes: Mapping[int, Outcome]) -> list[str]:
+    """The folders the takes are in, the fullest first."""
+    counts = Counter(str(o.path.parent) for o in outcomes.values() if isinstance(o, Take))
+    return [folder for folder, _ in counts.most_common()]
 
 
 def _submitted_only(

@@ -8,6 +8,8 @@ whole or not at all: to a temporary name beside it, then renamed into place.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import uuid
 from collections.abc import Mapping
@@ -48,7 +50,8 @@ Outcome = Take | Missing
 
 
 class OutputError(InputError):
-    """OUT cannot be written in the format its extension names (exit 4 before any job)."""
+    """OUT cannot be written: its format can't hold the result (exit 4 before any job) or
+    its disk refused it (exit 4 after waiting; the jobs stay for the same command again)."""
 
 
 def adapter_for(out: Path) -> str:
@@ -127,35 +130,75 @@ def _item(shot: Shot, outcome: Outcome | None, plan: Plan) -> otio.core.Item:
 
 
 def check_writable(plan: Plan, out: Path) -> None:
-    """Write the would-be result (all gaps) to a scratch file and drop it: a format that
-    cannot hold it (a CMX 3600 EDL has one video track) is refused before anything is paid."""
-    adapter = adapter_for(out)
+    """Render the would-be result (all gaps) and write it to a scratch file beside OUT, then
+    drop it: a format that cannot hold it (a CMX 3600 EDL has one video track) or a folder
+    that can't be written is refused before anything is paid."""
     scratch = _scratch_name(out)
     try:
-        otio.adapters.write_to_file(lipsync_timeline(plan, {}), str(scratch), adapter_name=adapter)
-    except otio.exceptions.OTIOError as exc:
-        raise OutputError(
-            f"{out.name} cannot hold the result as {adapter} ({_detail(exc)}); name the "
-            "output .otio, .xml or .fcpxml instead."
-        ) from None
+        _write(lipsync_timeline(plan, {}), scratch, out)
     except OSError as exc:
-        raise OutputError(
-            f"{out.parent} cannot be written ({exc.strerror}); choose another --out."
-        ) from None
+        raise _write_error(out, exc) from None
     finally:
-        scratch.unlink(missing_ok=True)
+        _drop(scratch)
 
 
 def write_output(plan: Plan, outcomes: Mapping[int, Outcome], out: Path) -> Path:
-    """Write OUT whole or not at all (a temporary name, then an atomic rename)."""
-    timeline = lipsync_timeline(plan, outcomes)
+    """Write OUT whole or not at all: through our own file handle to a temporary name,
+    flushed to the disk, then renamed over OUT; a failure leaves an earlier OUT untouched."""
     scratch = _scratch_name(out)
     try:
-        otio.adapters.write_to_file(timeline, str(scratch), adapter_name=adapter_for(out))
+        _write(lipsync_timeline(plan, outcomes), scratch, out)
         os.replace(scratch, out)
+    except OSError as exc:
+        raise _write_error(out, exc) from None
     finally:
-        scratch.unlink(missing_ok=True)
+        _drop(scratch)
     return out
+
+
+def _write(timeline: otio.schema.Timeline, path: Path, out: Path) -> None:
+    """Write the timeline in OUT's format to `path`, every byte of it on the disk.
+
+    OpenTimelineIO's own file writer does not report a full disk, so a format that renders
+    to a string is written through our handle (a short write raises); bundles (.otioz,
+    .otiod) are written by their adapter, which raises through Python's file calls.
+    """
+    adapter = adapter_for(out)
+    try:
+        if not otio.adapters.from_name(adapter).has_feature("write_to_string"):
+            otio.adapters.write_to_file(timeline, str(path), adapter_name=adapter)
+            return
+        text = otio.adapters.write_to_string(timeline, adapter_name=adapter)
+    except OSError:
+        raise
+    except Exception as exc:  # adapters raise anything from OTIOError to AttributeError
+        raise OutputError(
+            f"{out.name} cannot hold the result as {adapter} ({_detail(exc)}); name the "
+            "output .otio instead, which keeps everything."
+        ) from None
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _write_error(out: Path, exc: OSError) -> OutputError:
+    """A failed write as one sentence; the jobs are kept, so the same command writes OUT."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OutputError(
+            f"The disk holding {out.parent} is full, so {out.name} was not written; free "
+            "space and run the same command again."
+        )
+    return OutputError(
+        f"{out} cannot be written ({exc.strerror or _detail(exc)}); choose another --out or "
+        "make its folder writable, and run the same command again."
+    )
+
+
+def _drop(scratch: Path) -> None:
+    """Remove a scratch file if it is there (a read-only folder never got one)."""
+    with contextlib.suppress(OSError):
+        scratch.unlink(missing_ok=True)
 
 
 def _scratch_name(out: Path) -> Path:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,6 +39,9 @@ MAX_RATE = 1000
 # NTSC rates are these times 1000/1001; an editor names them to within NTSC_TOLERANCE.
 NTSC_BASES = (24, 30, 48, 60, 120)
 NTSC_TOLERANCE = 0.01
+# Drop-frame timecode exists only at these rates times 1000/1001 (29.97 and 59.94).
+DROP_FRAME_BASES = (30, 60)
+DROP_FRAME_TIMECODE = re.compile(r"\b\d\d:\d\d:\d\d;\d\d\b")
 # Frame rates closer than this are one rate written two ways (23.976 and 24000/1001).
 RATE_TOLERANCE = 1e-3
 # Characters of the timeline's and the clip's names kept in a reference_id.
@@ -48,8 +52,8 @@ RATE_HINTS = {
     "fcpx_xml": " (its FCPXML adapter reads only whole frame rates: for 23.976 or 29.97 fps "
     "export an .otio or a Final Cut Pro 7 .xml instead)",
 }
-# Problems quoted in the error when no clip at all can be conformed.
-QUOTED_PROBLEMS = 3
+# A dub ending this close to a shot's end covers it (an audio frame's rounding, not a gap).
+DUB_END_TOLERANCE = 0.001
 
 
 class TimelineError(InputError):
@@ -72,6 +76,7 @@ class Shot:
     audio_start: float  # seconds into the dub where the shot's sound starts
     problem: str  # '' when the shot can be conformed, else one sentence why not
     rate: float  # the timeline's frame rate
+    note: str = ""  # '' or one sentence the editor should know (the dub ends inside it)
 
     @property
     def usable(self) -> bool:
@@ -114,8 +119,10 @@ class Plan:
     track_name: str
     shots: tuple[Shot, ...]
     timeline: otio.schema.Timeline = field(repr=False, compare=False)
-    # The timeline's first frame (non-drop-frame notation): where the dub starts (+ offset).
+    # The timeline's first frame as the editor shows it (drop-frame notation, "01:00:00;00",
+    # where the timeline is drop-frame): where the dub starts (+ offset).
     start_timecode: str = ""
+    notes: tuple[str, ...] = ()  # sentences the editor should read before paying
 
     @property
     def usable(self) -> tuple[Shot, ...]:
@@ -134,6 +141,7 @@ class Plan:
             "track_index": self.track_index,
             "track_name": self.track_name,
             "start_timecode": self.start_timecode,
+            "notes": list(self.notes),
             "shots": [shot.to_json() for shot in self.shots],
             "billable_seconds": self.billable_seconds,
         }
@@ -160,10 +168,15 @@ def read_plan(
     """
     if rate is not None and not 0 < rate < MAX_RATE:
         raise InputError(f"{rate:g} is not a frame rate; give one such as 25 or 23.976.")
+    given = rate
     if rate is not None:
         rate = _ntsc_rate(rate)
     path, dub, media = _absolute(path), _absolute(dub), _MediaFiles()
     timeline, rate, adapter = _read_timeline(path, track, rate, media)
+    notes: tuple[str, ...] = ()
+    if given is not None and adapter not in RATELESS_ADAPTERS:
+        own = f"{path.name} carries its own ({rate:.3f} fps)"
+        notes = (f"The rate given ({given:g} fps) is ignored: {own}.",)
     index, picture = _picture_track(timeline, path, track)
     name = timeline.name or path.stem
     hint = RATE_HINTS.get(adapter, "")
@@ -184,13 +197,13 @@ def read_plan(
             "choose another track with --track or export the timeline again."
         )
     if not any(shot.usable for shot in shots):
-        reasons = "; ".join(f"{s.position} {s.name}: {s.problem}" for s in shots[:QUOTED_PROBLEMS])
+        first = shots[0]
         raise TimelineError(
-            f"The timeline {path} has no clip that can be conformed ({reasons}"
-            f"{'; ...' if len(shots) > QUOTED_PROBLEMS else ''})."
+            f"The timeline {path} has no clip that can be conformed: of its {len(shots)}, the "
+            f"first ({first.position}, {quoted(first.name)}) cannot because {first.problem}"
         )
-    start = otio.opentime.to_timecode(_start_time(timeline, picture, rate), rate, False)
-    return Plan(path, name, rate, index, picture.name, shots, timeline, start)
+    start = _start_label(_start_time(timeline, picture, rate), rate, timeline, path, adapter)
+    return Plan(path, name, rate, index, picture.name, shots, timeline, start, notes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,6 +248,11 @@ def _read(path: Path, adapter: otio.adapters.Adapter, **options: Any) -> otio.sc
         ) from None
     if isinstance(result, otio.schema.Timeline):
         return result
+    if not isinstance(result, otio.schema.SerializableCollection):
+        raise TimelineError(
+            f"The file {path} holds a {result.schema_name()}, not a timeline; export the "
+            "sequence itself from your editor."
+        )
     timelines = list(result.find_children(descended_from_type=otio.schema.Timeline))
     if len(timelines) != 1:
         names = ", ".join(quoted(t.name) for t in timelines) or "none"
@@ -261,13 +279,24 @@ def _first_media_rate(
 ) -> float:
     """The frame rate of the first clip's local media, for a format that has none."""
     _, picture = _picture_track(_probe_read(path, adapter), path, track)
+    found, first_missing = False, ""
     for item in _shot_items(picture):
         if not isinstance(item, otio.schema.Clip):
             continue
         local = _local_media(item, path.parent)
-        info = media.info(local) if isinstance(local, Path) else None
+        if not isinstance(local, Path) or not local.is_file():
+            where = str(local) if isinstance(local, Path) else f"{quoted(item.name)} names no file"
+            first_missing = first_missing or where
+            continue
+        found, info = True, media.info(local)
         if isinstance(info, MediaInfo) and info.fps:
             return float(info.fps)
+    if not found and first_missing:
+        raise TimelineError(
+            f"None of the media files of the timeline {path} were found (the first: "
+            f"{first_missing}); put them where the timeline names them or beside "
+            "it, and run the same command again."
+        )
     raise TimelineError(
         f"The timeline {path} carries no frame rate and none of its clips' media files could "
         "be read to take it from; give the rate with --rate (e.g. --rate 25)."
@@ -296,6 +325,32 @@ def _start_time(
     if trimmed is not None and trimmed.start_time.value < 0:
         return -trimmed.start_time
     return RationalTime(0, rate)
+
+
+def _start_label(
+    start: RationalTime, rate: float, timeline: otio.schema.Timeline, path: Path, adapter: str
+) -> str:
+    """The timeline's first frame in the notation its editor shows (display only).
+
+    A drop-frame FCP 7 XML states its true frame count, as does an EDL written with ";"
+    timecodes; the CMX 3600 adapter ignores `FCM: DROP FRAME` and reads colon timecodes as
+    non-drop, so such an EDL's own label is that reading with a semicolon.
+    """
+    non_drop = otio.opentime.to_timecode(start, rate, False)
+    if not any(_same_rate(rate, base * 1000 / 1001) for base in DROP_FRAME_BASES):
+        return non_drop
+    if adapter == "fcp_xml":
+        shown = timeline.metadata.get("fcp_xml", {}).get("timecode", {})
+        if shown.get("displayformat") == "DF":
+            return otio.opentime.to_timecode(start, rate, True)
+    if adapter in RATELESS_ADAPTERS:
+        text = path.read_text(errors="replace")
+        if DROP_FRAME_TIMECODE.search(text):  # "01:00:00;00": read as drop frame already
+            return otio.opentime.to_timecode(start, rate, True)
+        fcm = next((ln.upper() for ln in text.splitlines() if ln.upper().startswith("FCM")), "")
+        if "DROP" in fcm and "NON-DROP" not in fcm:
+            return f"{non_drop[:8]};{non_drop[9:]}"
+    return non_drop
 
 
 def _picture_track(
@@ -358,7 +413,17 @@ def _plan_shot(item: otio.core.Item, position: int, ctx: _Context) -> Shot:
     frames = _frames(item.trimmed_range().duration, ctx.rate)
     audio_start = RationalTime(record_start, ctx.rate).to_seconds() - ctx.audio_offset
     source = _source_of(item, frames, ctx) if isinstance(item, otio.schema.Clip) else _NO_SOURCE
-    sent = [source.path, source.first, frames, source.rate, str(ctx.dub), audio_start, ctx.rate]
+    sent = [
+        source.path,
+        _stamp(source.path),
+        source.first,
+        frames,
+        source.rate,
+        str(ctx.dub),
+        _stamp(ctx.dub),
+        audio_start,
+        ctx.rate,
+    ]
     return Shot(
         position=position,
         name=item.name,
@@ -369,8 +434,14 @@ def _plan_shot(item: otio.core.Item, position: int, ctx: _Context) -> Shot:
         source_first=source.first,
         source_rate=source.rate or ctx.rate,
         audio_start=audio_start,
-        problem=_item_problem(item) or source.problem or _timing_problem(audio_start, ctx),
+        problem=(
+            _item_problem(item)
+            or _length_problem(frames)
+            or source.problem
+            or _timing_problem(audio_start, ctx)
+        ),
         rate=ctx.rate,
+        note=_coverage_note(audio_start, frames / ctx.rate, ctx),
     )
 
 
@@ -403,6 +474,13 @@ def _source_of(clip: otio.schema.Clip, frames: int, ctx: _Context) -> _Source:
     if isinstance(first, str):
         return _Source(str(media), rate=fps, problem=first)
     return _Source(str(media), first, fps, _source_problem(first, frames, info, ctx))
+
+
+def _length_problem(frames: int) -> str:
+    """A clip of no frames (an editor's leftover) has nothing to lip-sync."""
+    if frames > 0:
+        return ""
+    return "it has no frames on the timeline (zero length); remove it or export again."
 
 
 def _item_problem(item: otio.core.Item) -> str:
@@ -451,6 +529,19 @@ def _timing_problem(audio_start: float, ctx: _Context) -> str:
     return ""
 
 
+def _coverage_note(audio_start: float, seconds: float, ctx: _Context) -> str:
+    """Say so when the dub ends inside the shot: its rest is sent as silence."""
+    if ctx.dub_seconds is None or not 0 <= audio_start < ctx.dub_seconds:
+        return ""
+    covered = ctx.dub_seconds - audio_start
+    if covered >= seconds - DUB_END_TOLERANCE:
+        return ""
+    return (
+        f"the dub ends {covered:.3f} s into its {seconds:.3f} s, so the rest is sent as "
+        "silence; check the dub or --audio-offset."
+    )
+
+
 def _local_media(item: otio.schema.Clip, folder: Path) -> Path | str:
     """The absolute path of the clip's local media file, or a sentence why there is none."""
     ref = item.media_reference
@@ -459,10 +550,14 @@ def _local_media(item: otio.schema.Clip, folder: Path) -> Path | str:
     if isinstance(ref, otio.schema.ImageSequenceReference):
         return "its media is an image sequence; render it to a video file and relink it."
     if not isinstance(ref, otio.schema.ExternalReference) or not ref.target_url:
-        return _file_named_by(item, folder) or (
+        named = _source_file_comment(item, folder)
+        if named is not None and named.is_file():
+            return named
+        offline = (
             "its media is offline in the timeline (it names no file); relink it in your editor "
             "and export again, or put the file named like the clip beside the timeline."
         )
+        return _file_named_by(item, folder) or named or offline
     url = ref.target_url
     parts = urlsplit(url)
     if parts.scheme == "file":
@@ -474,6 +569,17 @@ def _local_media(item: otio.schema.Clip, folder: Path) -> Path | str:
     else:
         local = Path(url)  # a plain path (a one-letter "scheme" is a Windows drive)
     return _absolute(folder / local)
+
+
+def _source_file_comment(clip: otio.schema.Clip, folder: Path) -> Path | None:
+    """The file an EDL event's `* SOURCE FILE: PATH` comment names (Resolve and Premiere
+    write it), relative ones against the timeline's folder; None without one."""
+    comments = clip.metadata.get("cmx_3600", {}).get("comments", [])
+    for comment in comments:
+        key, _, value = str(comment).partition(":")
+        if key.strip().upper() == "SOURCE FILE" and value.strip():
+            return _absolute(folder / value.strip())
+    return None
 
 
 def _file_named_by(clip: otio.schema.Clip, folder: Path) -> Path | None:
@@ -605,13 +711,25 @@ def _reference_id(timeline: str, position: int, name: str, sent: list[Any]) -> s
     """`<timeline>-<position>-<clip>-<digest>`: the same for the same cut, dub and ranges.
 
     Running the same conform again gives the same ids (its jobs are adopted, nothing is
-    charged twice); a re-cut shot, another source range or another dub gives a new one.
+    charged twice); a re-cut shot, another source range or another dub gives a new one, and
+    so does a dub or media file replaced at the same path (its size or mtime changed).
     """
     digest = hashlib.sha256(json.dumps(sent).encode()).hexdigest()[:DIGEST_CHARS]
     timeline_part, clip_part = (
         safe_reference_id(t, max_len=ID_NAME_CHARS) for t in (timeline, name)
     )
     return check_reference_id(f"{timeline_part}-{position:03d}-{clip_part}-{digest}")
+
+
+def _stamp(path: str | Path | None) -> tuple[int, int] | None:
+    """(size, mtime_ns) of a file: a file replaced at the same path is another input."""
+    if path is None:
+        return None
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
 
 
 def _lowered(sentence: str) -> str:

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import signal
 import subprocess
 from collections.abc import Iterator
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -17,10 +19,18 @@ from typing import Any
 import opentimelineio as otio
 import pytest
 
-from bridge.conform import ConformOptions, run_conform
+from bridge.conform import ConformOptions, ShotProgress, plan_lines, run_conform
 from bridge.emulator import EmulatorConfig, LipsyncRecord, RunningEmulator, emulator_in_background
-from chamelaion_client.client import BridgeClient
-from tests.bridge.processes import BRIDGE, cli_env, one_sentence, run_cli, serving
+from bridge.timeline import read_plan
+from chamelaion_client.client import BridgeClient, BridgeUnavailable
+from tests.bridge.processes import (
+    BRIDGE,
+    BridgeProcess,
+    cli_env,
+    one_sentence,
+    run_cli,
+    serving,
+)
 from tests.faults import faults_of
 from tests.helpers import wait_until
 from tests.media_samples import frame_indices
@@ -28,6 +38,7 @@ from tests.timelines import (
     RATES,
     Cut,
     make_dub,
+    make_source,
     records_from_the_hour,
     ten_clip_cut,
     write_timeline,
@@ -74,6 +85,21 @@ def conform(
     data_dir: Path, env: dict[str, str], *args: str | Path
 ) -> subprocess.CompletedProcess[str]:
     return run_cli("conform", *map(str, args), "--data-dir", str(data_dir), env=env)
+
+
+def cut_files(
+    folder: Path, rate: str = "25", *, effect: tuple[int, otio.schema.Effect] | None = None
+) -> tuple[Cut, Path, Path]:
+    """The ten-clip cut at `rate` written as cut.otio (clip N carrying `effect` = (N, effect)),
+    and a dub as long as the cut."""
+    cut = ten_clip_cut(folder, RATES[rate])
+    timeline = cut.timeline()
+    if effect is not None:
+        position, applied = effect
+        clip = next(c for c in timeline.find_clips() if c.name == cut.clip_name(position))
+        clip.effects.append(applied)
+    path = write_timeline(timeline, folder / "cut.otio")
+    return cut, path, make_dub(folder / "dub.wav", cut.seconds)
 
 
 def lipsync_track(out: Path) -> tuple[otio.schema.Track, otio.schema.Track]:
@@ -161,12 +187,7 @@ def test_a_cut_is_conformed_frame_exactly(
 def test_failed_and_unconformable_shots_are_gaps_with_their_reason(
     tmp_path: Path, data_dir: Path, env: dict[str, str], fresh_emulator: RunningEmulator
 ) -> None:
-    cut = ten_clip_cut(tmp_path, RATES["25"])
-    timeline = cut.timeline()
-    sped_up = next(c for c in timeline.find_clips() if c.name == cut.clip_name(7))
-    sped_up.effects.append(otio.schema.LinearTimeWarp(time_scalar=2.0))
-    path = write_timeline(timeline, tmp_path / "cut.otio")
-    dub = make_dub(tmp_path / "dub.wav", cut.seconds)
+    cut, path, dub = cut_files(tmp_path, effect=(7, otio.schema.LinearTimeWarp(time_scalar=2.0)))
 
     def fail_shot_four(record: LipsyncRecord) -> None:
         if "-004-" in (record.reference_id or ""):
@@ -183,8 +204,9 @@ def test_failed_and_unconformable_shots_are_gaps_with_their_reason(
     assert skipped["state"] == "skipped" and "speed" in skipped["error"]
     told = f"Shot 4 ({failed['name']}) has no take: {failed['error'].rstrip('.')}; run the same"
     assert f"{told} command with --retry-failed to send it again.\n" in result.stderr
-    assert "Shot 7" not in result.stderr  # the plan said so before; it never was a job
+    assert f"Shot 7 ({skipped['name']}) was skipped: {skipped['error']}\n" in result.stderr
     assert result.stderr.count(": completed\n") == 8  # one line per shot and state
+    assert f"[10/10] {cut.clip_name(10)} (" in result.stderr  # the track's clips, not the jobs
     assert result.stderr.count(f"({failed['reference_id']}): failed: {failed['error']}\n") == 1
     assert report["out"] == str(out) and report["takes_dir"] == str(tmp_path / "result.lipsync")
     assert [job["position"] for job in report["jobs"]] == [1, 2, 3, 4, 5, 6, 8, 9, 10]
@@ -198,6 +220,26 @@ def test_failed_and_unconformable_shots_are_gaps_with_their_reason(
         assert [marker.name for marker in gap.markers] == [shot["error"]]
     clips = [item.name for item in track if isinstance(item, otio.schema.Clip)]
     assert len(clips) == 8 and failed["name"] not in clips and skipped["name"] not in clips
+
+
+def test_a_skipped_shot_is_counted_and_makes_the_exit_1_and_a_short_dub_is_noted(
+    tmp_path: Path, data_dir: Path, env: dict[str, str], fresh_emulator: RunningEmulator
+) -> None:
+    cut, path, dub = cut_files(tmp_path, effect=(2, otio.schema.FreezeFrame()))
+    make_dub(dub, cut.seconds - 0.1)  # ends inside the last shot
+
+    planned = conform(data_dir, env, path, "--audio", dub, "--dry-run")
+    result = conform(data_dir, env, path, "--audio", dub)
+
+    assert planned.returncode == 0, planned.stderr
+    last = planned.stdout.splitlines()[-3]
+    assert last.lstrip().startswith("10 ") and "(note: the dub ends " in last
+    assert result.returncode == 1, result.stderr
+    out = tmp_path / "cut.lipsync.otio"
+    assert f"Wrote {out}: 9 of 10 shot(s) lip-synced" in result.stdout
+    assert "1 skipped (see the markers)" in result.stdout and "failed" not in result.stdout
+    assert f"Shot 2 ({cut.clip_name(2)}) was skipped: it is a freeze frame" in result.stderr
+    assert len(fresh_emulator.state.stats.generate_by_reference_id) == 9
 
 
 def test_dry_run_and_limits_submit_nothing(
@@ -232,6 +274,82 @@ def test_dry_run_and_limits_submit_nothing(
     assert not (tmp_path / "cut.lipsync.otio").exists()
 
 
+def test_a_rerun_with_another_out_says_where_the_adopted_takes_are(
+    tmp_path: Path, data_dir: Path, env: dict[str, str], fresh_emulator: RunningEmulator
+) -> None:
+    cut, path, dub = cut_files(tmp_path, "24")
+    first = conform(data_dir, env, path, "--audio", dub, "--out", tmp_path / "a.otio")
+    assert first.returncode == 0, first.stderr
+
+    again = conform(data_dir, env, path, "--audio", dub, "--out", tmp_path / "b.otio")
+
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.endswith(f"; takes in {tmp_path / 'a.lipsync'}.\n")
+    assert not (tmp_path / "b.lipsync").exists()
+    _, track = lipsync_track(tmp_path / "b.otio")
+    takes = {Path(c.media_reference.target_url).parent for c in track.find_clips()}
+    assert takes == {tmp_path / "a.lipsync"}
+    assert len(fresh_emulator.state.stats.generate_by_reference_id) == 10
+
+
+def test_rate_and_out_mistakes_are_said_plainly(
+    tmp_path: Path, data_dir: Path, env: dict[str, str], fresh_emulator: RunningEmulator
+) -> None:
+    cut, path, dub = cut_files(tmp_path)
+
+    not_fps = conform(data_dir, env, path, "--audio", dub, "--rate", "abc", "--dry-run")
+    ignored = conform(data_dir, env, path, "--audio", dub, "--rate", "30", "--dry-run")
+    folder = conform(data_dir, env, path, "--audio", dub, "--out", f"{tmp_path}/")
+
+    assert not_fps.returncode == 2
+    assert "'abc' is not a frame rate in fps, such as 25 or 23.976" in one_sentence(not_fps.stderr)
+    assert ignored.returncode == 0 and "Billable:" in ignored.stdout
+    assert ignored.stderr == (
+        "Note: The rate given (30 fps) is ignored: cut.otio carries its own (25.000 fps).\n"
+    )
+    assert folder.returncode == 4
+    assert one_sentence(folder.stderr) == (
+        f"--out names the folder {tmp_path}; give the file to write, such as "
+        f"{tmp_path / 'cut.lipsync.otio'}."
+    )
+    assert fresh_emulator.state.stats.calls == {}
+
+
+def test_what_used_to_crash_is_one_sentence_or_quiet(
+    tmp_path: Path, data_dir: Path, env: dict[str, str], fresh_emulator: RunningEmulator
+) -> None:
+    cut = ten_clip_cut(tmp_path, RATES["25"])
+    edl = write_timeline(cut.timeline(available_range=False), tmp_path / "cut.edl")
+    dub = make_dub(tmp_path / "dub.wav", cut.seconds)
+    holds_a_clip = tmp_path / "clip.otio"
+    otio.adapters.write_to_file(next(iter(cut.timeline().find_clips())), str(holds_a_clip))
+    read, write = os.pipe()
+    os.close(read)  # `| head` that has already gone away
+
+    as_xml = conform(data_dir, env, edl, "--audio", dub, "--out", tmp_path / "cut.xml")
+    a_clip = conform(data_dir, env, holds_a_clip, "--audio", dub, "--dry-run")
+    piped = subprocess.run(
+        [*BRIDGE, "conform", str(edl), "--audio", str(dub), "--dry-run", "--json"],
+        env=env,
+        stdout=write,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=60,
+    )
+    os.close(write)
+
+    assert as_xml.returncode == 4 and "cut.xml cannot hold the result" in one_sentence(
+        as_xml.stderr
+    )
+    assert a_clip.returncode == 4
+    assert one_sentence(a_clip.stderr) == (
+        f"The file {holds_a_clip} holds a Clip, not a timeline; export the sequence itself "
+        "from your editor."
+    )
+    assert piped.returncode == 141 and piped.stderr == ""
+    assert fresh_emulator.state.stats.calls == {}
+
+
 @pytest.mark.parametrize("interruption", ["sigkill", "no-wait"])
 def test_an_interrupted_conform_run_again_charges_nothing_twice(
     tmp_path: Path,
@@ -240,9 +358,7 @@ def test_an_interrupted_conform_run_again_charges_nothing_twice(
     fresh_emulator: RunningEmulator,
     interruption: str,
 ) -> None:
-    cut = ten_clip_cut(tmp_path, RATES["24"])
-    path = write_timeline(cut.timeline(), tmp_path / "cut.otio")
-    dub = make_dub(tmp_path / "dub.wav", cut.seconds)
+    cut, path, dub = cut_files(tmp_path, "24")
     command = ["conform", str(path), "--audio", str(dub), "--data-dir", str(data_dir)]
     client = BridgeClient(data_dir=data_dir)
 
@@ -272,12 +388,51 @@ def test_an_interrupted_conform_run_again_charges_nothing_twice(
     assert len(ours()) == 10
 
 
+def test_a_bridge_killed_while_submitting_is_started_again_and_nothing_charged_twice(
+    tmp_path: Path, emulator: RunningEmulator, fresh_emulator: RunningEmulator
+) -> None:
+    cut, path, dub = cut_files(tmp_path)
+    bridge = BridgeProcess(tmp_path / "bridge", emulator.base_url)
+    bridge.env["CHAMELAION_GENERATE_PER_MINUTE"] = "0"
+
+    class DiesOnTheThirdShot(BridgeClient):
+        """The bridge takes the third shot and is killed before it answers."""
+
+        def create_job(self, body: dict[str, Any]) -> dict[str, Any]:
+            job = super().create_job(body)
+            if "-003-" in body["reference_id"]:
+                bridge.kill()
+                raise BridgeUnavailable("The bridge went away.")
+            return job
+
+    connections: list[BridgeClient] = []
+
+    def connect() -> BridgeClient:
+        client = bridge.start()
+        if not connections:
+            client = DiesOnTheThirdShot(url=client.url, data_dir=bridge.data_dir)
+        connections.append(client)
+        return client
+
+    try:
+        status = run_conform(
+            ConformOptions(timeline=path, dub=dub), connect, io.StringIO(), io.StringIO()
+        )
+        jobs = connections[-1].list_jobs()
+    finally:
+        bridge.stop()
+
+    assert status == 0 and len(connections) == 2
+    assert_conformed(tmp_path / "cut.lipsync.otio", cut)
+    assert len(jobs) == 10
+    charged = fresh_emulator.state.stats.generate_by_reference_id
+    assert len(charged) == 10 and set(charged.values()) == {1}
+
+
 def test_a_rerun_with_retry_failed_sends_the_failed_shot_again_and_no_other(
     tmp_path: Path, data_dir: Path, env: dict[str, str], fresh_emulator: RunningEmulator
 ) -> None:
-    cut = ten_clip_cut(tmp_path, RATES["25"])
-    path = write_timeline(cut.timeline(), tmp_path / "cut.otio")
-    dub = make_dub(tmp_path / "dub.wav", cut.seconds)
+    cut, path, dub = cut_files(tmp_path)
     out = tmp_path / "cut.lipsync.otio"
     faults_of(fresh_emulator).fail_next(1, "No face was found.")
     charged = fresh_emulator.state.stats.generate_by_reference_id
@@ -318,9 +473,7 @@ class Terminal(io.StringIO):
 def test_on_a_terminal_progress_is_one_line_of_counts(
     tmp_path: Path, data_dir: Path, fresh_emulator: RunningEmulator
 ) -> None:
-    cut = ten_clip_cut(tmp_path, RATES["25"])
-    path = write_timeline(cut.timeline(), tmp_path / "cut.otio")
-    dub = make_dub(tmp_path / "dub.wav", cut.seconds)
+    cut, path, dub = cut_files(tmp_path)
     options = ConformOptions(timeline=path, dub=dub)
     stdout, terminal = io.StringIO(), Terminal()
 
@@ -331,3 +484,70 @@ def test_on_a_terminal_progress_is_one_line_of_counts(
     assert shown.startswith("\rShots: 10 queued") and shown.endswith("\n")
     assert shown.count("\n") == 1 and "\rShots: 10 completed" in shown
     assert stdout.getvalue().startswith(f"Wrote {options.out_path}: 10 of 10 shot(s)")
+
+
+def test_a_waiting_shots_note_is_shown_when_it_changes(tmp_path: Path) -> None:
+    cut, path, dub = cut_files(tmp_path)
+    plan = read_plan(path, dub)
+    full = "Waiting to download the result: The disk holding /takes is full; free some space."
+    lines, terminal = io.StringIO(), Terminal()
+    for stream, table in ((lines, False), (terminal, True)):
+        progress = ShotProgress(stream, plan, table=table)
+        job = {"id": "j1", "reference_id": "r1", "state": "downloading", "note": None}
+        for note in (None, full, full, None):
+            progress.update({1: dict(job, note=note)})
+        progress.update({1: dict(job, state="completed")})
+        progress.done()
+
+    where = f"[1/10] {cut.clip_name(1)} (r1)"
+    assert lines.getvalue().splitlines() == [
+        f"{where}: downloading",
+        f"{where}: {full}",
+        f"{where}: completed",
+    ]
+    assert f"\rShots: 1 downloading; {full}" in terminal.getvalue()
+    assert terminal.getvalue().count("\r") == 4  # the note came and went, then completed
+
+
+def drop_frame_edl(folder: Path) -> Path:
+    """An EDL as Avid writes it at 29.97 drop frame: `FCM: DROP FRAME`, colon timecodes."""
+    source = make_source(folder / "a.mp4", 30, RATES["29.97"], timecode=None)
+    path = folder / "df.edl"
+    path.write_text(
+        "TITLE: df\nFCM: DROP FRAME\n\n"
+        "001  AX       V     C        00:00:00:00 00:00:00:06 01:00:00:00 01:00:00:06\n"
+        f"* FROM CLIP: {source.path}\n"
+        "002  AX       V     C        00:00:00:10 00:00:00:15 01:00:00:06 01:00:00:11\n"
+        f"* FROM CLIP: {source.path}\n"
+    )
+    return path
+
+
+@pytest.mark.parametrize("kind", ["xml", "edl-semicolons", "edl-fcm", "otio"])
+def test_drop_frame_timelines_show_drop_frame_timecode(tmp_path: Path, kind: str) -> None:
+    cut = ten_clip_cut(tmp_path, RATES["29.97"])
+    timeline = cut.timeline()
+    start = "01:00:00;00" if kind == "xml" else "01:00:00:00"
+    timeline.global_start_time = otio.opentime.from_timecode(start, float(cut.rate))
+    if kind == "xml":  # as Premiere writes a drop-frame sequence
+        timeline.metadata["fcp_xml"] = {
+            "timecode": {"displayformat": "DF", "rate": {"ntsc": "TRUE", "timebase": "30"}}
+        }
+    if kind == "edl-fcm":
+        path = drop_frame_edl(tmp_path)
+    else:
+        path = write_timeline(timeline, tmp_path / f"cut.{kind.split('-')[0]}")
+    if kind == "edl-semicolons":  # OpenTimelineIO writes ';' at 29.97, records from 00:00:00
+        path.write_text("\n".join(map(records_from_the_hour, path.read_text().splitlines())))
+    plan = read_plan(path, make_dub(tmp_path / "dub.wav", cut.seconds))
+    later = replace(plan, shots=(replace(plan.shots[1], record_start=1800),))
+
+    lines = plan_lines(plan)
+
+    if kind == "otio":  # an .otio says nothing of drop frame: non-drop, as before
+        assert plan.start_timecode == "01:00:00:00" and "01:00:00:06 +5f" in lines[2]
+        assert "01:01:00:00 +5f" in plan_lines(later)[1]
+        return
+    assert plan.start_timecode == "01:00:00;00" and "from 01:00:00;00" in lines[0]
+    assert "01:00:00;06 +5f (frames 6-10)" in lines[2]
+    assert "01:01:00;02 +5f (frames 1800-1804)" in plan_lines(later)[1]  # ;00 and ;01 dropped

@@ -273,14 +273,48 @@ def test_a_rate_that_is_no_frame_rate_is_refused(made: Callable[[str], Made], ra
         read_plan(path, dub, rate=rate)
 
 
-def test_an_edl_whose_media_cannot_be_found_asks_for_the_rate(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["absolute", "relative"])
+def test_an_edls_source_file_comments_name_the_media(tmp_path: Path, how: str) -> None:
+    """Resolve and Premiere write '* SOURCE FILE: /path/A001.mov' under each event."""
+    sources = [make_source(tmp_path / "media" / f"s{n}.mp4", 20, RATES["25"]) for n in (1, 2)]
+    clips = (CutClip(sources[0], 2, 5, name="one"), CutClip(sources[1], 9, 4, name="two"))
+    cut = Cut("comments", RATES["25"], clips)
+    path = write_timeline(cut.timeline(), tmp_path / "comments.edl")
+    named = {str(s.path): str(s.path.relative_to(tmp_path)) for s in sources}
+    lines = []
+    for line in path.read_text().splitlines():
+        if line.startswith("* FROM CLIP:"):
+            media = line.partition(":")[2].strip()
+            line = f"* SOURCE FILE: {media if how == 'absolute' else named[media]}"
+        lines.append(line)
+    path.write_text("\n".join(lines) + "\n")
+
+    plan = read_plan(path, make_dub(tmp_path / "dub.wav", 1))
+
+    assert placed(plan) == expected(cut) and problems(plan) == {}
+    sources[1].path.unlink()
+    plan = read_plan(path, make_dub(tmp_path / "dub.wav", 1))
+    assert plan.shots[1].media_path == str(sources[1].path)
+    assert "s2.mp4" in plan.shots[1].problem
+
+
+def test_an_edl_whose_media_cannot_be_found_says_so_not_that_it_lacks_a_rate(
+    tmp_path: Path,
+) -> None:
     source = make_source(tmp_path / "gone.mp4", 10, Fraction(25))
     path = write_timeline(
         Cut("lost", Fraction(25), (CutClip(source, 0, 5),)).timeline(), tmp_path / "lost.edl"
     )
-    source.path.unlink()
+    dub = make_dub(tmp_path / "dub.wav", 1)
+    source.path.write_text("not a video")
     with pytest.raises(TimelineError, match=rf"{path} carries no frame rate.*--rate"):
-        read_plan(path, make_dub(tmp_path / "dub.wav", 1))
+        read_plan(path, dub)
+    source.path.unlink()
+    with pytest.raises(TimelineError) as caught:
+        read_plan(path, dub)
+    message = str(caught.value)
+    assert message.startswith(f"None of the media files of the timeline {path} were found")
+    assert str(source.path) in message and "rate" not in message
 
 
 # ---------------------------------------------------------------------------------------------
@@ -389,6 +423,16 @@ def test_the_dub_decides_which_shots_have_sound(made: Callable[[str], Made]) -> 
     after = [s.position for s in short.shots if "after the dub ends" in s.problem]
     assert after == [e.position for e in cut.expected() if e.record_start >= 2 * 25]
     assert after and len(short.usable) == 10 - len(after)
+    # The shot the dub ends in goes, with a note that the rest of it is silence.
+    ends_in = [e for e in cut.expected() if e.record_start < 50 < e.record_start + e.frames]
+    notes = {s.position: s.note for s in short.shots if s.note}
+    assert (
+        list(notes) == [e.position for e in ends_in] and short.shots[ends_in[0].position - 1].usable
+    )
+    covered = 2.0 - ends_in[0].record_start / 25
+    assert notes[ends_in[0].position].startswith(f"the dub ends {covered:.3f} s into its ")
+    assert "silence" in notes[ends_in[0].position]
+    assert short.to_json()["shots"][ends_in[0].position - 1]["note"] == notes[ends_in[0].position]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -460,8 +504,28 @@ def test_no_video_track_or_no_usable_clip_is_a_timeline_error(
     for clip in timeline.find_clips():
         clip.media_reference = otio.schema.MissingReference()
     path = write_timeline(timeline, tmp_path / "offline.otio")
-    with pytest.raises(TimelineError, match=rf"{path} has no clip that can be conformed \(1 "):
+    with pytest.raises(TimelineError) as caught:
         read_plan(path, dub)
+    assert str(caught.value) == (
+        f"The timeline {path} has no clip that can be conformed: of its 10, the first (1, "
+        f"'{cut.clip_name(1)}') cannot because its media is offline in the timeline (it names "
+        "no file); relink it in your editor and export again, or put the file named like the "
+        "clip beside the timeline."
+    )
+
+
+def test_a_clip_of_no_frames_is_a_problem_of_the_plan(
+    made: Callable[[str], Made], tmp_path: Path
+) -> None:
+    folder, cut, dub = made("25")
+    timeline = cut.timeline()
+    empty = timeline.find_clips()[3]
+    empty.source_range = TimeRange(empty.source_range.start_time, RationalTime(0, 25))
+    plan = read_plan(write_timeline(timeline, tmp_path / "empty.otio"), dub)
+    assert problems(plan) == {
+        4: "it has no frames on the timeline (zero length); remove it or export again."
+    }
+    assert plan.shots[3].frames == 0 and len(plan.usable) == 9
 
 
 def test_a_dub_that_is_no_audio_is_a_timeline_error_naming_the_dub(
@@ -504,6 +568,28 @@ def test_reference_ids_are_stable_valid_and_change_only_for_the_shot_re_cut(
     # Another dub is another job for every shot.
     other = make_dub(folder / "dub-v2.wav", cut.seconds + 1)
     assert not set(ids) & {s.reference_id for s in read_plan(path, other).shots}
+
+
+def test_a_dub_or_source_replaced_at_the_same_path_gives_new_reference_ids(
+    tmp_path: Path,
+) -> None:
+    a, b = (make_source(tmp_path / f"{n}.mp4", 12, Fraction(25)) for n in "ab")
+    cut = Cut("replaced", Fraction(25), (CutClip(a, 0, 5), CutClip(b, 2, 6)))
+    path = write_timeline(cut.timeline(), tmp_path / "replaced.otio")
+    dub = make_dub(tmp_path / "dub.wav", 1)
+
+    def ids() -> list[str]:
+        return [shot.reference_id for shot in read_plan(path, dub).shots]
+
+    first = ids()
+    assert ids() == first  # the same untouched files: the same jobs
+    make_dub(dub, 1.5)  # the dub re-rendered under the same name
+    redubbed = ids()
+    assert not set(redubbed) & set(first)
+    stat = b.path.stat()
+    os.utime(b.path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # b replaced
+    relinked = ids()
+    assert relinked[0] == redubbed[0] and relinked[1] != redubbed[1]
 
 
 def test_reference_ids_of_long_foreign_names_stay_valid(tmp_path: Path) -> None:
