@@ -368,7 +368,7 @@ class SEQUENCER_OT_chamelaion_clear_finished(bpy.types.Operator):
     bl_label = "Clear Finished"
 
     def execute(self, context: bpy.types.Context) -> set[str]:
-        sync.memory.local_errors.clear()
+        sync.forget_unsent()
         held = sync.held_references()  # a take no strip holds waits for Place Take: kept
         for job in sync.memory.rows.values():
             state = job.get("state")

@@ -261,6 +261,12 @@ def test_a_strip_whose_file_changed_rate_fails_alone_and_syncs_on_its_own(
         fresh.chamelaion.reference_id = ""
     take = sync_until(lambda: take_of(fresh, alone), timeout=90, message="the take on its own")
     assert take.frame_final_start == movies[1].frame_final_start
+    scene = reopen(tmp_path / "rate.blend")  # the failure never reached the bridge: kept
+    sync_until(
+        lambda: (group := group_of(refs[0])) is not None and len(group.jobs) == 3,
+        message="the batch after the reopen",
+    )
+    assert "2 done, 0 running, 1 failed" in panel_jobs(scene)
 
 
 def test_a_batch_where_no_strip_has_dialogue_is_refused(fresh: Any, clip: Path, dub: Path) -> None:
@@ -333,3 +339,33 @@ def test_the_billable_seconds_are_shown_before_sending_and_a_big_batch_asks_firs
         timeout=90,
         message="4 takes",
     )
+
+
+def reopen(path: Path) -> Any:
+    """Save the file and open it again in this Blender session; its scene."""
+    bpy.ops.wm.save_as_mainfile(filepath=str(path))
+    bpy.ops.wm.open_mainfile(filepath=str(path))
+    return bpy.context.scene
+
+
+def test_a_shot_canceled_while_exporting_stays_in_its_batch_also_after_a_reopen(
+    fresh: Any, clip: Path, dub: Path, tmp_path: Path
+) -> None:
+    bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "cancel.blend"))
+    shots(fresh, clip, dub, 3)
+    base = lip_sync_batch(fresh)
+    refs = [f"{base}-{n:02d}" for n in range(1, 4)]
+    assert bpy.ops.sequencer.chamelaion_cancel(reference_id=refs[1]) == {"FINISHED"}
+    sync_until(lambda: take_of(fresh, refs[0]) and take_of(fresh, refs[2]), message="2 takes")
+    assert row(refs[1])["state"] == "canceled" and take_of(fresh, refs[1]) is None
+    shown = panel_jobs(fresh)
+    assert any(text.startswith("3 shots") for text in shown)
+    assert "2 done, 0 running, 1 failed" in shown
+    scene = reopen(tmp_path / "cancel.blend")
+    sync_until(
+        lambda: (group := group_of(refs[0])) is not None and len(group.jobs) == 3,
+        message="the batch after the reopen",
+    )
+    shown = panel_jobs(scene)
+    assert "2 done, 0 running, 1 failed" in shown
+    assert row(refs[1])["state"] == "canceled"
