@@ -79,6 +79,48 @@ def request_body(plan: export.ExportPlan, options: Any, strip: Any, cover: Any) 
     return body
 
 
+def planned(
+    context: Any, scene: Any, strip: Any, reference_id: str, recorded_rate: bool = False
+) -> tuple[export.ExportPlan, dict[str, Any]]:
+    """One job on `strip` as it shows its original: its plan and its request."""
+    editor = scene.sequence_editor
+    with takes.original_shown(editor, strip):
+        plan = export.plan(context, scene, strip, reference_id, recorded_rate=recorded_rate)
+    cover = takes.find_tagged(editor, plan.cover_tag)
+    return plan, request_body(plan, scene.chamelaion, strip, cover)
+
+
+def export_again(context: Any, jobs: list[dict[str, Any]]) -> tuple[int, list[str]]:
+    """Jobs whose export failed or was canceled (nothing reached the bridge) planned again
+    from their strips as they are now, under the same reference IDs and in the same batch,
+    and exported by one background Blender; how many went, and why the others could not."""
+    again: list[tuple[export.ExportPlan, dict[str, Any]]] = []
+    problems: list[str] = []
+    for job in jobs:
+        client = job["client"]
+        scene = bpy.data.scenes.get(client.get("scene", ""))
+        editor = scene.sequence_editor if scene is not None else None
+        strip = takes.find_tagged(editor, client.get("source", "")) if editor else None
+        if strip is None:
+            problems.append(
+                f"Strip '{client.get('name', '')}' of job {job['reference_id']} is no longer "
+                "in the file, so it cannot be exported again; run Lip Sync on the strip now."
+            )
+            continue
+        try:
+            plan, body = planned(context, scene, strip, job["reference_id"])
+        except (export.ExportError, PlacementProblem) as exc:
+            problems.append(str(exc))
+            continue
+        body["client"]["batch"] = client.get("batch", {})
+        again.append((plan, body))
+    if again:
+        tasks = BatchExport.start([plan for plan, _ in again]).tasks()
+        for (plan, body), task in zip(again, tasks, strict=True):
+            sync.start_job(plan.reference_id, task, body)
+    return len(again), problems
+
+
 def check_scene(scene: Any) -> None:
     """What every Lip Sync needs before any strip is looked at."""
     if scene.sequence_editor is None:
@@ -141,14 +183,10 @@ class SEQUENCER_OT_chamelaion_lipsync(bpy.types.Operator):
 
     def send_one(self, context: Any, scene: Any) -> set[str]:
         """The active strip as one job."""
-        options = scene.chamelaion
         strip = takes.original_of(scene.sequence_editor, export.picture_strip(scene))
-        reference_id = options.reference_id.strip() or auto_reference_id(strip)
+        reference_id = scene.chamelaion.reference_id.strip() or auto_reference_id(strip)
         check_unused(reference_id)
-        with takes.original_shown(scene.sequence_editor, strip):
-            plan = export.plan(context, scene, strip, reference_id)
-        cover = takes.find_tagged(scene.sequence_editor, plan.cover_tag)
-        body = request_body(plan, options, strip, cover)
+        plan, body = planned(context, scene, strip, reference_id)
         task = ExportTask.start(context, plan)
         sync.start_job(reference_id, task, body)
         sync.keep_file_id()
@@ -160,8 +198,8 @@ class SEQUENCER_OT_chamelaion_lipsync(bpy.types.Operator):
     def send_batch(self, context: Any, scene: Any, shots: list[Any]) -> set[str]:
         """One job per strip with dialogue under it, exported by one background Blender; a
         strip that cannot be sent is skipped with its sentence and the others go."""
-        editor, options = scene.sequence_editor, scene.chamelaion
-        base = options.reference_id.strip()
+        editor = scene.sequence_editor
+        base = scene.chamelaion.reference_id.strip()
         jobs: list[tuple[export.ExportPlan, dict[str, Any]]] = []
         skipped: list[str] = []
         numbered = [f"{base}-{number:02d}" if base else "" for number in range(1, len(shots) + 1)]
@@ -171,13 +209,9 @@ class SEQUENCER_OT_chamelaion_lipsync(bpy.types.Operator):
             try:
                 strip = takes.original_of(editor, shot)
                 reference_id = reference_id or auto_reference_id(strip)
-                with takes.original_shown(editor, strip):
-                    plan = export.plan(context, scene, strip, reference_id, recorded_rate=True)
+                jobs.append(planned(context, scene, strip, reference_id, recorded_rate=True))
             except (export.ExportError, PlacementProblem) as exc:
                 skipped.append(batch.skip_note(shot, str(exc)))
-                continue
-            cover = takes.find_tagged(editor, plan.cover_tag)
-            jobs.append((plan, request_body(plan, options, strip, cover)))
         for note in skipped:
             self.report({"WARNING"}, note)
         if not jobs:
@@ -281,20 +315,28 @@ class SEQUENCER_OT_chamelaion_retry_failed(bpy.types.Operator):
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         failed = [
-            job["reference_id"]
+            job
             for job in sync.rows()
             if batch.batch_of(job).get("id") == self.batch_id
             and job.get("state") in RETRYABLE_STATES
         ]
-        retried = [ref for ref in failed if sync.retry(ref) is None]
-        if not retried:
+        sent = [job for job in failed if not job.get("local")]
+        retried = [job for job in sent if sync.retry(job["reference_id"]) is None]
+        try:
+            exported, problems = export_again(context, [j for j in failed if j.get("local")])
+        except export.ExportError as exc:
+            exported, problems = 0, [str(exc)]
+        for problem in problems:
+            self.report({"WARNING"}, problem)
+        count = len(retried) + exported
+        if not count:
             self.report(
                 {"ERROR"},
                 "This batch has no failed or canceled job that can be sent again; run Lip Sync "
                 "on its strips to export them anew.",
             )
             return {"CANCELLED"}
-        self.report({"INFO"}, f"Retrying {len(retried)} of the batch's jobs.")
+        self.report({"INFO"}, f"Retrying {count} of the batch's jobs.")
         return {"FINISHED"}
 
 

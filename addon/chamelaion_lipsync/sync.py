@@ -122,6 +122,7 @@ def keep_file_id() -> None:
 
 def start_job(reference_id: str, task: ExportTask, body: dict[str, Any]) -> None:
     """Follow an export; its job goes to the bridge when the files are whole."""
+    memory.local_errors.pop(reference_id, None)  # exported again
     memory.exports[reference_id] = Export(task, body)
 
 

@@ -348,7 +348,7 @@ def reopen(path: Path) -> Any:
     return bpy.context.scene
 
 
-def test_a_shot_canceled_while_exporting_stays_in_its_batch_also_after_a_reopen(
+def test_a_shot_canceled_while_exporting_stays_in_its_batch_and_retry_failed_exports_it(
     fresh: Any, clip: Path, dub: Path, tmp_path: Path
 ) -> None:
     bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "cancel.blend"))
@@ -369,3 +369,14 @@ def test_a_shot_canceled_while_exporting_stays_in_its_batch_also_after_a_reopen(
     shown = panel_jobs(scene)
     assert "2 done, 0 running, 1 failed" in shown
     assert row(refs[1])["state"] == "canceled"
+    assert "sequencer.chamelaion_retry_failed" in shown
+    batch_id = group_of(refs[0]).batch["id"]
+    assert bpy.ops.sequencer.chamelaion_retry_failed(batch_id=batch_id) == {"FINISHED"}
+    take = sync_until(lambda: take_of(scene, refs[1]), timeout=90, message="the retried take")
+    assert take.name == "shot2"  # the strip itself shows it, in place
+    assert (take.frame_final_start, take.frame_final_duration) == (
+        10 + SPACING,
+        60 - offset_of(2) - TAIL,
+    )
+    assert first_frame_index(Path(bpy.path.abspath(take.filepath))) == offset_of(2)
+    assert "3 done, 0 running, 0 failed" in panel_jobs(scene)
