@@ -80,12 +80,16 @@ def request_body(plan: export.ExportPlan, options: Any, strip: Any, cover: Any) 
 
 
 def planned(
-    context: Any, scene: Any, strip: Any, reference_id: str, recorded_rate: bool = False
+    context: Any, scene: Any, strip: Any, reference_id: str, rules: batch.Rules | None = None
 ) -> tuple[export.ExportPlan, dict[str, Any]]:
-    """One job on `strip` as it shows its original: its plan and its request."""
+    """One job on `strip` as it shows its original: its plan and its request. With a batch's
+    `rules`, the rules' sounds and movie rates are used."""
     editor = scene.sequence_editor
+    options: dict[str, Any] = {}
+    if rules is not None:
+        options = {"recorded_rate": True, "sounds": rules.sounds, "effects": rules.effects}
     with takes.original_shown(editor, strip):
-        plan = export.plan(context, scene, strip, reference_id, recorded_rate=recorded_rate)
+        plan = export.plan(context, scene, strip, reference_id, **options)
     cover = takes.find_tagged(editor, plan.cover_tag)
     return plan, request_body(plan, scene.chamelaion, strip, cover)
 
@@ -155,15 +159,17 @@ class SEQUENCER_OT_chamelaion_lipsync(bpy.types.Operator):
 
     def invoke(self, context: bpy.types.Context, event: Any) -> set[str]:
         """A batch above the preference's limit of billable seconds asks first."""
-        editor = compat.sequencer_scene(context).sequence_editor
-        shots = batch.selected_pictures(editor) if editor is not None else []
-        seconds = batch.estimate_seconds(compat.sequencer_scene(context), shots)
-        if batch.needs_confirmation(len(shots), seconds, confirm_above()):
+        scene = compat.sequencer_scene(context)
+        shots = batch.selected_pictures(scene.sequence_editor) if scene.sequence_editor else []
+        if len(shots) < 2:
+            return self.execute(context)
+        found = batch.estimate(scene, shots)
+        if batch.needs_confirmation(len(shots), found.seconds, confirm_above()):
             return context.window_manager.invoke_confirm(
                 self,
                 event,
                 title="Lip Sync",
-                message=batch.confirmation(len(shots), seconds),
+                message=batch.confirmation(found.shots, found.seconds),
                 confirm_text="Send",
             )
         return self.execute(context)
@@ -205,11 +211,12 @@ class SEQUENCER_OT_chamelaion_lipsync(bpy.types.Operator):
         numbered = [f"{base}-{number:02d}" if base else "" for number in range(1, len(shots) + 1)]
         for reference_id in filter(None, numbered):
             check_unused(reference_id)  # before anything is planned: the batch is refused
+        rules = batch.Rules.of(scene, shots)
         for shot, reference_id in zip(shots, numbered, strict=True):
             try:
                 strip = takes.original_of(editor, shot)
                 reference_id = reference_id or auto_reference_id(strip)
-                jobs.append(planned(context, scene, strip, reference_id, recorded_rate=True))
+                jobs.append(planned(context, scene, strip, reference_id, rules))
             except (export.ExportError, PlacementProblem) as exc:
                 skipped.append(batch.skip_note(shot, str(exc)))
         for note in skipped:

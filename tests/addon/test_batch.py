@@ -380,3 +380,63 @@ def test_a_shot_canceled_while_exporting_stays_in_its_batch_and_retry_failed_exp
     )
     assert first_frame_index(Path(bpy.path.abspath(take.filepath))) == offset_of(2)
     assert "3 done, 0 running, 0 failed" in panel_jobs(scene)
+
+
+def selection_line(scene: Any) -> list[str]:
+    """The panel's line about what Lip Sync would send now."""
+    layout = Layout()
+    panel = addon_module("ui").SEQUENCER_PT_chamelaion
+    panel.draw_selection(layout, scene, scene.sequence_editor)
+    return layout.texts
+
+
+def sent_seconds(*numbers: int) -> float:
+    return sum(60 - offset_of(n) - TAIL for n in numbers) / FPS
+
+
+class AskingWindowManager:
+    """Stands in for the window manager (headless Blender has no window to ask in)."""
+
+    def __init__(self) -> None:
+        self.asked: dict[str, Any] | None = None
+
+    def invoke_confirm(self, operator: Any, event: Any, **question: Any) -> set[str]:
+        self.asked = question
+        return {"RUNNING_MODAL"}
+
+
+def asks(scene: Any, limit: float, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any] | None:
+    """What a click on Lip Sync asks first with this confirmation limit (None: it sends)."""
+    prefs = bpy.context.preferences.addons[ADDON].preferences
+    window_manager = AskingWindowManager()
+    context = type("Context", (), {"window_manager": window_manager})()
+    monkeypatch.setattr(addon_module("compat"), "sequencer_scene", lambda _context: scene)
+    operator = addon_module("operators").SEQUENCER_OT_chamelaion_lipsync
+    sender = type("Operator", (), {"execute": lambda self, context: {"FINISHED"}})()
+    before, prefs.confirm_above = prefs.confirm_above, limit
+    try:
+        operator.invoke(sender, context, None)
+    finally:
+        prefs.confirm_above = before
+    return window_manager.asked
+
+
+def test_the_estimate_and_the_question_count_only_the_strips_the_batch_sends(
+    fresh: Any, clip: Path, dub: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shots(fresh, clip, dub, 3, silent=(3,))
+    seconds = sent_seconds(1, 2)
+    assert selection_line(fresh) == [f"2 shots to send, {seconds:.1f} s billable, 1 skipped"]
+    assert asks(fresh, seconds + 0.5, monkeypatch) is None  # all three would be above
+    assert asks(fresh, seconds - 0.5, monkeypatch) == {
+        "title": "Lip Sync",
+        "message": f"Send 2 shots, {seconds:.1f} s of billable media, to Chamelaion lip sync?",
+        "confirm_text": "Send",
+    }
+    monkeypatch.undo()
+    base = lip_sync_batch(fresh)
+    sent = [f"{base}-01", f"{base}-02"]
+    sync_until(lambda: all(take_of(fresh, ref) for ref in sent), timeout=90, message="2 takes")
+    assert sum(job["client"]["seconds"] for job in group_of(sent[0]).jobs) == pytest.approx(
+        seconds, abs=0.01
+    )
