@@ -36,6 +36,12 @@ def selected_pictures(editor: Any) -> list[Any]:
     return list(found.values())
 
 
+MUTED = (
+    "It is muted (or its channel, or a meta strip around it, is); unmute it to send it, or "
+    "leave it out of the selection."
+)
+
+
 @dataclass
 class Rules:
     """What a batch checks of each shot before it plans it, read from the editor once and
@@ -57,10 +63,16 @@ class Rules:
             export.one_input_effects(editor),
         )
 
+    def check_muted(self, strip: Any) -> None:
+        """A muted strip is not sent; a cover muted by the take strip over it is not muted."""
+        if not export.unmuted(self.editor, strip, self.sounds.held_by, not strip.get(takes.HIDDEN)):
+            raise export.ExportError(MUTED)
+
     def frames(self, shot: Any) -> int:
         """The frames the shot's job would send, or ExportError / PlacementProblem saying why
         it is skipped."""
         strip = takes.original_of(self.editor, shot)
+        self.check_muted(strip)
         rate = export.recorded_fps(strip, self.fps)
         span = export.reach(self.editor, strip, rate, self.fps, self.effects)
         self.sounds.under(self.editor, strip, span.start, span.end)

@@ -193,12 +193,12 @@ def content_range(strip: Any, cover: Any) -> tuple[int, int, str]:
     return start, end, f"Frames {spans} hold a still and are not sent."
 
 
-def unmuted(editor: Any, strip: Any, held_by: dict[str, Any]) -> bool:
-    """Not muted itself, nor its channel, nor any meta around it."""
+def unmuted(editor: Any, strip: Any, held_by: dict[str, Any], itself: bool = True) -> bool:
+    """Not muted itself (checked only with `itself`), nor its channel, nor any meta around it."""
     while strip is not None:
-        if strip.mute or compat.channel_of(editor, strip, held_by).mute:
+        if (itself and strip.mute) or compat.channel_of(editor, strip, held_by).mute:
             return False
-        strip = held_by.get(strip.name)
+        strip, itself = held_by.get(strip.name), True
     return True
 
 

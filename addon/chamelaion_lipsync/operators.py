@@ -83,10 +83,11 @@ def planned(
     context: Any, scene: Any, strip: Any, reference_id: str, rules: batch.Rules | None = None
 ) -> tuple[export.ExportPlan, dict[str, Any]]:
     """One job on `strip` as it shows its original: its plan and its request. With a batch's
-    `rules`, the rules' sounds and movie rates are used."""
+    `rules`, a muted strip is refused and the rules' sounds and movie rates are used."""
     editor = scene.sequence_editor
     options: dict[str, Any] = {}
     if rules is not None:
+        rules.check_muted(strip)
         options = {"recorded_rate": True, "sounds": rules.sounds, "effects": rules.effects}
     with takes.original_shown(editor, strip):
         plan = export.plan(context, scene, strip, reference_id, **options)

@@ -440,3 +440,24 @@ def test_the_estimate_and_the_question_count_only_the_strips_the_batch_sends(
     assert sum(job["client"]["seconds"] for job in group_of(sent[0]).jobs) == pytest.approx(
         seconds, abs=0.01
     )
+
+
+def test_muted_strips_and_strips_on_a_muted_channel_are_skipped_and_not_billed(
+    fresh: Any, clip: Path, dub: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    movies = shots(fresh, clip, dub, 3)
+    movies[1].mute = True
+    movies[2].channel = 6
+    fresh.sequence_editor.channels[6].mute = True
+    seconds = sent_seconds(1)
+    assert selection_line(fresh) == [f"1 shot to send, {seconds:.1f} s billable, 2 skipped"]
+    base = lip_sync_batch(fresh)
+    out = capfd.readouterr().out
+    for name in ("shot2", "shot3"):
+        assert (
+            f"Warning: Strip '{name}' was skipped: it is muted (or its channel, or a meta strip "
+            "around it, is); unmute it to send it, or leave it out of the selection." in out
+        )
+    assert f"1 shots queued, {seconds:.1f} s of billable media, 2 skipped." in out
+    sync_until(lambda: take_of(fresh, f"{base}-01"), message="the unmuted shot's take")
+    assert not row(f"{base}-02") and not row(f"{base}-03")
