@@ -59,7 +59,7 @@ class Rules:
         return cls(
             editor,
             compat.scene_fps(scene),
-            export.Sounds.of(editor),
+            export.Sounds.of(editor, shots),
             export.one_input_effects(editor),
         )
 

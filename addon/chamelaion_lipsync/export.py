@@ -217,19 +217,25 @@ class Sounds:
 
     strips: list[tuple[Any, str]]  # each with its file, absolute and normalised
     held_by: dict[str, Any]
+    only_selected: bool = False  # a batch where the editor selected sound strips
 
     @classmethod
-    def of(cls, editor: Any) -> Sounds:
+    def of(cls, editor: Any, pictures: list[Any] | None = None) -> Sounds:
+        """Every sound strip; with the batch's `pictures`, a selected sound strip that is not
+        one of their own sounds makes every shot take its dub from the selected ones only."""
         found = [
             (s, os.path.normpath(bpy.path.abspath(s.sound.filepath)))
             for s in compat.all_strips(editor)
             if s.type == "SOUND" and s.sound is not None
         ]
-        return cls(found, compat.holders(editor))
+        own = {path for picture in pictures or () for path in own_files(picture)}
+        only = pictures is not None and any(s.select and path not in own for s, path in found)
+        return cls(found, compat.holders(editor), only)
 
     def under(self, editor: Any, picture: Any, start: int, end: int) -> list[Any]:
-        """The dub over [start, end): the selected sound strips there, else every audible one;
-        found inside metas too, never the picture's own sound."""
+        """The dub over [start, end): the selected sound strips there, else every audible one
+        (not in a batch with selected sound strips); found inside metas too, never the
+        picture's own sound."""
         own = own_files(picture)
         under = [
             s
@@ -237,6 +243,11 @@ class Sounds:
             if path not in own and s.frame_final_start < end and s.frame_final_end > start
         ]
         chosen = [s for s in under if s.select]
+        if under and not chosen and self.only_selected:
+            raise ExportError(
+                "None of the selected sound strips is under it; select its dubbed dialogue too "
+                "(or no sound strip, to send what is audible there), then run Lip Sync again."
+            )
         chosen = chosen or [s for s in under if unmuted(editor, s, self.held_by)]
         if not chosen:
             raise ExportError(

@@ -461,3 +461,25 @@ def test_muted_strips_and_strips_on_a_muted_channel_are_skipped_and_not_billed(
     assert f"1 shots queued, {seconds:.1f} s of billable media, 2 skipped." in out
     sync_until(lambda: take_of(fresh, f"{base}-01"), message="the unmuted shot's take")
     assert not row(f"{base}-02") and not row(f"{base}-03")
+
+
+def test_with_sound_strips_selected_a_shot_without_one_under_it_is_skipped(
+    fresh: Any, clip: Path, dub: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Not the music that happens to play there: the editor chose the dialogue."""
+    movies = shots(fresh, clip, dub, 2, silent=(2,))
+    music = strips(fresh).new_sound("music", str(dub), channel=4, frame_start=SPACING)
+    music.select = False
+    seconds = sent_seconds(1)
+    assert selection_line(fresh) == [f"1 shot to send, {seconds:.1f} s billable, 1 skipped"]
+    base = lip_sync_batch(fresh)
+    assert (
+        "Warning: Strip 'shot2' was skipped: none of the selected sound strips is under it; "
+        "select its dubbed dialogue too (or no sound strip, to send what is audible there), "
+        "then run Lip Sync again." in capfd.readouterr().out
+    )
+    sync_until(lambda: take_of(fresh, f"{base}-01"), message="the first shot's take")
+    assert not row(f"{base}-02")
+    for strip in strips(fresh):  # no sound strip selected: the music is what plays there
+        strip.select = strip in movies
+    assert selection_line(fresh) == [f"2 shots selected, {sent_seconds(1, 2):.1f} s billable"]
