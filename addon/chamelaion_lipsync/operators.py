@@ -120,7 +120,8 @@ def export_again(context: Any, jobs: list[dict[str, Any]]) -> tuple[int, list[st
         body["client"]["batch"] = client.get("batch", {})
         again.append((plan, body))
     if again:
-        tasks = BatchExport.start([plan for plan, _ in again]).tasks()
+        label = again[0][1]["client"]["batch"].get("label", "")
+        tasks = BatchExport.start([plan for plan, _ in again], label).tasks()
         for (plan, body), task in zip(again, tasks, strict=True):
             sync.start_job(plan.reference_id, task, body)
     return len(again), problems
@@ -229,7 +230,7 @@ class SEQUENCER_OT_chamelaion_lipsync(bpy.types.Operator):
             )
         label = batch.label_now()
         record = batch.record(label, skipped)
-        tasks = BatchExport.start([plan for plan, _ in jobs]).tasks()
+        tasks = BatchExport.start([plan for plan, _ in jobs], label).tasks()
         for number, ((plan, body), task) in enumerate(zip(jobs, tasks, strict=True), 1):
             body["client"]["batch"] = {**record, "shot": number}
             sync.start_job(plan.reference_id, task, body)

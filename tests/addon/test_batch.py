@@ -197,7 +197,8 @@ def test_one_background_export_hands_over_each_job_when_whole_and_a_failure_fail
     assert long.poll().stage in ("waiting", "mixing", "rendering")  # the batch goes on
     assert first.process.poll() is None and os.path.isfile(plans[0].audio_path)
     state = wait_until(lambda: (s := gone.poll()).stage == "failed" and s, timeout=60)
-    log = Path(plans[0].audio_path).with_suffix(".log")
+    [log] = (tmp_path / "chamelaion").glob("*.log")
+    assert log.name.startswith("batch-")  # the batch's log, not the first shot's
     assert state.error == (
         "Preparing strip 'shot2' for lip sync failed: the saved copy has no scene 'Gone' with "
         f"strips; the details are in {log}."
