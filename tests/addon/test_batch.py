@@ -484,3 +484,18 @@ def test_with_sound_strips_selected_a_shot_without_one_under_it_is_skipped(
     for strip in strips(fresh):  # no sound strip selected: the music is what plays there
         strip.select = strip in movies
     assert selection_line(fresh) == [f"2 shots selected, {sent_seconds(1, 2):.1f} s billable"]
+
+
+def test_a_shot_whose_take_strip_covers_it_is_not_skipped_as_muted(
+    fresh: Any, clip: Path, dub: Path
+) -> None:
+    """A rendered take mutes the strip it covers; selecting the shots again sends that strip."""
+    movies = shots(fresh, clip, dub, 2)
+    movies[0].use_reverse_frames = True  # rendered: its take is a strip above it
+    base = lip_sync_batch(fresh)
+    refs = [f"{base}-01", f"{base}-02"]
+    sync_until(lambda: all(take_of(fresh, ref) for ref in refs), timeout=90, message="2 takes")
+    assert take_of(fresh, refs[0]) != movies[0] and movies[0].mute
+    for strip in strips(fresh):
+        strip.select = True
+    assert selection_line(fresh) == [f"2 shots selected, {sent_seconds(1, 2):.1f} s billable"]
