@@ -194,7 +194,7 @@ def batch_clicks(files: list[Path], dub: Path) -> dict[str, list]:
         scene.chamelaion.reference_id = f"bench-{time.monotonic_ns()}"
         started = time.perf_counter()
         # What invoke adds before execute (headless Blender has no window: it skips invoke).
-        batch.estimate_seconds(scene, batch.selected_pictures(scene.sequence_editor))
+        batch.estimate(scene, batch.selected_pictures(scene.sequence_editor))
         result = bpy.ops.sequencer.chamelaion_lipsync("EXEC_DEFAULT", True)
         clicks.append((time.perf_counter() - started) * 1000)
         assert result == {"FINISHED"}, result

@@ -11,10 +11,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,6 +102,17 @@ def remove(paths: list[str]) -> None:
 def log_of(plan: ExportPlan) -> Path:
     """The process' output, beside the job's files: kept when it explains a failure."""
     return Path(plan.audio_path).with_suffix(".log")
+
+
+def batch_log(plans: list[ExportPlan], label: str) -> Path:
+    """A batch's one log, named after the batch (its label, as the panel shows it), not after
+    its first shot: beside the jobs' files of a saved file, else in the temporary folder that
+    holds each job's own."""
+    folder = Path(plans[0].audio_path).parent
+    if not bpy.data.filepath:
+        folder = folder.parent
+    name = re.sub(r"\W+", "-", label or time.strftime("%d %b %H:%M:%S")).strip("-")
+    return folder / f"batch-{name}-{uuid.uuid4().hex[:4]}.log"
 
 
 def job_spec(plan: ExportPlan) -> dict[str, Any]:
@@ -186,10 +200,11 @@ class BatchExport:
         self._jobs: list[dict[str, Any]] = []
 
     @classmethod
-    def start(cls, plans: list[ExportPlan], log: Path | None = None) -> BatchExport:
+    def start(cls, plans: list[ExportPlan], label: str = "") -> BatchExport:
         """Save one copy of the file and start one background export of every plan on it;
-        fast, and the editor's own settings are never touched."""
-        log = log or log_of(plans[0])
+        fast, and the editor's own settings are never touched. `label`: the batch's, which
+        names its log (a single job's log is named after the job)."""
+        log = log_of(plans[0]) if len(plans) == 1 else batch_log(plans, label)
         work = Path(tempfile.mkdtemp(prefix=f"chamelaion-{file_stem(plans[0].reference_id)}-"))
         try:
             outputs = [path for plan in plans for path in outputs_of(plan)]

@@ -36,17 +36,75 @@ def selected_pictures(editor: Any) -> list[Any]:
     return list(found.values())
 
 
-def estimate_seconds(scene: Any, strips: list[Any]) -> float:
-    """What sending these strips would bill, from their visible moving frames alone: cheap
-    enough for the panel (no file is opened). Lip Sync reports the exact sum."""
-    frames = 0
+MUTED = (
+    "It is muted (or its channel, or a meta strip around it, is); unmute it to send it, or "
+    "leave it out of the selection."
+)
+
+
+@dataclass
+class Rules:
+    """What a batch checks of each shot before it plans it, read from the editor once and
+    cheap (no file is opened), so the panel's estimate counts the strips the batch sends. A
+    movie whose file is missing is only found by Lip Sync itself."""
+
+    editor: Any
+    fps: float
+    sounds: export.Sounds
+    effects: list[Any]
+
+    @classmethod
+    def of(cls, scene: Any, shots: list[Any]) -> Rules:
+        editor = scene.sequence_editor
+        return cls(
+            editor,
+            compat.scene_fps(scene),
+            export.Sounds.of(editor, shots),
+            export.one_input_effects(editor),
+        )
+
+    def check_muted(self, strip: Any) -> None:
+        """A muted strip is not sent; a cover muted by the take strip over it is not muted."""
+        if not export.unmuted(self.editor, strip, self.sounds.held_by, not strip.get(takes.HIDDEN)):
+            raise export.ExportError(MUTED)
+
+    def frames(self, shot: Any) -> int:
+        """The frames the shot's job would send, or ExportError / PlacementProblem saying why
+        it is skipped."""
+        strip = takes.original_of(self.editor, shot)
+        self.check_muted(strip)
+        rate = export.recorded_fps(strip, self.fps)
+        span = export.reach(self.editor, strip, rate, self.fps, self.effects)
+        self.sounds.under(self.editor, strip, span.start, span.end)
+        return span.end - span.start
+
+
+@dataclass(frozen=True)
+class Estimate:
+    shots: int  # that would be sent
+    seconds: float  # billable
+    skipped: int
+
+
+def estimate(scene: Any, strips: list[Any]) -> Estimate:
+    """What sending these strips as a batch would send and bill, by the batch's own skip rules
+    but without opening any file: cheap enough for the panel. Lip Sync reports the exact sum."""
+    rules = Rules.of(scene, strips)
+    frames: list[int] = []
     for strip in strips:
         try:
-            start, end, _ = export.content_range(strip, strip)
-        except export.ExportError:
+            frames.append(rules.frames(strip))
+        except (export.ExportError, PlacementProblem):
             continue
-        frames += end - start
-    return frames / compat.scene_fps(scene)
+    return Estimate(len(frames), sum(frames) / rules.fps, len(strips) - len(frames))
+
+
+def selection_text(found: Estimate) -> str:
+    """The panel's line about what Lip Sync would send now."""
+    if not found.skipped:
+        return f"{found.shots} shots selected, {found.seconds:.1f} s billable"
+    shots = f"{found.shots} shot" + ("" if found.shots == 1 else "s")
+    return f"{shots} to send, {found.seconds:.1f} s billable, {found.skipped} skipped"
 
 
 def plan_seconds(plan: export.ExportPlan) -> float:

@@ -95,10 +95,16 @@ def picture_strip(scene: Any) -> Any:
     return strip
 
 
-def effect_chain(editor: Any, strip: Any) -> list[Any]:
+def one_input_effects(editor: Any) -> list[Any]:
+    """Every effect strip with one input (what effect_chain looks through)."""
+    return [s for s in compat.all_strips(editor) if getattr(s, "input_count", 0) == 1]
+
+
+def effect_chain(editor: Any, strip: Any, effects: list[Any] | None = None) -> list[Any]:
     """The unmuted one-input effects stacked on `strip` (a speed effect on it, a transform on
-    that ...), lowest first; where two share an input, the one on the higher channel."""
-    effects = [s for s in compat.all_strips(editor) if getattr(s, "input_count", 0) == 1]
+    that ...), lowest first; where two share an input, the one on the higher channel.
+    `effects`: one_input_effects(editor), when it is known already (a batch reads it once)."""
+    effects = one_input_effects(editor) if effects is None else effects
     chain: list[Any] = []
     current = strip
     while True:
@@ -131,8 +137,15 @@ def movie_fps(strip: Any, fps: float, recorded: bool = False) -> float:
             f"The source file of strip '{strip.name}' is missing ({path}); "
             "relink it (Strip > Movie > File) and try again."
         )
-    noted = strip.elements[0].orig_fps if recorded and len(strip.elements) else 0.0
-    return noted or strip.fps
+    return recorded_fps(strip, fps) if recorded else strip.fps
+
+
+def recorded_fps(strip: Any, fps: float) -> float:
+    """The movie's rate as Blender noted it when the strip was made (no file is opened); the
+    scene's rate for other strips."""
+    if strip.type != "MOVIE":
+        return fps
+    return (strip.elements[0].orig_fps if len(strip.elements) else 0.0) or strip.fps
 
 
 def is_one_to_one(strip: Any, chain: list[Any], rate: float, fps: float) -> bool:
@@ -180,12 +193,12 @@ def content_range(strip: Any, cover: Any) -> tuple[int, int, str]:
     return start, end, f"Frames {spans} hold a still and are not sent."
 
 
-def is_audible(editor: Any, strip: Any, held_by: dict[str, Any]) -> bool:
-    """Not muted itself, nor its channel, nor any meta around it."""
+def unmuted(editor: Any, strip: Any, held_by: dict[str, Any], itself: bool = True) -> bool:
+    """Not muted itself (checked only with `itself`), nor its channel, nor any meta around it."""
     while strip is not None:
-        if strip.mute or compat.channel_of(editor, strip, held_by).mute:
+        if (itself and strip.mute) or compat.channel_of(editor, strip, held_by).mute:
             return False
-        strip = held_by.get(strip.name)
+        strip, itself = held_by.get(strip.name), True
     return True
 
 
@@ -198,27 +211,69 @@ def own_files(strip: Any) -> set[str]:
     return set()
 
 
-def dialogue(editor: Any, picture: Any, start: int, end: int) -> list[Any]:
-    """The dub: selected sound strips over [start, end), else every audible one there; found
-    inside metas too, never the picture's own sound."""
-    own = own_files(picture)
-    under = [
-        s
-        for s in compat.all_strips(editor)
-        if s.type == "SOUND"
-        and s.sound is not None
-        and os.path.normpath(bpy.path.abspath(s.sound.filepath)) not in own
-        and s.frame_final_start < end
-        and s.frame_final_end > start
-    ]
-    held_by = compat.holders(editor)
-    chosen = [s for s in under if s.select] or [s for s in under if is_audible(editor, s, held_by)]
-    if not chosen:
-        raise ExportError(
-            "No sound under the picture strip: add the dubbed dialogue as a sound strip over "
-            "it (and select it), then run Lip Sync again."
-        )
-    return chosen
+@dataclass(frozen=True)
+class Sounds:
+    """The sound strips a dub may come from, read once: a batch asks for each of its shots."""
+
+    strips: list[tuple[Any, str]]  # each with its file, absolute and normalised
+    held_by: dict[str, Any]
+    only_selected: bool = False  # a batch where the editor selected sound strips
+
+    @classmethod
+    def of(cls, editor: Any, pictures: list[Any] | None = None) -> Sounds:
+        """Every sound strip; with the batch's `pictures`, a selected sound strip that is not
+        one of their own sounds makes every shot take its dub from the selected ones only."""
+        found = [
+            (s, os.path.normpath(bpy.path.abspath(s.sound.filepath)))
+            for s in compat.all_strips(editor)
+            if s.type == "SOUND" and s.sound is not None
+        ]
+        own = {path for picture in pictures or () for path in own_files(picture)}
+        only = pictures is not None and any(s.select and path not in own for s, path in found)
+        return cls(found, compat.holders(editor), only)
+
+    def under(self, editor: Any, picture: Any, start: int, end: int) -> list[Any]:
+        """The dub over [start, end): the selected sound strips there, else every audible one
+        (not in a batch with selected sound strips); found inside metas too, never the
+        picture's own sound."""
+        own = own_files(picture)
+        under = [
+            s
+            for s, path in self.strips
+            if path not in own and s.frame_final_start < end and s.frame_final_end > start
+        ]
+        chosen = [s for s in under if s.select]
+        if under and not chosen and self.only_selected:
+            raise ExportError(
+                "None of the selected sound strips is under it; select its dubbed dialogue too "
+                "(or no sound strip, to send what is audible there), then run Lip Sync again."
+            )
+        chosen = chosen or [s for s in under if unmuted(editor, s, self.held_by)]
+        if not chosen:
+            raise ExportError(
+                "No sound under the picture strip: add the dubbed dialogue as a sound strip over "
+                "it (and select it), then run Lip Sync again."
+            )
+        return chosen
+
+
+@dataclass(frozen=True)
+class Reach:
+    """What a strip's job covers: whether the bridge can cut its file, the strip whose picture
+    is sent, and the timeline frames [start, end)."""
+
+    switch: bool
+    cover: Any
+    start: int
+    end: int
+    held: str  # '' or the sentence naming held frames left out
+
+
+def reach(editor: Any, strip: Any, rate: float, fps: float, effects: list[Any] | None) -> Reach:
+    chain = effect_chain(editor, strip, effects)
+    switch = is_one_to_one(strip, chain, rate, fps)
+    cover = strip if switch or not chain else chain[-1]
+    return Reach(switch, cover, *content_range(strip, cover))
 
 
 def plan(
@@ -227,10 +282,12 @@ def plan(
     strip: Any,
     reference_id: str,
     recorded_rate: bool = False,
+    sounds: Sounds | None = None,
+    effects: list[Any] | None = None,
 ) -> ExportPlan:
     """Check the strip and the dialogue and fix the job's numbers; writes nothing but the
     export folder (and our tag on the strips). `recorded_rate`: see movie_fps (a batch of 50
-    files would open each on the main thread)."""
+    files would open each on the main thread); `sounds` and `effects`: read once for a batch."""
     if strip.type not in PICTURE_TYPES:
         raise ExportError(
             f"Strip '{strip.name}' is not a picture; select a movie strip and run Lip Sync again."
@@ -238,11 +295,9 @@ def plan(
     editor = scene.sequence_editor
     fps = compat.scene_fps(scene)
     rate = movie_fps(strip, fps, recorded_rate)
-    chain = effect_chain(editor, strip)
-    switch = is_one_to_one(strip, chain, rate, fps)
-    cover = strip if switch or not chain else chain[-1]
-    start, end, held = content_range(strip, cover)
-    sounds = dialogue(editor, strip, start, end)
+    span = reach(editor, strip, rate, fps, effects)
+    switch, cover, start, end = span.switch, span.cover, span.start, span.end
+    dub = (sounds or Sounds.of(editor)).under(editor, strip, start, end)
     folder = export_folder(reference_id)
     common = {
         "reference_id": reference_id,
@@ -255,8 +310,8 @@ def plan(
         "end": end,
         "fps": fps,
         "audio_path": str(folder / f"{file_stem(reference_id)}.audio.wav"),
-        "warning": " ".join(w for w in (held, rate_warning(strip, rate, fps)) if w),
-        "sounds": tuple(s.name for s in sounds),
+        "warning": " ".join(w for w in (span.held, rate_warning(strip, rate, fps)) if w),
+        "sounds": tuple(s.name for s in dub),
         "picture": tuple(dict.fromkeys(s.name for s in fed_by(cover))),
     }
     if not switch:

@@ -79,6 +79,54 @@ def request_body(plan: export.ExportPlan, options: Any, strip: Any, cover: Any) 
     return body
 
 
+def planned(
+    context: Any, scene: Any, strip: Any, reference_id: str, rules: batch.Rules | None = None
+) -> tuple[export.ExportPlan, dict[str, Any]]:
+    """One job on `strip` as it shows its original: its plan and its request. With a batch's
+    `rules`, a muted strip is refused and the rules' sounds and movie rates are used."""
+    editor = scene.sequence_editor
+    options: dict[str, Any] = {}
+    if rules is not None:
+        rules.check_muted(strip)
+        options = {"recorded_rate": True, "sounds": rules.sounds, "effects": rules.effects}
+    with takes.original_shown(editor, strip):
+        plan = export.plan(context, scene, strip, reference_id, **options)
+    cover = takes.find_tagged(editor, plan.cover_tag)
+    return plan, request_body(plan, scene.chamelaion, strip, cover)
+
+
+def export_again(context: Any, jobs: list[dict[str, Any]]) -> tuple[int, list[str]]:
+    """Jobs whose export failed or was canceled (nothing reached the bridge) planned again
+    from their strips as they are now, under the same reference IDs and in the same batch,
+    and exported by one background Blender; how many went, and why the others could not."""
+    again: list[tuple[export.ExportPlan, dict[str, Any]]] = []
+    problems: list[str] = []
+    for job in jobs:
+        client = job["client"]
+        scene = bpy.data.scenes.get(client.get("scene", ""))
+        editor = scene.sequence_editor if scene is not None else None
+        strip = takes.find_tagged(editor, client.get("source", "")) if editor else None
+        if strip is None:
+            problems.append(
+                f"Strip '{client.get('name', '')}' of job {job['reference_id']} is no longer "
+                "in the file, so it cannot be exported again; run Lip Sync on the strip now."
+            )
+            continue
+        try:
+            plan, body = planned(context, scene, strip, job["reference_id"])
+        except (export.ExportError, PlacementProblem) as exc:
+            problems.append(str(exc))
+            continue
+        body["client"]["batch"] = client.get("batch", {})
+        again.append((plan, body))
+    if again:
+        label = again[0][1]["client"]["batch"].get("label", "")
+        tasks = BatchExport.start([plan for plan, _ in again], label).tasks()
+        for (plan, body), task in zip(again, tasks, strict=True):
+            sync.start_job(plan.reference_id, task, body)
+    return len(again), problems
+
+
 def check_scene(scene: Any) -> None:
     """What every Lip Sync needs before any strip is looked at."""
     if scene.sequence_editor is None:
@@ -113,15 +161,17 @@ class SEQUENCER_OT_chamelaion_lipsync(bpy.types.Operator):
 
     def invoke(self, context: bpy.types.Context, event: Any) -> set[str]:
         """A batch above the preference's limit of billable seconds asks first."""
-        editor = compat.sequencer_scene(context).sequence_editor
-        shots = batch.selected_pictures(editor) if editor is not None else []
-        seconds = batch.estimate_seconds(compat.sequencer_scene(context), shots)
-        if batch.needs_confirmation(len(shots), seconds, confirm_above()):
+        scene = compat.sequencer_scene(context)
+        shots = batch.selected_pictures(scene.sequence_editor) if scene.sequence_editor else []
+        if len(shots) < 2:
+            return self.execute(context)
+        found = batch.estimate(scene, shots)
+        if batch.needs_confirmation(len(shots), found.seconds, confirm_above()):
             return context.window_manager.invoke_confirm(
                 self,
                 event,
                 title="Lip Sync",
-                message=batch.confirmation(len(shots), seconds),
+                message=batch.confirmation(found.shots, found.seconds),
                 confirm_text="Send",
             )
         return self.execute(context)
@@ -141,14 +191,10 @@ class SEQUENCER_OT_chamelaion_lipsync(bpy.types.Operator):
 
     def send_one(self, context: Any, scene: Any) -> set[str]:
         """The active strip as one job."""
-        options = scene.chamelaion
         strip = takes.original_of(scene.sequence_editor, export.picture_strip(scene))
-        reference_id = options.reference_id.strip() or auto_reference_id(strip)
+        reference_id = scene.chamelaion.reference_id.strip() or auto_reference_id(strip)
         check_unused(reference_id)
-        with takes.original_shown(scene.sequence_editor, strip):
-            plan = export.plan(context, scene, strip, reference_id)
-        cover = takes.find_tagged(scene.sequence_editor, plan.cover_tag)
-        body = request_body(plan, options, strip, cover)
+        plan, body = planned(context, scene, strip, reference_id)
         task = ExportTask.start(context, plan)
         sync.start_job(reference_id, task, body)
         sync.keep_file_id()
@@ -160,24 +206,21 @@ class SEQUENCER_OT_chamelaion_lipsync(bpy.types.Operator):
     def send_batch(self, context: Any, scene: Any, shots: list[Any]) -> set[str]:
         """One job per strip with dialogue under it, exported by one background Blender; a
         strip that cannot be sent is skipped with its sentence and the others go."""
-        editor, options = scene.sequence_editor, scene.chamelaion
-        base = options.reference_id.strip()
+        editor = scene.sequence_editor
+        base = scene.chamelaion.reference_id.strip()
         jobs: list[tuple[export.ExportPlan, dict[str, Any]]] = []
         skipped: list[str] = []
         numbered = [f"{base}-{number:02d}" if base else "" for number in range(1, len(shots) + 1)]
         for reference_id in filter(None, numbered):
             check_unused(reference_id)  # before anything is planned: the batch is refused
+        rules = batch.Rules.of(scene, shots)
         for shot, reference_id in zip(shots, numbered, strict=True):
             try:
                 strip = takes.original_of(editor, shot)
                 reference_id = reference_id or auto_reference_id(strip)
-                with takes.original_shown(editor, strip):
-                    plan = export.plan(context, scene, strip, reference_id, recorded_rate=True)
+                jobs.append(planned(context, scene, strip, reference_id, rules))
             except (export.ExportError, PlacementProblem) as exc:
                 skipped.append(batch.skip_note(shot, str(exc)))
-                continue
-            cover = takes.find_tagged(editor, plan.cover_tag)
-            jobs.append((plan, request_body(plan, options, strip, cover)))
         for note in skipped:
             self.report({"WARNING"}, note)
         if not jobs:
@@ -187,7 +230,7 @@ class SEQUENCER_OT_chamelaion_lipsync(bpy.types.Operator):
             )
         label = batch.label_now()
         record = batch.record(label, skipped)
-        tasks = BatchExport.start([plan for plan, _ in jobs]).tasks()
+        tasks = BatchExport.start([plan for plan, _ in jobs], label).tasks()
         for number, ((plan, body), task) in enumerate(zip(jobs, tasks, strict=True), 1):
             body["client"]["batch"] = {**record, "shot": number}
             sync.start_job(plan.reference_id, task, body)
@@ -281,20 +324,28 @@ class SEQUENCER_OT_chamelaion_retry_failed(bpy.types.Operator):
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         failed = [
-            job["reference_id"]
+            job
             for job in sync.rows()
             if batch.batch_of(job).get("id") == self.batch_id
             and job.get("state") in RETRYABLE_STATES
         ]
-        retried = [ref for ref in failed if sync.retry(ref) is None]
-        if not retried:
+        sent = [job for job in failed if not job.get("local")]
+        retried = [job for job in sent if sync.retry(job["reference_id"]) is None]
+        try:
+            exported, problems = export_again(context, [j for j in failed if j.get("local")])
+        except export.ExportError as exc:
+            exported, problems = 0, [str(exc)]
+        for problem in problems:
+            self.report({"WARNING"}, problem)
+        count = len(retried) + exported
+        if not count:
             self.report(
                 {"ERROR"},
                 "This batch has no failed or canceled job that can be sent again; run Lip Sync "
                 "on its strips to export them anew.",
             )
             return {"CANCELLED"}
-        self.report({"INFO"}, f"Retrying {len(retried)} of the batch's jobs.")
+        self.report({"INFO"}, f"Retrying {count} of the batch's jobs.")
         return {"FINISHED"}
 
 
@@ -368,7 +419,7 @@ class SEQUENCER_OT_chamelaion_clear_finished(bpy.types.Operator):
     bl_label = "Clear Finished"
 
     def execute(self, context: bpy.types.Context) -> set[str]:
-        sync.memory.local_errors.clear()
+        sync.forget_unsent()
         held = sync.held_references()  # a take no strip holds waits for Place Take: kept
         for job in sync.memory.rows.values():
             state = job.get("state")

@@ -3,7 +3,10 @@ exports running in background Blender processes, places finished takes and asks 
 `chamelaion_sync`, the timer and the load handler all run it.
 
 The bridge is the record of a file's jobs: everything here lives in memory and is rebuilt
-from the bridge, so undo, redo and reopening never lose a job.
+from the bridge, so undo, redo and reopening never lose a job. A job that never reached the
+bridge (its export failed or was canceled) is kept in memory under its file's id, so it stays in
+its batch when the file is reopened in the same Blender session; it does not survive quitting
+Blender (nothing was sent, nothing is billed).
 """
 
 from __future__ import annotations
@@ -50,12 +53,13 @@ class Export:
 @dataclass
 class Unsent:
     """A job that never reached the bridge: why, and its request when it can be sent again
-    (its files are whole; a failed export has none)."""
+    (its files are whole; a failed or canceled export has none)."""
 
     error: str
     body: dict[str, Any] | None = None
     created: float = field(default_factory=time.time)
-    client: dict[str, Any] = field(default_factory=dict)  # the job's record (its batch)
+    client: dict[str, Any] = field(default_factory=dict)  # the job's record (file, batch)
+    state: str = "failed"  # or "canceled": the editor stopped its export
 
 
 @dataclass
@@ -67,7 +71,8 @@ class Memory:
     listed: bool = False  # rows came from the bridge at least once for this file
     exports: dict[str, Export] = field(default_factory=dict)
     sending: dict[str, dict[str, Any]] = field(default_factory=dict)  # create bodies in flight
-    local_errors: dict[str, Unsent] = field(default_factory=dict)  # never reached the bridge
+    local_errors: dict[str, Unsent] = field(default_factory=dict)  # never reached the bridge,
+    # of every file opened in this session: rows() shows the current file's
     placed: set[str] = field(default_factory=set)  # placed once: an undo of it is respected
     problems: dict[str, str] = field(default_factory=dict)  # why a take is not placed
     warnings: dict[str, str] = field(default_factory=dict)
@@ -117,6 +122,7 @@ def keep_file_id() -> None:
 
 def start_job(reference_id: str, task: ExportTask, body: dict[str, Any]) -> None:
     """Follow an export; its job goes to the bridge when the files are whole."""
+    memory.local_errors.pop(reference_id, None)  # exported again
     memory.exports[reference_id] = Export(task, body)
 
 
@@ -162,7 +168,7 @@ def apply(result: Result, news: News) -> None:
             if isinstance(value, dict):  # under the id the bridge made of our name
                 memory.rows[value["reference_id"]] = value
             return
-        if body is not None and body["client"]["file"] == memory.file_id:
+        if body is not None:
             memory.local_errors[tag] = Unsent(error, body, client=body["client"])
     if error is not None:
         news.append(("ERROR", error))
@@ -208,7 +214,8 @@ def set_status(health: Any, error: str | None) -> None:
 
 
 def follow_exports(news: News) -> None:
-    """Hand finished exports to the bridge; a failed one becomes a row with its sentence."""
+    """Hand finished exports to the bridge; a failed or canceled one stays a row (in its
+    batch) with its sentence."""
     for ref, export in list(memory.exports.items()):
         state = export.task.poll()
         if state.stage == "done":
@@ -216,9 +223,9 @@ def follow_exports(news: News) -> None:
             send(ref, export.body)
         elif state.stage in ("failed", "canceled"):
             del memory.exports[ref]
+            client = export.body["client"]
+            memory.local_errors[ref] = Unsent(state.error, client=client, state=state.stage)
             if state.stage == "failed":
-                if export.body["client"]["file"] == memory.file_id:
-                    memory.local_errors[ref] = Unsent(state.error, client=export.body["client"])
                 news.append(("ERROR", state.error))
 
 
@@ -345,9 +352,12 @@ def in_window() -> Iterator[None]:
 @bpy.app.handlers.persistent
 def on_load(*_args: Any) -> None:
     """A file just opened: forget the last file's rows and ask at once for this one's jobs.
-    Exports of the file just closed carry on: their jobs reach the bridge all the same."""
+    Exports of the file just closed carry on: their jobs reach the bridge all the same; the
+    jobs that never reached it are kept for when that file is open again."""
     global memory
-    memory = Memory(exports=memory.exports, sending=memory.sending)
+    memory = Memory(
+        exports=memory.exports, sending=memory.sending, local_errors=memory.local_errors
+    )
     file_id()
     tick()
 
@@ -376,11 +386,11 @@ def rows() -> Iterator[dict[str, Any]]:
                 "client": body["client"],
             }
         )
-    for ref, unsent in memory.local_errors.items():
+    for ref, unsent in unsent_here().items():
         items.append(
             {
                 "reference_id": ref,
-                "state": "failed",
+                "state": unsent.state,
                 "error": unsent.error,
                 "local": unsent.body is None,  # nothing to send again: Lip Sync anew
                 "created": unsent.created,
@@ -393,6 +403,21 @@ def rows() -> Iterator[dict[str, Any]]:
         item["problem"] = memory.problems.get(ref, "")
         item["warning"] = memory.warnings.get(ref, "")
     yield from sorted(items, key=created_seconds, reverse=True)
+
+
+def unsent_here() -> dict[str, Unsent]:
+    """The jobs of the open file that never reached the bridge."""
+    return {
+        ref: unsent
+        for ref, unsent in memory.local_errors.items()
+        if unsent.client.get("file") == memory.file_id
+    }
+
+
+def forget_unsent() -> None:
+    """Clear Finished: the open file's jobs that never reached the bridge go."""
+    for ref in unsent_here():
+        del memory.local_errors[ref]
 
 
 def created_seconds(item: dict[str, Any]) -> float:

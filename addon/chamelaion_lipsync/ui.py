@@ -71,8 +71,7 @@ class SEQUENCER_PT_chamelaion(bpy.types.Panel):
         """What Lip Sync would send as a batch now, before anything is paid."""
         shots = batch.selected_pictures(editor)
         if len(shots) > 1:
-            seconds = batch.estimate_seconds(scene, shots)
-            layout.label(text=f"{len(shots)} shots selected, {seconds:.1f} s billable", icon="INFO")
+            layout.label(text=batch.selection_text(batch.estimate(scene, shots)), icon="INFO")
 
     @staticmethod
     def draw_takes(layout: Any, editor: Any) -> None:

@@ -197,7 +197,8 @@ def test_one_background_export_hands_over_each_job_when_whole_and_a_failure_fail
     assert long.poll().stage in ("waiting", "mixing", "rendering")  # the batch goes on
     assert first.process.poll() is None and os.path.isfile(plans[0].audio_path)
     state = wait_until(lambda: (s := gone.poll()).stage == "failed" and s, timeout=60)
-    log = Path(plans[0].audio_path).with_suffix(".log")
+    [log] = (tmp_path / "chamelaion").glob("*.log")
+    assert log.name.startswith("batch-")  # the batch's log, not the first shot's
     assert state.error == (
         "Preparing strip 'shot2' for lip sync failed: the saved copy has no scene 'Gone' with "
         f"strips; the details are in {log}."
@@ -261,6 +262,12 @@ def test_a_strip_whose_file_changed_rate_fails_alone_and_syncs_on_its_own(
         fresh.chamelaion.reference_id = ""
     take = sync_until(lambda: take_of(fresh, alone), timeout=90, message="the take on its own")
     assert take.frame_final_start == movies[1].frame_final_start
+    scene = reopen(tmp_path / "rate.blend")  # the failure never reached the bridge: kept
+    sync_until(
+        lambda: (group := group_of(refs[0])) is not None and len(group.jobs) == 3,
+        message="the batch after the reopen",
+    )
+    assert "2 done, 0 running, 1 failed" in panel_jobs(scene)
 
 
 def test_a_batch_where_no_strip_has_dialogue_is_refused(fresh: Any, clip: Path, dub: Path) -> None:
@@ -333,3 +340,162 @@ def test_the_billable_seconds_are_shown_before_sending_and_a_big_batch_asks_firs
         timeout=90,
         message="4 takes",
     )
+
+
+def reopen(path: Path) -> Any:
+    """Save the file and open it again in this Blender session; its scene."""
+    bpy.ops.wm.save_as_mainfile(filepath=str(path))
+    bpy.ops.wm.open_mainfile(filepath=str(path))
+    return bpy.context.scene
+
+
+def test_a_shot_canceled_while_exporting_stays_in_its_batch_and_retry_failed_exports_it(
+    fresh: Any, clip: Path, dub: Path, tmp_path: Path
+) -> None:
+    bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "cancel.blend"))
+    shots(fresh, clip, dub, 3)
+    base = lip_sync_batch(fresh)
+    refs = [f"{base}-{n:02d}" for n in range(1, 4)]
+    assert bpy.ops.sequencer.chamelaion_cancel(reference_id=refs[1]) == {"FINISHED"}
+    sync_until(lambda: take_of(fresh, refs[0]) and take_of(fresh, refs[2]), message="2 takes")
+    assert row(refs[1])["state"] == "canceled" and take_of(fresh, refs[1]) is None
+    shown = panel_jobs(fresh)
+    assert any(text.startswith("3 shots") for text in shown)
+    assert "2 done, 0 running, 1 failed" in shown
+    scene = reopen(tmp_path / "cancel.blend")
+    sync_until(
+        lambda: (group := group_of(refs[0])) is not None and len(group.jobs) == 3,
+        message="the batch after the reopen",
+    )
+    shown = panel_jobs(scene)
+    assert "2 done, 0 running, 1 failed" in shown
+    assert row(refs[1])["state"] == "canceled"
+    assert "sequencer.chamelaion_retry_failed" in shown
+    batch_id = group_of(refs[0]).batch["id"]
+    assert bpy.ops.sequencer.chamelaion_retry_failed(batch_id=batch_id) == {"FINISHED"}
+    take = sync_until(lambda: take_of(scene, refs[1]), timeout=90, message="the retried take")
+    assert take.name == "shot2"  # the strip itself shows it, in place
+    assert (take.frame_final_start, take.frame_final_duration) == (
+        10 + SPACING,
+        60 - offset_of(2) - TAIL,
+    )
+    assert first_frame_index(Path(bpy.path.abspath(take.filepath))) == offset_of(2)
+    assert "3 done, 0 running, 0 failed" in panel_jobs(scene)
+
+
+def selection_line(scene: Any) -> list[str]:
+    """The panel's line about what Lip Sync would send now."""
+    layout = Layout()
+    panel = addon_module("ui").SEQUENCER_PT_chamelaion
+    panel.draw_selection(layout, scene, scene.sequence_editor)
+    return layout.texts
+
+
+def sent_seconds(*numbers: int) -> float:
+    return sum(60 - offset_of(n) - TAIL for n in numbers) / FPS
+
+
+class AskingWindowManager:
+    """Stands in for the window manager (headless Blender has no window to ask in)."""
+
+    def __init__(self) -> None:
+        self.asked: dict[str, Any] | None = None
+
+    def invoke_confirm(self, operator: Any, event: Any, **question: Any) -> set[str]:
+        self.asked = question
+        return {"RUNNING_MODAL"}
+
+
+def asks(scene: Any, limit: float, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any] | None:
+    """What a click on Lip Sync asks first with this confirmation limit (None: it sends)."""
+    prefs = bpy.context.preferences.addons[ADDON].preferences
+    window_manager = AskingWindowManager()
+    context = type("Context", (), {"window_manager": window_manager})()
+    monkeypatch.setattr(addon_module("compat"), "sequencer_scene", lambda _context: scene)
+    operator = addon_module("operators").SEQUENCER_OT_chamelaion_lipsync
+    sender = type("Operator", (), {"execute": lambda self, context: {"FINISHED"}})()
+    before, prefs.confirm_above = prefs.confirm_above, limit
+    try:
+        operator.invoke(sender, context, None)
+    finally:
+        prefs.confirm_above = before
+    return window_manager.asked
+
+
+def test_the_estimate_and_the_question_count_only_the_strips_the_batch_sends(
+    fresh: Any, clip: Path, dub: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shots(fresh, clip, dub, 3, silent=(3,))
+    seconds = sent_seconds(1, 2)
+    assert selection_line(fresh) == [f"2 shots to send, {seconds:.1f} s billable, 1 skipped"]
+    assert asks(fresh, seconds + 0.5, monkeypatch) is None  # all three would be above
+    assert asks(fresh, seconds - 0.5, monkeypatch) == {
+        "title": "Lip Sync",
+        "message": f"Send 2 shots, {seconds:.1f} s of billable media, to Chamelaion lip sync?",
+        "confirm_text": "Send",
+    }
+    monkeypatch.undo()
+    base = lip_sync_batch(fresh)
+    sent = [f"{base}-01", f"{base}-02"]
+    sync_until(lambda: all(take_of(fresh, ref) for ref in sent), timeout=90, message="2 takes")
+    assert sum(job["client"]["seconds"] for job in group_of(sent[0]).jobs) == pytest.approx(
+        seconds, abs=0.01
+    )
+
+
+def test_muted_strips_and_strips_on_a_muted_channel_are_skipped_and_not_billed(
+    fresh: Any, clip: Path, dub: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    movies = shots(fresh, clip, dub, 3)
+    movies[1].mute = True
+    movies[2].channel = 6
+    fresh.sequence_editor.channels[6].mute = True
+    seconds = sent_seconds(1)
+    assert selection_line(fresh) == [f"1 shot to send, {seconds:.1f} s billable, 2 skipped"]
+    base = lip_sync_batch(fresh)
+    out = capfd.readouterr().out
+    for name in ("shot2", "shot3"):
+        assert (
+            f"Warning: Strip '{name}' was skipped: it is muted (or its channel, or a meta strip "
+            "around it, is); unmute it to send it, or leave it out of the selection." in out
+        )
+    assert f"1 shots queued, {seconds:.1f} s of billable media, 2 skipped." in out
+    sync_until(lambda: take_of(fresh, f"{base}-01"), message="the unmuted shot's take")
+    assert not row(f"{base}-02") and not row(f"{base}-03")
+
+
+def test_with_sound_strips_selected_a_shot_without_one_under_it_is_skipped(
+    fresh: Any, clip: Path, dub: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Not the music that happens to play there: the editor chose the dialogue."""
+    movies = shots(fresh, clip, dub, 2, silent=(2,))
+    music = strips(fresh).new_sound("music", str(dub), channel=4, frame_start=SPACING)
+    music.select = False
+    seconds = sent_seconds(1)
+    assert selection_line(fresh) == [f"1 shot to send, {seconds:.1f} s billable, 1 skipped"]
+    base = lip_sync_batch(fresh)
+    assert (
+        "Warning: Strip 'shot2' was skipped: none of the selected sound strips is under it; "
+        "select its dubbed dialogue too (or no sound strip, to send what is audible there), "
+        "then run Lip Sync again." in capfd.readouterr().out
+    )
+    sync_until(lambda: take_of(fresh, f"{base}-01"), message="the first shot's take")
+    assert not row(f"{base}-02")
+    for strip in strips(fresh):  # no sound strip selected: the music is what plays there
+        strip.select = strip in movies
+    assert selection_line(fresh) == [f"2 shots selected, {sent_seconds(1, 2):.1f} s billable"]
+
+
+def test_a_shot_whose_take_strip_covers_it_is_not_skipped_as_muted(
+    fresh: Any, clip: Path, dub: Path
+) -> None:
+    """A rendered take mutes the strip it covers; selecting the shots again sends that strip."""
+    movies = shots(fresh, clip, dub, 2)
+    movies[0].use_reverse_frames = True  # rendered: its take is a strip above it
+    base = lip_sync_batch(fresh)
+    refs = [f"{base}-01", f"{base}-02"]
+    sync_until(lambda: all(take_of(fresh, ref) for ref in refs), timeout=90, message="2 takes")
+    assert take_of(fresh, refs[0]) != movies[0] and movies[0].mute
+    for strip in strips(fresh):
+        strip.select = True
+    assert selection_line(fresh) == [f"2 shots selected, {sent_seconds(1, 2):.1f} s billable"]
