@@ -18,6 +18,7 @@ from tests.addon.conftest import (
     FPS,
     addon_module,
     first_frame_index,
+    lipsync,
     row,
     strips,
     sync_until,
@@ -67,13 +68,7 @@ def shots(
 
 def lip_sync_batch(scene: Any) -> str:
     """Lip Sync as a click runs it, under a reference ID base of the test's choosing."""
-    base = f"b-{secrets.token_hex(4)}"
-    scene.chamelaion.reference_id = base
-    try:
-        assert bpy.ops.sequencer.chamelaion_lipsync("EXEC_DEFAULT", True) == {"FINISHED"}
-    finally:
-        scene.chamelaion.reference_id = ""
-    return base
+    return lipsync(scene, f"b-{secrets.token_hex(4)}")
 
 
 def group_of(reference_id: str) -> Any:
